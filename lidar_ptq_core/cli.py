@@ -1,0 +1,43 @@
+"""`lidar-ptq` command line: one subcommand per module in lidar_ptq_core.commands, each thin over the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under lidar_ptq_core.commands exposing `add_arguments(parser)` and `run(args) -> int`.
+# Modules are imported lazily so that `lidar-ptq sim` never pays for importing torch.
+COMMANDS = {
+    "sim": "Generate synthetic lidar frames with ground truth, or render one scene.",
+    "voxelize": "Voxelize a point cloud file and report what was kept and dropped.",
+    "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
+    "demo": "The embedded default job: make synthetic scenes, voxelize them, evaluate.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lidar-ptq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=name)
+        _command_module(name).add_arguments(p)
+    return parser
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"lidar_ptq_core.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_command_module(args._module).run(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:  # bad input: say what is wrong, no traceback
+        print(f"lidar-ptq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""ament_python package: installs with colcon in a ROS 2 workspace and with plain pip into a venv."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "lidar_ptq_ros"
+
+setup(
+    name="lidar_ptq",
+    version="0.1.0",
+    description="INT8 post-training quantization (LiDAR-PTQ) and deployment of CenterPoint lidar 3D detectors, with a ROS 2 node",
+    packages=find_packages(include=["lidar_ptq_core", "lidar_ptq_core.*", "lidar_ptq_ros", "lidar_ptq_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy", "PyYAML", "safetensors", "tqdm", "rosbags", "matplotlib", "scipy"],
+    zip_safe=True,
+    maintainer="lidar-ptq",
+    maintainer_email="dev@lidar-ptq.invalid",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "lidar-ptq = lidar_ptq_core.cli:main",
+        ],
+    },
+)
