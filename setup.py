@@ -16,7 +16,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
-    ],
+    ]
+    # Library configs (simulator, models) install beside the ROS parameters, one folder per kind.
+    + [(f"share/{PACKAGE}/{folder}", glob(f"{folder}/*.yaml")) for folder in sorted(glob("config/*/"))],
     python_requires=">=3.10",
     install_requires=["numpy", "PyYAML", "safetensors", "tqdm", "rosbags", "matplotlib", "scipy"],
     zip_safe=True,

@@ -6,10 +6,33 @@ import math
 
 import numpy as np
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
 from lidar_ptq_core.detections import Detections
+from lidar_ptq_core.pointcloud import PointCloud, array_to_pointcloud2_fields, pointcloud2_to_array
+
+
+def pointcloud_to_msg(cloud: PointCloud, header: Header) -> PointCloud2:
+    """An unorganised (height 1), little-endian float32 PointCloud2 with one field per cloud column."""
+    fields, data, point_step = array_to_pointcloud2_fields(cloud)
+    return PointCloud2(
+        header=header,
+        height=1,
+        width=len(cloud),
+        fields=[PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields],
+        is_bigendian=False,
+        point_step=point_step,
+        row_step=point_step * len(cloud),
+        data=data,
+        is_dense=bool(np.isfinite(cloud.points).all()),
+    )
+
+
+def msg_to_pointcloud(msg: PointCloud2, field_names=None) -> PointCloud:
+    """Any PointCloud2 layout (padding, row padding, big endian, integer fields) -> float32 PointCloud."""
+    return pointcloud2_to_array(msg, field_names)
 
 
 def yaw_to_quaternion(yaw: float) -> Quaternion:

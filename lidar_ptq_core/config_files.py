@@ -1,0 +1,40 @@
+"""Finding and reading the YAML configuration files that ship with the project (config/<kind>/<name>.yaml)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def config_roots() -> list[Path]:
+    """The source tree's config/ (editable installs, CI) and the ament share folder of an installed package."""
+    return [Path(__file__).resolve().parents[1] / "config", Path(sys.prefix) / "share" / "lidar_ptq_ros" / "config"]
+
+
+def resolve_config(name_or_path: str | Path, kind: str) -> Path:
+    """A path to an existing YAML file, or a bare name looked up as config/<kind>/<name>.yaml."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        return path
+    for root in config_roots():
+        candidate = root / kind / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    available = sorted({p.stem for root in config_roots() for p in (root / kind).glob("*.yaml")})
+    raise FileNotFoundError(f"no {kind} config named {name_or_path!r}; available: {available}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Safe-load a YAML mapping (never arbitrary Python objects)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+    return data
