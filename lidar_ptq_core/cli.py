@@ -11,6 +11,8 @@ import sys
 COMMANDS = {
     "sim": "Generate synthetic lidar frames with ground truth, or render one scene.",
     "voxelize": "Voxelize a point cloud file and report what was kept and dropped.",
+    "train": "Train a CenterPoint on the synthetic benchmark (resumable).",
+    "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "demo": "The embedded default job: make synthetic scenes, voxelize them, evaluate.",
 }

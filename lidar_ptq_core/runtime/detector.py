@@ -1,0 +1,63 @@
+"""`Detector`: a checkpoint plus its config, `detect(points) -> Detections`. The FP32 torch backend; INT8 engines
+(onnxruntime, TensorRT) plug in behind the same call later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..decode import decode_batch
+from ..detections import Detections
+from ..voxelize import collate_voxels, voxelize
+
+CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+def bundled_checkpoint(name: str = "sim_pillar") -> Path:
+    """Path of a checkpoint committed with the project (checkpoints/<name>.safetensors)."""
+    path = Path(name)
+    if path.suffix == ".safetensors" or path.exists():
+        return path
+    path = CHECKPOINT_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        available = sorted(p.stem for p in CHECKPOINT_DIR.glob("*.safetensors"))
+        raise FileNotFoundError(f"no bundled checkpoint {name!r} in {CHECKPOINT_DIR}; available: {available}")
+    return path
+
+
+class Detector:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+        self.config = model.config
+        self.geometry = self.config.head_geometry()
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path = "sim_pillar", device: str = "cpu") -> "Detector":
+        from ..models.checkpoint import load_checkpoint
+
+        return cls(load_checkpoint(bundled_checkpoint(str(checkpoint)), device=device))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.geometry.class_names
+
+    def detect(self, points: np.ndarray) -> Detections:
+        return self.detect_batch([points])[0]
+
+    @torch.inference_mode()
+    def detect_batch(self, clouds: list[np.ndarray]) -> list[Detections]:
+        """Points (N, C) with x, y, z, intensity first -> Detections per cloud."""
+        features = self.config.num_point_features
+        frames = []
+        for points in clouds:
+            points = np.asarray(points, np.float32)
+            if points.ndim != 2 or points.shape[1] < features:
+                raise ValueError(f"points must be (N, >= {features}) x, y, z, intensity...; got {points.shape}")
+            frames.append(voxelize(points[:, :features], self.config.voxelization))
+        batch = collate_voxels(frames)
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        outputs = self.model(batch)
+        return decode_batch(outputs, self.geometry, self.config.post_processing)
