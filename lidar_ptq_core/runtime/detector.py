@@ -33,6 +33,7 @@ class Detector:
         self.config = model.config
         self.geometry = self.config.head_geometry()
         self.device = next(model.parameters()).device
+        self.last_voxel_report = None  # what voxelization kept and dropped in the last frame detected
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path = "sim_pillar", device: str = "cpu") -> "Detector":
@@ -57,6 +58,7 @@ class Detector:
             if points.ndim != 2 or points.shape[1] < features:
                 raise ValueError(f"points must be (N, >= {features}) x, y, z, intensity...; got {points.shape}")
             frames.append(voxelize(points[:, :features], self.config.voxelization))
+        self.last_voxel_report = frames[-1].report
         batch = collate_voxels(frames)
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         outputs = self.model(batch)

@@ -112,8 +112,8 @@ def centerpoint_loss(outputs: list[dict], targets: list[dict], train: TrainConfi
         pred = torch.cat([gather_at_index(out[name], tgt["index"]) for name in BOX_HEADS], dim=-1)
         loc_loss = regression_l1_loss(pred, tgt["reg"], tgt["mask"], code_weights)
         total = total + train.cls_weight * hm_loss + train.loc_weight * loc_loss
-        parts[f"hm{t}"] = float(hm_loss)
-        parts[f"loc{t}"] = float(loc_loss)
+        parts[f"hm{t}"] = float(hm_loss.detach())
+        parts[f"loc{t}"] = float(loc_loss.detach())
     return total, parts
 
 
@@ -176,9 +176,9 @@ def train(
         scheduler.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if step % train_config.log_every == 0 or step == train_config.steps:
-            record = {"step": step, "loss": float(loss), "grad_norm": float(grad_norm),
+            record = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
                       "lr": scheduler.get_last_lr()[0], "sec": round(time.perf_counter() - t0, 1), **parts}
             log.write(json.dumps(record) + "\n")
             log.flush()
