@@ -402,8 +402,6 @@ def test_eval_command_options(tmp_path, capsys):
 def test_cli_eval_subcommand(tmp_path, capsys, monkeypatch):
     from lidar_ptq_core import cli
 
-    # Only the eval subcommand: the others live in modules this test does not exercise.
-    monkeypatch.setattr(cli, "COMMANDS", {"eval": cli.COMMANDS["eval"]})
     gts = {"000000": make_gt([("Car", 10, 0)])}
     dets = {"000000": make_det([("Car", 10, 0, 0.9)]), "000009": make_det([])}
     pred_dir, gt_dir = write_dataset(tmp_path, gts, dets)
