@@ -33,16 +33,13 @@ from lidar_ptq_core.pointcloud import (
 from lidar_ptq_core.pointcloud.lzf import lzf_compress, lzf_decompress
 from lidar_ptq_core.pointcloud.pointcloud2 import FLOAT32, FLOAT64, INT8, INT16, UINT8, UINT16, UINT32
 
-REPO = Path(__file__).resolve().parents[1]
-KITTI_DIR = REPO.parent / "shared" / "data" / "kitti_frames"
-KITTI_FILES = sorted(KITTI_DIR.glob("*.bin"))
+from conftest import SHARED_KITTI as KITTI_DIR
 
 
 @pytest.fixture(scope="module")
-def kitti_frames() -> list[tuple[str, PointCloud]]:
-    if not KITTI_FILES:
-        pytest.skip(f"real KITTI frames not found in {KITTI_DIR} (test inputs kept outside the repository)")
-    return [(p.stem, read_kitti_bin(p)) for p in KITTI_FILES]
+def kitti_clouds(kitti_frames) -> list[tuple[str, PointCloud]]:
+    """The real frames (conftest's kitti_clouds skips with the reason when they are absent), read once."""
+    return [(p.stem, read_kitti_bin(p)) for p in kitti_frames]
 
 
 def assert_same_cloud(actual: PointCloud, expected: PointCloud) -> None:
@@ -81,9 +78,9 @@ def stored_point_steps(bag: Path) -> set[int]:
 # ---------------------------------------------------------------- real KITTI frames through every format
 
 
-def test_kitti_frames_read(kitti_frames):
-    assert len(kitti_frames) == 9
-    for name, cloud in kitti_frames:
+def test_kitti_frames_read(kitti_clouds):
+    assert len(kitti_clouds) == 9
+    for name, cloud in kitti_clouds:
         assert cloud.fields == ("x", "y", "z", "intensity"), name
         assert 17_000 <= len(cloud) <= 21_000, name
         assert np.isfinite(cloud.points).all(), name
@@ -93,8 +90,8 @@ def test_kitti_frames_read(kitti_frames):
         assert read_points(KITTI_DIR / f"{name}.bin").points.tobytes() == cloud.points.tobytes()
 
 
-def test_kitti_bin_write_is_byte_identical(kitti_frames, tmp_path):
-    for name, cloud in kitti_frames[:3]:
+def test_kitti_bin_write_is_byte_identical(kitti_clouds, tmp_path):
+    for name, cloud in kitti_clouds[:3]:
         out = tmp_path / f"{name}.bin"
         write_points(out, cloud)
         assert out.read_bytes() == (KITTI_DIR / f"{name}.bin").read_bytes()
@@ -102,24 +99,24 @@ def test_kitti_bin_write_is_byte_identical(kitti_frames, tmp_path):
 
 
 @pytest.mark.parametrize("data", ["ascii", "binary"])
-def test_pcd_round_trip_real_frames(kitti_frames, tmp_path, data):
-    for name, cloud in kitti_frames:
+def test_pcd_round_trip_real_frames(kitti_clouds, tmp_path, data):
+    for name, cloud in kitti_clouds:
         out = tmp_path / f"{name}.pcd"
         write_points(out, cloud, pcd_data=data)
         assert f"DATA {data}\n".encode() in out.read_bytes()[:400]
         assert_same_cloud(read_points(out), cloud)
 
 
-def test_pcd_binary_compressed_round_trip_real_frames(kitti_frames, tmp_path):
-    for name, cloud in kitti_frames[:2]:
+def test_pcd_binary_compressed_round_trip_real_frames(kitti_clouds, tmp_path):
+    for name, cloud in kitti_clouds[:2]:
         out = tmp_path / f"{name}.pcd"
         write_pcd(out, cloud, data="binary_compressed")
         assert out.stat().st_size < 0.9 * len(cloud) * 16  # really compressed
         assert_same_cloud(read_pcd(out), cloud)
 
 
-def test_nuscenes_round_trip_real_frames(kitti_frames, tmp_path):
-    for name, cloud in kitti_frames:
+def test_nuscenes_round_trip_real_frames(kitti_clouds, tmp_path):
+    for name, cloud in kitti_clouds:
         with_ring = cloud.with_field("ring", ring_from_elevation(cloud))
         out = tmp_path / f"{name}.pcd.bin"
         write_points(out, with_ring)
@@ -135,9 +132,9 @@ def test_nuscenes_round_trip_real_frames(kitti_frames, tmp_path):
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_bag_round_trip_real_frames(kitti_frames, tmp_path, storage):
+def test_bag_round_trip_real_frames(kitti_clouds, tmp_path, storage):
     bag = tmp_path / f"bag_{storage}"
-    frames = [(1_700_000_000_000_000_000 + k * 100_000_000 + 7, "velodyne", c) for k, (_, c) in enumerate(kitti_frames)]
+    frames = [(1_700_000_000_000_000_000 + k * 100_000_000 + 7, "velodyne", c) for k, (_, c) in enumerate(kitti_clouds)]
     # point_step 20 = x, y, z, intensity + 4 padding bytes, as many drivers publish.
     assert write_bag_frames(bag, frames, "/kitti/points", storage=storage, point_step=20) == len(frames)
     assert pointcloud2_topics(bag) == ["/kitti/points"]

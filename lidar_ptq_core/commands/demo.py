@@ -21,11 +21,11 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from ..boxfile import write_detections, write_ground_truth
     from ..evaluate import evaluate, format_table
     from ..io_utils import write_json_atomic
     from ..render import render_bev
     from ..runtime import Detector
+    from ..runtime.run_dataset import run_detector_on_dataset
     from ..sim import SimDataset, load_sim_config
 
     if args.frames < 1:
@@ -38,29 +38,20 @@ def run(args) -> int:
 
     detector = Detector.from_checkpoint(args.checkpoint)
     print(f"[2/4] voxelize + detect with {detector.config.name} ({args.checkpoint})")
-    predictions, truths, seconds, reports = [], [], [], []
-    for i in range(len(dataset)):
-        frame = dataset[i]
-        start = time.perf_counter()
-        det = detector.detect(frame.points)
-        seconds.append(time.perf_counter() - start)
-        reports.append(detector.last_voxel_report)
-        predictions.append(det)
-        truths.append(frame.gt)
-        write_detections(out / "pred" / f"{frame.frame_id}.json", frame.frame_id, det)
-        write_ground_truth(out / "gt" / f"{frame.frame_id}.json", frame.frame_id, frame.gt)
+    detection_run = run_detector_on_dataset(detector, dataset, box_dir=out)
+    reports = detection_run.voxel_reports
     print(f"      first frame: {reports[0].summary()}")
-    print(f"      median {np.median([r.num_voxels for r in reports]):.0f} voxels/frame, "
-          f"median {1000 * np.median(seconds):.0f} ms/frame (voxelize + network + decode, {args.threads} threads)")
+    print(f"      median {np.median([r.num_voxels for r in reports]):.0f} voxels/frame, median {detection_run.median_ms:.0f} "
+          f"ms/frame (voxelize + network + decode, {args.threads} threads)")
 
     print("[3/4] evaluate against the simulator's ground truth")
-    result = evaluate(predictions, truths, class_names=detector.class_names)
+    result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names)
     print(format_table(result))
     write_json_atomic(out / "eval.json", result.to_dict())
 
     first = dataset[0]
     picture = out / "detections.png"
-    render_bev(picture, first.points, gt=first.gt, detections=predictions[0], min_score=0.3,
+    render_bev(picture, first.points, gt=first.gt, detections=detection_run.predictions[0], min_score=0.3,
                title=f"{first.frame_id}: {detector.config.name} detections (score >= 0.3) vs ground truth")
     print(f"[4/4] wrote {picture}, {out / 'eval.json'}, per-frame boxes in {out / 'pred'} and {out / 'gt'}")
     return 0
