@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
@@ -38,3 +40,18 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping at the top level")
     return data
+
+
+def check_keys(section: str, data, cls, required: tuple[str, ...] = ()) -> dict:
+    """Validate a YAML mapping against the fields of dataclass `cls`: unknown or missing keys are errors that name the
+    section, so a typo in a config file never passes silently."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{section} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {section}: {sorted(unknown)}; expected some of {sorted(known)}")
+    missing = set(required) - set(data)
+    if missing:
+        raise ValueError(f"{section} is missing {sorted(missing)}")
+    return dict(data)

@@ -17,20 +17,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .config_files import check_keys as _check_keys
 from .detections import BOX_DIM, Detections
 
 ROT_ORDERS = ("cos_sin", "sin_cos")  # OpenPCDet stores (cos, sin); det3d / mmdet3d store (sin, cos)
 NMS_TYPES = ("rotated", "circle", "none")
 NMS_SCOPES = ("task", "class")
-
-
-def _check_keys(section: str, data: Mapping, cls) -> None:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{section} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown keys in {section}: {sorted(unknown)}; expected some of {sorted(known)}")
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,9 @@ class VoxelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "VoxelConfig":
-        known = {"point_cloud_range", "voxel_size", "max_points_per_voxel", "max_voxels"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown voxel config keys {sorted(unknown)}; expected {sorted(known)}")
-        missing = known - set(data)
-        if missing:
-            raise ValueError(f"voxel config is missing {sorted(missing)}")
-        return cls(**data)
+        from .config_files import check_keys
+
+        return cls(**check_keys("voxelization", data, cls, required=tuple(cls.__dataclass_fields__)))
 
 
 @dataclass(frozen=True)

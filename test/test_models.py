@@ -210,7 +210,7 @@ def test_full_config_geometry_matches_openpcdet():
         (lambda d: d.update(typo=1), "unknown keys in model config: ['typo']"),
         (lambda d: d["vfe"].update(num_filter=[4]), "unknown keys in vfe"),
         (lambda d: d["dense_head"]["head_dict"]["dim"].update(channels=3), "unknown keys in dense_head.head_dict.dim"),
-        (lambda d: d["voxelization"].update(voxel_sizes=1), "unknown voxel config keys"),
+        (lambda d: d["voxelization"].update(voxel_sizes=1), "unknown keys in voxelization"),
         (lambda d: d.update(post_processing={"nms": {"kind": "circle"}}), "unknown keys in post_processing.nms"),
         (lambda d: d["dense_head"].update(feature_map_stride=2), "output stride is 1"),
         (lambda d: d["map_to_bev"].update(num_bev_features=32), "must equal the last vfe.num_filters"),

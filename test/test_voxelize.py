@@ -29,7 +29,7 @@ def test_grid_size_and_config_validation():
         VoxelConfig((0, 0, 0, 1, 1, 1), (0.3, 0.3, 1), 4, 10).grid_size
     with pytest.raises(ValueError, match="min < max"):
         VoxelConfig((1, 0, 0, 0, 1, 1), (0.5, 0.5, 1), 4, 10)
-    with pytest.raises(ValueError, match="unknown voxel config keys"):
+    with pytest.raises(ValueError, match="unknown keys in voxelization"):
         VoxelConfig.from_dict({"point_cloud_range": [0, 0, 0, 1, 1, 1], "voxel_size": [1, 1, 1],
                                "max_points_per_voxel": 1, "max_voxels": 1, "max_voxel": 3})
 

@@ -14,25 +14,14 @@ from typing import Mapping
 
 import yaml
 
+from ..config_files import check_keys as _check_keys
+from ..config_files import load_yaml
 from ..decode import DecodeConfig, HeadGeometry
 from ..voxelize import VoxelConfig
 
 REQUIRED_BOX_HEADS = ("center", "center_z", "dim", "rot")
 HEATMAP_HEAD = "hm"
 VOXEL_BACKBONE_STRIDE = 8  # VoxelResBackBone8x: three stride-2 sparse convs
-
-
-def _check_keys(section: str, data, cls, required: tuple[str, ...] = ()) -> dict:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{section} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown keys in {section}: {sorted(unknown)}; expected some of {sorted(known)}")
-    missing = set(required) - set(data)
-    if missing:
-        raise ValueError(f"{section} is missing {sorted(missing)}")
-    return dict(data)
 
 
 def _int_tuple(values, name: str, minimum: int = 1) -> tuple[int, ...]:
@@ -401,12 +390,9 @@ def _plain(obj) -> dict:
 def load_model_config(path: str | Path) -> CenterPointConfig:
     """Read and validate a model YAML (e.g. config/models/sim_pillar.yaml)."""
     path = Path(path)
+    data = load_yaml(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return CenterPointConfig.from_dict(data if data is not None else {})
+        return CenterPointConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
 

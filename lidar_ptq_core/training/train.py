@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..config_files import check_keys
 from ..detections import GroundTruth
 from ..io_utils import atomic_path
 from ..voxelize import collate_voxels, voxelize
@@ -52,16 +53,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys {sorted(unknown)}; known: {sorted(known)}")
-        data = dict(data)
+        data = check_keys("training config", data, cls)
         if "augment" in data:
-            aug = dict(data["augment"])
-            bad = set(aug) - set(AugmentConfig.__dataclass_fields__)
-            if bad:
-                raise ValueError(f"unknown augment keys {sorted(bad)}")
+            aug = check_keys("training config augment", data["augment"], AugmentConfig)
             if "scale" in aug:
                 aug["scale"] = tuple(aug["scale"])
             data["augment"] = AugmentConfig(**aug)
