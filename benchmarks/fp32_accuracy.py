@@ -44,7 +44,8 @@ def main() -> int:
         detector = Detector.from_checkpoint(name)
         started = time.time()
         detection_run = run_detector_on_dataset(detector, dataset)
-        result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names)
+        result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names,
+                          region=detector.evaluation_region)
         header = (
             f"checkpoint {bundled_checkpoint(name)} ({detector.config.name}); {len(dataset)} sim val frames "
             f"(sim config {args.sim!r}); median {detection_run.median_ms:.0f} ms/frame for voxelize + FP32 torch "

@@ -106,6 +106,24 @@ class EvalResult:
         return format_table(self)
 
 
+def restrict_to_region(
+    predictions: Sequence[Detections], ground_truths: Sequence[GroundTruth], region: Sequence[float]
+) -> tuple[list[Detections], list[GroundTruth]]:
+    """Ground truth centred outside `region` (x_min, y_min, x_max, y_max) is marked ignored, predictions centred
+    outside it are dropped."""
+    x_min, y_min, x_max, y_max = (float(v) for v in region)
+
+    def inside(boxes):
+        return (boxes[:, 0] >= x_min) & (boxes[:, 0] < x_max) & (boxes[:, 1] >= y_min) & (boxes[:, 1] < y_max)
+
+    kept = [det.select(inside(det.boxes)) for det in predictions]
+    marked = [
+        GroundTruth(gt.boxes, gt.labels, gt.class_names, gt.num_points, gt.ignore | ~inside(gt.boxes))
+        for gt in ground_truths
+    ]
+    return kept, marked
+
+
 def average_precision(scores, is_tp, num_gt: int) -> float:
     """All-point interpolated AP (see the module docstring) of counted predictions against `num_gt` GT.
 
@@ -136,8 +154,12 @@ def evaluate(
     distance_thresholds: Sequence[float] = DISTANCE_THRESHOLDS,
     iou_thresholds: Mapping[str, float] | None = None,
     range_edges: Sequence[float] = DEFAULT_RANGE_EDGES,
+    region: Sequence[float] | None = None,
 ) -> EvalResult:
     """Evaluate `predictions[i]` against `ground_truths[i]` for every frame i.
+
+    `region` (x_min, y_min, x_max, y_max) restricts the evaluation to the area a detector can see, e.g. its point
+    cloud range: ground truth centred outside it becomes ignored and predictions centred outside it are dropped.
 
     Classes are matched by name. `class_names` lists the classes to evaluate (default: the GT class names in
     order of first appearance, then any further prediction class names); boxes of other classes are left out.
@@ -146,6 +168,8 @@ def evaluate(
     """
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} prediction frames but {len(ground_truths)} ground-truth frames")
+    if region is not None:
+        predictions, ground_truths = restrict_to_region(predictions, ground_truths, region)
     distance_thresholds = [float(t) for t in distance_thresholds]
     if not distance_thresholds or not all(math.isfinite(t) and t > 0 for t in distance_thresholds):
         raise ValueError(f"distance thresholds must be positive numbers, got {distance_thresholds}")

@@ -410,3 +410,14 @@ def test_cli_eval_subcommand(tmp_path, capsys, monkeypatch):
     (pred_dir / "000009.json").unlink()
     assert cli.main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir)]) == 0
     assert "Car" in capsys.readouterr().out
+
+
+def test_region_ignores_ground_truth_outside_and_drops_predictions_outside():
+    gt = [make_gt([("Car", 10, 0), ("Car", 80, 0)])]
+    det = [make_det([("Car", 10, 0, 0.9), ("Car", 90, 0, 0.95)])]
+    # Without a region: the miss at 80 m and the FP at 90 m both count.
+    loose = evaluate(det, gt, ["Car"])
+    assert loose.classes["Car"].distance_ap["all"] < 1.0
+    strict = evaluate(det, gt, ["Car"], region=(-76.8, -76.8, 76.8, 76.8))
+    assert strict.classes["Car"].distance_ap["all"] == 1.0
+    assert strict.classes["Car"].num_gt["all"] == 1 and strict.classes["Car"].num_ignored_gt == 1

@@ -45,7 +45,8 @@ def run(args) -> int:
           f"ms/frame (voxelize + network + decode, {args.threads} threads)")
 
     print("[3/4] evaluate against the simulator's ground truth")
-    result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names)
+    result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names,
+                          region=detector.evaluation_region)
     print(format_table(result))
     write_json_atomic(out / "eval.json", result.to_dict())
 

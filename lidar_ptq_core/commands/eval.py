@@ -40,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M",
         help="range bin edges in metres; the last bin is open-ended (default: %(default)s)",
     )
+    parser.add_argument(
+        "--region",
+        nargs=4,
+        type=float,
+        default=None,
+        metavar=("X_MIN", "Y_MIN", "X_MAX", "Y_MAX"),
+        help="evaluate only inside this area (e.g. the detector's point cloud range): ground truth centred outside "
+        "is ignored, predictions centred outside are dropped",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             distance_thresholds=args.distance_thresholds,
             iou_thresholds=iou_thresholds,
             range_edges=args.range_edges,
+            region=args.region,
         )
     for note in result.warnings:
         print(f"lidar-ptq eval: warning: {note}", file=sys.stderr)

@@ -45,6 +45,12 @@ class Detector:
     def class_names(self) -> tuple[str, ...]:
         return self.geometry.class_names
 
+    @property
+    def evaluation_region(self) -> tuple[float, float, float, float]:
+        """(x_min, y_min, x_max, y_max): the area this detector sees, for restricting evaluation to it."""
+        pcr = self.config.voxelization.point_cloud_range
+        return pcr[0], pcr[1], pcr[3], pcr[4]
+
     def detect(self, points: np.ndarray) -> Detections:
         return self.detect_batch([points])[0]
 
