@@ -25,7 +25,13 @@ from lidar_ptq_core.runtime import Detector, bundled_checkpoint
 from lidar_ptq_core.runtime.run_dataset import run_detector_on_dataset
 from lidar_ptq_core.sim import SimDataset, load_sim_config
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+
+def shown_path(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def main() -> int:
@@ -47,7 +53,7 @@ def main() -> int:
         result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names,
                           region=detector.evaluation_region)
         header = (
-            f"checkpoint {bundled_checkpoint(name)} ({detector.config.name}); {len(dataset)} sim val frames "
+            f"checkpoint {shown_path(bundled_checkpoint(name))} ({detector.config.name}); {len(dataset)} sim val frames "
             f"(sim config {args.sim!r}); median {detection_run.median_ms:.0f} ms/frame for voxelize + FP32 torch "
             f"network + decode on {args.threads} CPU threads ({platform.processor() or platform.machine()}); "
             f"wall {time.time() - started:.0f} s"
