@@ -67,6 +67,9 @@ def test_train_resume_and_export(tmp_path, dataset):
     def stop_at_3(step):
         calls.append(step)
         if step == 3:
+            # A crash two steps after the checkpoint: those log lines must not survive the resume.
+            with (tmp_path / "resumed" / "log.jsonl").open("a") as log:
+                log.write('{"step": 4, "loss": 1.0}\n{"step": 5, "loss": 1.0}\n')
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

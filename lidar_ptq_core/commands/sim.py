@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..boxfile import write_ground_truth
-from ..io_utils import write_bytes_atomic
+from ..pointcloud import KITTI_FIELDS, PointCloud, write_kitti_bin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             sim_seconds += time.perf_counter() - started
         if args.out:
             out = Path(args.out)
-            write_bytes_atomic(out / "points" / f"{frame.frame_id}.bin", frame.points.astype("<f4").tobytes())
+            write_kitti_bin(out / "points" / f"{frame.frame_id}.bin", PointCloud(frame.points, KITTI_FIELDS))
             write_ground_truth(out / "labels" / f"{frame.frame_id}.json", frame.frame_id, frame.gt)
         points_total += len(frame.points)
         class_counts += np.bincount(frame.gt.labels, minlength=len(CLASS_NAMES))[: len(CLASS_NAMES)]

@@ -147,6 +147,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+        _drop_log_after(out_dir / "log.jsonl", step)
     if step >= train_config.steps:
         return state_path
 
@@ -194,6 +195,17 @@ def _batch_indices(num_frames: int, batch_size: int, seed: int, step: int) -> np
         perm = np.random.default_rng([seed, 7919, epoch]).permutation(num_frames)
         out.extend(perm[offset : offset + batch_size - len(out)])
     return np.array(out)
+
+
+def _drop_log_after(log_path: Path, step: int) -> None:
+    """Forget log lines of steps after the checkpoint being resumed: they are about to be run again."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        with atomic_path(log_path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def _config_record(train_config: TrainConfig) -> str:
