@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Plot training curves (loss parts and learning rate) from one or more runs' log.jsonl into a PNG.
 
-    ./dev run python benchmarks/plot_training.py runs/sim_pillar runs/sim_voxel --out docs/training_curves.png
+    ./dev run python benchmarks/plot_training.py docs/training/sim_pillar_log.jsonl docs/training/sim_voxel_log.jsonl \
+        --out docs/training_curves.png
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main() -> int:
     fig, (ax_loss, ax_parts, ax_lr) = plt.subplots(1, 3, figsize=(16, 4.5))
     for run in args.runs:
         log = read_log(run)
-        name = run.name if run.is_dir() else run.parent.name
+        name = run.name if run.is_dir() else run.stem.removesuffix("_log")
         steps = [r["step"] for r in log]
         ax_loss.plot(steps, [r["loss"] for r in log], label=name, alpha=0.8)
         for key in sorted(k for k in log[0] if k.startswith(("hm", "loc"))):

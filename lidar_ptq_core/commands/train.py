@@ -50,7 +50,8 @@ def run(args) -> int:
     start = time.time()
     train(model, dataset, train_config, out)
     final = save_checkpoint(model, out / "model.safetensors")
-    print(f"trained {train_config.steps} steps on {num_frames} frames in {time.time() - start:.0f} s -> {final}")
+    print(f"training at step {train_config.steps} of {train_config.steps} ({num_frames} frames); this invocation took "
+          f"{time.time() - start:.0f} s -> {final}")
     if args.export:
         Path(args.export).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(final, args.export)
