@@ -16,6 +16,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/checkpoints", glob("checkpoints/*.safetensors")),
     ]
     # Library configs (simulator, models) install beside the ROS parameters, one folder per kind.
     + [(f"share/{PACKAGE}/{folder}", glob(f"{folder}/*.yaml")) for folder in sorted(glob("config/*/"))],
@@ -25,7 +26,6 @@ setup(
     maintainer="lidar-ptq",
     maintainer_email="dev@lidar-ptq.invalid",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "lidar-ptq = lidar_ptq_core.cli:main",

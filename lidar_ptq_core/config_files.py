@@ -10,9 +10,14 @@ from typing import Mapping
 import yaml
 
 
+def data_roots(folder: str) -> list[Path]:
+    """Where a top-level project folder (config/, checkpoints/) is found: the source tree (editable installs, CI),
+    then the ament share folder an installed package puts it in."""
+    return [Path(__file__).resolve().parents[1] / folder, Path(sys.prefix) / "share" / "lidar_ptq_ros" / folder]
+
+
 def config_roots() -> list[Path]:
-    """The source tree's config/ (editable installs, CI) and the ament share folder of an installed package."""
-    return [Path(__file__).resolve().parents[1] / "config", Path(sys.prefix) / "share" / "lidar_ptq_ros" / "config"]
+    return data_roots("config")
 
 
 def resolve_config(name_or_path: str | Path, kind: str) -> Path:
@@ -31,12 +36,14 @@ def resolve_config(name_or_path: str | Path, kind: str) -> Path:
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Safe-load a YAML mapping (never arbitrary Python objects)."""
+    """Safe-load a YAML mapping (never arbitrary Python objects); an empty file is an empty mapping."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML ({exc})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping at the top level")
     return data

@@ -31,7 +31,8 @@ from lidar_ptq_core.sim import (
     split_frame_id,
     split_seed,
 )
-from lidar_ptq_core.sim.config import CONFIG_DIR, beam_elevations_deg
+from lidar_ptq_core.config_files import resolve_config
+from lidar_ptq_core.sim.config import beam_elevations_deg
 from lidar_ptq_core.sim.scene import CAR, PEDESTRIAN, TRUCK
 
 # 16 beams at 0.5 deg keep most tests around 20 ms a frame; the full 64-beam config is used where density matters.
@@ -208,7 +209,7 @@ def test_occlusion_removes_points_behind_an_object():
 
 def test_config_files_load_and_unknown_keys_are_rejected(tmp_path):
     assert load_sim_config("default") == SimConfig()  # default.yaml spells out the dataclass defaults
-    assert load_sim_config(CONFIG_DIR / "vlp32.yaml").lidar.name == "hdl32e"
+    assert load_sim_config(resolve_config("vlp32", "sim")).lidar.name == "hdl32e"
     with pytest.raises(ValueError, match="beams_blocks"):
         sim_config_from_dict({"lidar": {"beams_blocks": [[1, -1, 4]]}})
     with pytest.raises(ValueError, match="max_range_m"):

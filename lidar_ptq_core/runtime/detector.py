@@ -8,23 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config_files import data_roots
 from ..decode import decode_batch
 from ..detections import Detections
 from ..voxelize import collate_voxels, voxelize
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
-
-
 def bundled_checkpoint(name: str = "sim_pillar") -> Path:
-    """Path of a checkpoint committed with the project (checkpoints/<name>.safetensors)."""
+    """A .safetensors path as given, or a checkpoint shipped with the project (checkpoints/<name>.safetensors)."""
     path = Path(name)
     if path.suffix == ".safetensors" or path.exists():
         return path
-    path = CHECKPOINT_DIR / f"{name}.safetensors"
-    if not path.is_file():
-        available = sorted(p.stem for p in CHECKPOINT_DIR.glob("*.safetensors"))
-        raise FileNotFoundError(f"no bundled checkpoint {name!r} in {CHECKPOINT_DIR}; available: {available}")
-    return path
+    roots = data_roots("checkpoints")
+    for root in roots:
+        if (root / f"{name}.safetensors").is_file():
+            return root / f"{name}.safetensors"
+    available = sorted({p.stem for root in roots for p in root.glob("*.safetensors")})
+    raise FileNotFoundError(f"no bundled checkpoint {name!r}; available: {available}")
 
 
 class Detector:

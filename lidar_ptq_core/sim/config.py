@@ -13,12 +13,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from ..config_files import load_yaml, resolve_config
 
 # Bump whenever the generator's output for a given config and seed changes, so cached frames are regenerated.
 GENERATOR_VERSION = 1
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "sim"
 
 
 @dataclass(frozen=True)
@@ -119,16 +118,8 @@ def load_sim_config(name_or_path: str | Path | None = None) -> SimConfig:
     """A config by name (`default`, `vlp32`: files under config/sim/) or by YAML path; None is the default."""
     if name_or_path is None:
         return SimConfig()
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"no simulator config named {name_or_path!r} (known: {', '.join(known)})")
-    data = yaml.safe_load(path.read_text())
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
-    return sim_config_from_dict(data, str(path))
+    path = resolve_config(name_or_path, "sim")
+    return sim_config_from_dict(load_yaml(path), str(path))
 
 
 def validate(config: SimConfig) -> None:

@@ -1,0 +1,63 @@
+"""Package-level rules: the core library never imports ROS; shipped configs and checkpoints load."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from lidar_ptq_core.config_files import config_roots, resolve_config
+
+CORE = Path(__file__).resolve().parents[1] / "lidar_ptq_core"
+ROS_MODULES = {"rclpy", "sensor_msgs", "vision_msgs", "visualization_msgs", "geometry_msgs", "std_msgs", "builtin_interfaces",
+               "lidar_ptq_ros", "launch", "launch_ros"}
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_library_imports_no_ros():
+    offenders = {
+        str(path.relative_to(CORE)): sorted(imported_top_level_modules(path) & ROS_MODULES)
+        for path in CORE.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("kind", ["sim", "models", "train"])
+def test_every_shipped_config_loads(kind):
+    from lidar_ptq_core.models.config import load_model_config
+    from lidar_ptq_core.sim import load_sim_config
+    from lidar_ptq_core.training.train import TrainConfig
+    from lidar_ptq_core.config_files import load_yaml
+
+    files = sorted((config_roots()[0] / kind).glob("*.yaml"))
+    assert files, f"no {kind} configs shipped"
+    for path in files:
+        if kind == "sim":
+            load_sim_config(path)
+        elif kind == "models":
+            load_model_config(path)
+        else:
+            data = load_yaml(path)
+            data.pop("frames")
+            TrainConfig.from_dict(data)
+            resolve_config(path.stem, "models")  # each training config trains a model config of the same name
+
+
+def test_bundled_checkpoints_match_their_model_configs():
+    from lidar_ptq_core.models.checkpoint import read_checkpoint_config
+    from lidar_ptq_core.models.config import load_model_config
+    from lidar_ptq_core.runtime import bundled_checkpoint
+
+    for name in ("sim_pillar", "sim_voxel"):
+        embedded = read_checkpoint_config(bundled_checkpoint(name))
+        assert embedded == load_model_config(resolve_config(name, "models")), f"{name}: config drifted from weights"
+    with pytest.raises(FileNotFoundError, match="available"):
+        bundled_checkpoint("no_such_model")
