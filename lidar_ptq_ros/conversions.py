@@ -11,23 +11,14 @@ from std_msgs.msg import Header
 from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
 from lidar_ptq_core.detections import Detections
-from lidar_ptq_core.pointcloud import PointCloud, array_to_pointcloud2_fields, pointcloud2_to_array
+from lidar_ptq_core.pointcloud import PointCloud, pointcloud2_message_fields, pointcloud2_to_array
 
 
 def pointcloud_to_msg(cloud: PointCloud, header: Header) -> PointCloud2:
     """An unorganised (height 1), little-endian float32 PointCloud2 with one field per cloud column."""
-    fields, data, point_step = array_to_pointcloud2_fields(cloud)
-    return PointCloud2(
-        header=header,
-        height=1,
-        width=len(cloud),
-        fields=[PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields],
-        is_bigendian=False,
-        point_step=point_step,
-        row_step=point_step * len(cloud),
-        data=data,
-        is_dense=bool(np.isfinite(cloud.points).all()),
-    )
+    message = pointcloud2_message_fields(cloud)
+    message["fields"] = [PointField(**spec._asdict()) for spec in message["fields"]]
+    return PointCloud2(header=header, **message)
 
 
 def msg_to_pointcloud(msg: PointCloud2, field_names=None) -> PointCloud:

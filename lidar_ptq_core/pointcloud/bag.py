@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from .cloud import PointCloud
-from .pointcloud2 import array_to_pointcloud2_fields, pointcloud2_to_array
+from .pointcloud2 import pointcloud2_message_fields, pointcloud2_to_array
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
 BAG_STORAGES = ("sqlite3", "mcap")
@@ -135,23 +135,15 @@ def read_bag_frame(path: str | os.PathLike, topic: str | None = None, index: int
 def make_pointcloud2_message(cloud: PointCloud, timestamp_ns: int, frame_id: str, point_step: int | None = None):
     """A rosbags sensor_msgs/msg/PointCloud2 (unorganised, float32 little-endian fields) holding `cloud`."""
     types = _typestore().types
-    fields, data, step = array_to_pointcloud2_fields(cloud, point_step)
+    message = pointcloud2_message_fields(cloud, point_step)
     point_field = types["sensor_msgs/msg/PointField"]
     sec, nanosec = divmod(int(timestamp_ns), 1_000_000_000)
     header = types["std_msgs/msg/Header"](
         stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=str(frame_id)
     )
-    return types[POINTCLOUD2_TYPE](
-        header=header,
-        height=1,
-        width=len(cloud),
-        fields=[point_field(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields],
-        is_bigendian=False,
-        point_step=step,
-        row_step=step * len(cloud),
-        data=np.frombuffer(data, dtype=np.uint8),
-        is_dense=bool(np.isfinite(cloud.points).all()),
-    )
+    message["fields"] = [point_field(**spec._asdict()) for spec in message["fields"]]
+    message["data"] = np.frombuffer(message["data"], dtype=np.uint8)
+    return types[POINTCLOUD2_TYPE](header=header, **message)
 
 
 def write_bag_frames(

@@ -141,3 +141,19 @@ def array_to_pointcloud2_fields(
     buffer = np.zeros((n, point_step), dtype=np.uint8)
     buffer[:, :packed] = values.view(np.uint8).reshape(n, packed)
     return fields, buffer.tobytes(), point_step
+
+
+def pointcloud2_message_fields(cloud: PointCloud, point_step: int | None = None) -> dict:
+    """Every sensor_msgs/PointCloud2 field but `header` for an unorganised (height 1), little-endian float32 cloud;
+    `fields` holds PointFieldSpec tuples for the caller to turn into its own PointField type (rclpy or rosbags)."""
+    fields, data, step = array_to_pointcloud2_fields(cloud, point_step)
+    return {
+        "height": 1,
+        "width": len(cloud),
+        "fields": fields,
+        "is_bigendian": False,
+        "point_step": step,
+        "row_step": step * len(cloud),
+        "data": data,
+        "is_dense": bool(np.isfinite(cloud.points).all()),
+    }
