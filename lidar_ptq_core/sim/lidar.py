@@ -281,34 +281,27 @@ def scan(scene: Scene, lidar: LidarConfig, rng: np.random.Generator) -> Scan:
         owner[rows, columns] = own
 
     boxes, cylinders, ellipsoids = scene.primitive_arrays()
-    reach = lidar.max_range_m
+    # Per primitive kind: its rows (geometry columns, then reflectivity, material, owner), the number of geometry
+    # columns, the ray window each primitive can hit, its nearest possible distance, and the exact hit test.
+    kinds = []
     if len(boxes):
         cx, cy, cz, l, w, h, yaw = boxes[:, :7].T
         windows = _box_windows(grid, cx, cy, cz - h / 2, cz + h / 2, l, w, yaw)
-        near = np.hypot(cx, cy) - 0.5 * np.hypot(l, w) < reach
-        for row, (b0, b1, cols), keep in zip(boxes, windows, near):
-            if cols is None or not keep:
-                continue
-            t, cos = _hit_box(grid.dx[b0:b1, cols], grid.dy[b0:b1, cols], grid.dz[b0:b1, cols], *row[:7])
-            merge(b0, b1, cols, t, cos, row[7], row[8], int(row[9]))
+        kinds.append((boxes, 7, windows, np.hypot(cx, cy) - 0.5 * np.hypot(l, w), _hit_box))
     if len(cylinders):
         cx, cy, z0, z1, r = cylinders[:, :5].T
-        windows = _round_windows(grid, cx, cy, r, z0, z1)
-        near = np.hypot(cx, cy) - r < reach
-        for row, (b0, b1, cols), keep in zip(cylinders, windows, near):
-            if cols is None or not keep:
-                continue
-            t, cos = _hit_cylinder(grid.dx[b0:b1, cols], grid.dy[b0:b1, cols], grid.dz[b0:b1, cols], *row[:5])
-            merge(b0, b1, cols, t, cos, row[5], row[6], int(row[7]))
+        kinds.append((cylinders, 5, _round_windows(grid, cx, cy, r, z0, z1), np.hypot(cx, cy) - r, _hit_cylinder))
     if len(ellipsoids):
         cx, cy, cz, rxy, rz = ellipsoids[:, :5].T
         windows = _round_windows(grid, cx, cy, rxy, cz - rz, cz + rz)
-        near = np.hypot(cx, cy) - rxy < reach
-        for row, (b0, b1, cols), keep in zip(ellipsoids, windows, near):
-            if cols is None or not keep:
+        kinds.append((ellipsoids, 5, windows, np.hypot(cx, cy) - rxy, _hit_ellipsoid))
+    for rows, geometry_columns, windows, nearest, hit in kinds:
+        for row, (b0, b1, cols), distance in zip(rows, windows, nearest):
+            if cols is None or distance >= lidar.max_range_m:
                 continue
-            t, cos = _hit_ellipsoid(grid.dx[b0:b1, cols], grid.dy[b0:b1, cols], grid.dz[b0:b1, cols], *row[:5])
-            merge(b0, b1, cols, t, cos, row[5], row[6], int(row[7]))
+            t, cos = hit(grid.dx[b0:b1, cols], grid.dy[b0:b1, cols], grid.dz[b0:b1, cols], *row[:geometry_columns])
+            g = geometry_columns
+            merge(b0, b1, cols, t, cos, row[g], row[g + 1], int(row[g + 2]))
 
     return _sensor_model(scene, lidar, grid, depth, cos_inc, reflectivity, owner, rng)
 
