@@ -12,6 +12,7 @@ COMMANDS = {
     "sim": "Generate synthetic lidar frames with ground truth, or render one scene.",
     "voxelize": "Voxelize a point cloud file and report what was kept and dropped.",
     "train": "Train a CenterPoint on the synthetic benchmark (resumable).",
+    "import-openpcdet": "Convert an OpenPCDet CenterPoint .pth into a lidar-ptq .safetensors checkpoint.",
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "demo": "The embedded default job: make synthetic scenes, voxelize them, evaluate.",
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"lidar_ptq_core.commands.{name}")
+    return importlib.import_module(f"lidar_ptq_core.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
