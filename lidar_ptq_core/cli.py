@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # name -> module under lidar_ptq_core.commands exposing `add_arguments(parser)` and `run(args) -> int`.
@@ -34,6 +35,9 @@ def _command_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # Piped into `head` and the like: stop quietly like other command-line tools, no BrokenPipeError traceback.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     try:
         return int(_command_module(args._module).run(args) or 0)
