@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(_command_module(args._module).run(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:  # bad input: say what is wrong, no traceback
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # bad input: say what is wrong, no traceback
         print(f"lidar-ptq {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -320,3 +320,26 @@ def test_cli_renders_one_seed(tmp_path):
     assert _run_sim_command(["--seed", "7", "--config", "vlp32", "--render", str(png), "--no-cache"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(png) > 10000
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_cli_writes_a_rosbag2_calibration_bag(tmp_path, monkeypatch, storage):
+    from lidar_ptq_core.pointcloud import iter_bag_frames
+
+    monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
+    config_file = tmp_path / "small.yaml"
+    config_file.write_text(yaml.safe_dump({"lidar": {"name": "test8", "beam_blocks": [[2.0, -24.9, 8]],
+                                                      "azimuth_resolution_deg": 1.0}}))
+    bag = tmp_path / "calib_bag"
+    argv = ["--config", str(config_file), "--split", "calib", "--frames", "3", "--bag", str(bag),
+            "--bag-storage", storage, "--topic", "/lidar/points", "--rate", "5"]
+    assert _run_sim_command(argv) == 0
+    expected = SimDataset("calib", 3, load_sim_config(config_file), cache=False)
+    frames = list(iter_bag_frames(bag))
+    assert len(frames) == 3
+    assert frames[1].timestamp_ns - frames[0].timestamp_ns == 200_000_000  # 5 Hz
+    for k, frame in enumerate(frames):
+        assert frame.frame_id == "lidar" and frame.cloud.fields == ("x", "y", "z", "intensity")
+        np.testing.assert_array_equal(frame.cloud.points, expected[k].points)
+    with pytest.raises(FileExistsError):  # bags are never overwritten
+        _run_sim_command(argv)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..boxfile import write_ground_truth
-from ..pointcloud import KITTI_FIELDS, PointCloud, write_kitti_bin
+from ..pointcloud import KITTI_FIELDS, PointCloud, write_bag_frames, write_kitti_bin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--start", type=int, default=0, metavar="I", help="first frame index within the split (default: %(default)s)")
     add("--seed", type=int, metavar="S", help="simulate the single scene of this seed instead of a split")
     add("--out", metavar="DIR", help="write DIR/points/<frame_id>.bin and DIR/labels/<frame_id>.json")
+    add("--bag", metavar="DIR", help="also write the frames as sensor_msgs/PointCloud2 into a new rosbag2 bag "
+        "(the calibration-set format), timestamped at --rate Hz")
+    add("--bag-storage", default="sqlite3", choices=["sqlite3", "mcap"], help="rosbag2 storage (default: %(default)s)")
+    add("--topic", default="/points", help="PointCloud2 topic in the bag (default: %(default)s)")
+    add("--sensor-frame", default="lidar", help="header.frame_id of the bag's messages (default: %(default)s)")
+    add("--rate", type=float, default=10.0, help="sweeps per second for bag timestamps (default: %(default)s)")
     add("--render", metavar="PNG", help="draw the first frame in bird's-eye view")
     add("--color-by", default="height", choices=["height", "intensity"], help="point colouring for --render")
     add("--view", type=float, metavar="M",
@@ -39,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from ..render import render_bev
     from ..sim import CLASS_NAMES, SimDataset, generate_frame, load_sim_config
 
-    if not args.out and not args.render:
-        raise ValueError("nothing to do: give --out DIR and/or --render PNG")
+    if not args.out and not args.render and not args.bag:
+        raise ValueError("nothing to do: give --out DIR, --bag DIR and/or --render PNG")
+    if args.rate <= 0:
+        raise ValueError("--rate must be positive")
     if args.frames < 1:
         raise ValueError("--frames must be at least 1")
     config = load_sim_config(args.config)
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = None
         count = 1
     else:
-        count = args.frames if args.out else 1  # a render alone needs only the first frame
+        count = args.frames if args.out or args.bag else 1  # a render alone needs only the first frame
         dataset = SimDataset(args.split, count, config, start=args.start, cache=not args.no_cache)
     sim_seconds = 0.0
     if dataset is not None:
@@ -86,6 +94,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/points and {args.out}/labels")
     if args.render:
         print(f"wrote {args.render}")
+    if args.bag:
+        period_ns = int(round(1e9 / args.rate))
+        start_ns = 1_700_000_000 * 1_000_000_000  # a fixed epoch keeps bags of the same frames identical
+        frames = (generate_frame(config, args.seed),) if dataset is None else (dataset[i] for i in range(count))
+        written_to_bag = write_bag_frames(
+            args.bag,
+            ((start_ns + k * period_ns, args.sensor_frame, PointCloud(f.points, KITTI_FIELDS)) for k, f in enumerate(frames)),
+            topic=args.topic,
+            storage=args.bag_storage,
+        )
+        print(f"wrote {written_to_bag} PointCloud2 message(s) on {args.topic} to {args.bag} ({args.bag_storage})")
     return 0
 
 
