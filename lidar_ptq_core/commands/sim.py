@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to do: give --out DIR, --bag DIR and/or --render PNG")
     if args.rate <= 0:
         raise ValueError("--rate must be positive")
+    if args.bag and Path(args.bag).exists():  # refuse before simulating anything
+        raise FileExistsError(f"{args.bag}: exists already; rosbag2 bags are never overwritten")
     if args.frames < 1:
         raise ValueError("--frames must be at least 1")
     config = load_sim_config(args.config)
