@@ -3,9 +3,11 @@ import torch
 
 from lidar_ptq_core.training.augment import AugmentConfig, augment_scene
 from lidar_ptq_core.training.losses import gather_at_index, heatmap_focal_loss, regression_l1_loss
-from lidar_ptq_core.training.targets import FeatureMapGeometry, build_task_targets, draw_gaussian, gaussian_radius
+from lidar_ptq_core.decode import HeadGeometry
+from lidar_ptq_core.training.targets import build_task_targets, draw_gaussian, gaussian_radius
 
-GEOM = FeatureMapGeometry(x_min=-10.0, y_min=-10.0, cell_x=0.5, cell_y=0.5, width=40, height=40)
+# 40 x 40 cells of 0.5 m from (-10, -10): 0.25 m voxels, out_size_factor 2.
+GEOM = HeadGeometry((-10.0, -10.0, -3.0, 10.0, 10.0, 3.0), (0.25, 0.25, 6.0), 2, (40, 40), (("Car", "Truck", "Pedestrian"),))
 
 
 def test_gaussian_radius_grows_with_size_and_shrinks_with_overlap():
@@ -82,7 +84,7 @@ def test_augmentation_keeps_points_in_their_boxes():
 
 def test_targets_decode_back_to_the_boxes():
     """Encoding (training) and decoding (inference) must agree on every convention: cells, offsets, dims, yaw."""
-    from lidar_ptq_core.decode import DecodeConfig, HeadGeometry, decode_frame
+    from lidar_ptq_core.decode import DecodeConfig, decode_frame
 
     geometry = HeadGeometry((-10.0, -10.0, -3.0, 10.0, 10.0, 3.0), (0.25, 0.25, 6.0), 2, (40, 40), (("Car", "Ped"),))
     boxes = np.array([[1.3, -2.2, -0.9, 4.0, 2.0, 1.5, 0.5], [-6.1, 7.7, -1.2, 0.8, 0.6, 1.7, -2.8]], np.float32)

@@ -7,23 +7,11 @@ is configured with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..decode import HeadGeometry
+
 REG_DIM = 8
-
-
-@dataclass(frozen=True)
-class FeatureMapGeometry:
-    """Where feature-map cells lie in the lidar frame."""
-
-    x_min: float
-    y_min: float
-    cell_x: float  # metres per feature-map cell = voxel size x * out_size_factor
-    cell_y: float
-    width: int  # cells along x
-    height: int  # cells along y
 
 
 def gaussian_radius(length_cells: float, width_cells: float, min_overlap: float) -> float:
@@ -57,7 +45,7 @@ def build_task_targets(
     boxes: np.ndarray,
     labels: np.ndarray,
     task_classes: list[int],
-    geometry: FeatureMapGeometry,
+    geometry: HeadGeometry,
     max_objects: int = 256,
     min_radius: int = 2,
     min_overlap: float = 0.1,
@@ -78,8 +66,7 @@ def build_task_targets(
         if int(label) not in channel_of or count >= max_objects:
             continue
         x, y, z, length, width, height, yaw = (float(v) for v in box)
-        fx = (x - geometry.x_min) / geometry.cell_x
-        fy = (y - geometry.y_min) / geometry.cell_y
+        fx, fy = (float(v) for v in geometry.metres_to_grid(x, y))  # the decoder's own inverse
         cx, cy = int(np.floor(fx)), int(np.floor(fy))
         if not (0 <= cx < geometry.width and 0 <= cy < geometry.height) or length <= 0 or width <= 0:
             continue
