@@ -173,3 +173,17 @@ def collate_voxels(batch: list[Voxels]) -> dict:
         "voxel_coords": torch.from_numpy(np.concatenate(coords, axis=0)),
         "batch_size": len(batch),
     }
+
+
+def voxelize_clouds(clouds, config: VoxelConfig, num_point_features: int) -> tuple[dict, list[VoxelizeReport]]:
+    """Clouds (each (N, >= num_point_features), x, y, z, intensity first) -> one collated batch and the voxelization
+    report of each cloud: the one path from points to network input for inference, training and calibration."""
+    frames = []
+    for points in clouds:
+        points = np.asarray(points, np.float32)
+        if points.ndim != 2 or points.shape[1] < num_point_features:
+            raise ValueError(
+                f"points must be (N, >= {num_point_features}) x, y, z, intensity...; got {points.shape}"
+            )
+        frames.append(voxelize(points[:, :num_point_features], config))
+    return collate_voxels(frames), [frame.report for frame in frames]

@@ -476,3 +476,21 @@ def test_model_outputs_decode_per_frame():
     for det in frames:
         assert det.class_names == tuple(CLASSES) and det.boxes.shape[1] == 7
         assert len(det) <= config.post_processing.max_boxes
+
+
+@pytest.mark.parametrize("config_dict", [TINY_PILLAR, TINY_VOXEL], ids=["pillar", "voxel"])
+def test_named_stages_chain_to_forward(config_dict):
+    """encode -> to_bev -> dense is forward, stage by stage, so each stage can be called or replaced alone."""
+    torch.manual_seed(0)
+    model = CenterPoint(CenterPointConfig.from_dict(copy.deepcopy(config_dict)),
+                        sparse_conv_algo=sparse_conv_algo_for("cpu")).eval()
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(-12, 12, (3000, 2)), rng.uniform(-2.5, 2.5, (3000, 1)),
+                             rng.uniform(0, 1, (3000, 1))], axis=1).astype(np.float32)
+    batch = collate_voxels([voxelize(points, model.config.voxelization)])
+    with torch.no_grad():
+        chained = model.dense(model.to_bev(model.encode(batch), batch))
+        direct = model(batch)
+    for a, b in zip(chained, direct):
+        for key in a:
+            assert torch.equal(a[key], b[key])

@@ -51,22 +51,33 @@ def _replace_features(x: spconv.SparseConvTensor, features: torch.Tensor) -> spc
     return x.replace_feature(features)
 
 
+class ResidualAdd(nn.Module):
+    """The skip connection's sum as a module of its own: a quantizer can sit on it (TensorRT wants one scale for
+    both inputs of an add)."""
+
+    def forward(self, residual: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return residual + skip
+
+
 class SparseBasicBlock(spconv.SparseModule):
-    """Residual block of two 3x3x3 submanifold convs (with bias, as OpenPCDet builds them) + BN, identity skip."""
+    """Residual block of two 3x3x3 submanifold convs (with bias, as OpenPCDet builds them) + BN, identity skip.
+    Each activation is its own module (relu1, relu2, add) so quantizers can be attached to each."""
 
     def __init__(self, channels: int, indice_key: str, algo=None):
         super().__init__()
         self.conv1 = subm_conv(channels, channels, indice_key, algo, bias=True)
         self.bn1 = _norm(channels)
-        self.relu = nn.ReLU()
+        self.relu1 = nn.ReLU()
         self.conv2 = subm_conv(channels, channels, indice_key, algo, bias=True)
         self.bn2 = _norm(channels)
+        self.add = ResidualAdd()
+        self.relu2 = nn.ReLU()
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         out = self.conv1(x)
-        out = _replace_features(out, self.relu(self.bn1(out.features)))
+        out = _replace_features(out, self.relu1(self.bn1(out.features)))
         out = self.conv2(out)
-        out = _replace_features(out, self.relu(self.bn2(out.features) + x.features))
+        out = _replace_features(out, self.relu2(self.add(self.bn2(out.features), x.features)))
         return out
 
 

@@ -92,22 +92,41 @@ class CenterPoint(nn.Module):
     def head_geometry(self) -> HeadGeometry:
         return self.config.head_geometry()
 
-    def bev_features(self, batch: dict) -> torch.Tensor:
-        """Voxels -> dense BEV map entering backbone_2d, (B, num_bev_features, H, W)."""
+    # The forward pass is a chain of named stages that can be called (calibration, export) or replaced one at a time:
+    #   encode: voxels -> per-pillar features (pillar) or the sparse 3D backbone's output (voxel)
+    #   to_bev: encoded features -> dense BEV map (B, num_bev_features, H, W)
+    #   dense:  BEV map -> head outputs (backbone_2d + dense_head)
+
+    def encode(self, batch: dict):
+        """Pillar model: (M, C) pillar features. Voxel model: the sparse backbone's SparseConvTensor, or None for a
+        batch without any voxel (spconv rejects empty inputs)."""
         voxels, num_points = batch["voxels"], batch["voxel_num_points"]
         coords, batch_size = batch["voxel_coords"], int(batch["batch_size"])
         if self.backbone_3d is None:
-            pillar_features = self.vfe(voxels, num_points, coords)
-            return self.map_to_bev_module(pillar_features, coords, batch_size)
-        if coords.shape[0] == 0:  # spconv rejects empty inputs; an empty sparse map densifies to zeros anyway
+            return self.vfe(voxels, num_points, coords)
+        if coords.shape[0] == 0:
+            return None
+        return self.backbone_3d(self.vfe(voxels, num_points), coords, batch_size)
+
+    def to_bev(self, encoded, batch: dict) -> torch.Tensor:
+        batch_size = int(batch["batch_size"])
+        if self.backbone_3d is None:
+            return self.map_to_bev_module(encoded, batch["voxel_coords"], batch_size)
+        if encoded is None:  # an empty sparse map densifies to zeros anyway
             channels, height, width, _ = self.config.bev_input_geometry()
-            return voxels.new_zeros(batch_size, channels, height, width)
-        encoded = self.backbone_3d(self.vfe(voxels, num_points), coords, batch_size)
+            return batch["voxels"].new_zeros(batch_size, channels, height, width)
         return self.map_to_bev_module(encoded)
+
+    def dense(self, bev: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.dense_head(self.backbone_2d(bev))
+
+    def bev_features(self, batch: dict) -> torch.Tensor:
+        """Voxels -> dense BEV map entering backbone_2d, (B, num_bev_features, H, W)."""
+        return self.to_bev(self.encode(batch), batch)
 
     def forward(self, batch: dict) -> list[dict[str, torch.Tensor]]:
         """Head outputs per task: {'hm': (B, classes, H, W) logits, 'center', 'center_z', 'dim', 'rot'[, 'vel']}."""
-        return self.dense_head(self.backbone_2d(self.bev_features(batch)))
+        return self.dense(self.to_bev(self.encode(batch), batch))
 
 
 def build_centerpoint(

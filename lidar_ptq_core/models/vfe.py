@@ -18,6 +18,7 @@ class PFNLayer(nn.Module):
         per_point = out_channels if last_layer else out_channels // 2
         self.linear = nn.Linear(in_channels, per_point, bias=not use_norm)
         self.norm = nn.BatchNorm1d(per_point, eps=1e-3, momentum=0.01) if use_norm else None
+        self.relu = nn.ReLU()  # a module, not torch.relu, so every activation can carry its own quantizer
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """points (M, P, C_in) -> (M, C_out) for the last layer, else (M, P, C_out)."""
@@ -25,7 +26,7 @@ class PFNLayer(nn.Module):
         if self.norm is not None:
             num_voxels, num_points, channels = x.shape
             x = self.norm(x.reshape(-1, channels)).reshape(num_voxels, num_points, channels)
-        x = torch.relu(x)
+        x = self.relu(x)
         pillar_max = x.max(dim=1, keepdim=True).values
         if self.last_layer:
             return pillar_max.squeeze(1)

@@ -11,7 +11,7 @@ import torch
 from ..config_files import data_roots
 from ..decode import decode_batch
 from ..detections import Detections
-from ..voxelize import collate_voxels, voxelize
+from ..voxelize import voxelize_clouds
 
 def bundled_checkpoint(name: str = "sim_pillar") -> Path:
     """A .safetensors path as given, or a checkpoint shipped with the project (checkpoints/<name>.safetensors)."""
@@ -56,15 +56,8 @@ class Detector:
     @torch.inference_mode()
     def detect_batch(self, clouds: list[np.ndarray]) -> list[Detections]:
         """Points (N, C) with x, y, z, intensity first -> Detections per cloud."""
-        features = self.config.num_point_features
-        frames = []
-        for points in clouds:
-            points = np.asarray(points, np.float32)
-            if points.ndim != 2 or points.shape[1] < features:
-                raise ValueError(f"points must be (N, >= {features}) x, y, z, intensity...; got {points.shape}")
-            frames.append(voxelize(points[:, :features], self.config.voxelization))
-        self.last_voxel_report = frames[-1].report
-        batch = collate_voxels(frames)
+        batch, reports = voxelize_clouds(clouds, self.config.voxelization, self.config.num_point_features)
+        self.last_voxel_report = reports[-1]
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         outputs = self.model(batch)
         return decode_batch(outputs, self.geometry, self.config.post_processing)

@@ -23,7 +23,7 @@ import torch
 from ..config_files import check_keys
 from ..detections import GroundTruth
 from ..io_utils import atomic_path
-from ..voxelize import collate_voxels, voxelize
+from ..voxelize import voxelize_clouds
 from .augment import AugmentConfig, augment_scene
 from .losses import gather_at_index, heatmap_focal_loss, regression_l1_loss
 from .targets import build_task_targets
@@ -65,7 +65,7 @@ class TrainConfig:
 
 
 def frame_targets(model_config, points: np.ndarray, gt: GroundTruth, train: TrainConfig, rng) -> tuple:
-    """One training sample: augmented points -> voxels, and per-task targets of the detectable boxes."""
+    """One training sample: the augmented points and the per-task targets of the detectable boxes."""
     keep = ~gt.ignore  # boxes with too few points are left out of the targets: they cannot be learned from
     boxes, names = gt.boxes[keep], [gt.class_names[i] for i in gt.labels[keep]]
     points, boxes = augment_scene(points[:, : model_config.num_point_features], boxes, train.augment, rng)
@@ -86,7 +86,7 @@ def frame_targets(model_config, points: np.ndarray, gt: GroundTruth, train: Trai
                 rot_order=model_config.post_processing.rot_order,
             )
         )
-    return voxelize(points, model_config.voxelization), targets
+    return points, targets
 
 
 def collate_targets(per_frame: Sequence[list[dict]]) -> list[dict[str, torch.Tensor]]:
@@ -160,7 +160,8 @@ def train(
         rng = np.random.default_rng([train_config.seed, step])
         samples = [dataset[int(i)] for i in indices]
         prepared = [frame_targets(model_config, s.points, s.gt, train_config, rng) for s in samples]
-        batch = collate_voxels([p[0] for p in prepared])
+        batch, _ = voxelize_clouds([p[0] for p in prepared], model_config.voxelization,
+                                   model_config.num_point_features)
         targets = collate_targets([p[1] for p in prepared])
         outputs = model(batch)
         loss, parts = centerpoint_loss(outputs, targets, train_config)
