@@ -1,0 +1,235 @@
+"""`quantize(model, calibration_batches, method, config, target) -> (quantized model, report)`: the one call.
+
+The model stays a plain torch module; `target` (a QuantTarget, built by a model recipe) says what the quantizer
+cannot know by itself: how to run a batch, which BatchNorms fold into which layers outside sequential containers,
+which module types are residual adds, which layers see raw sensor inputs (channel scaling), the reconstruction
+blocks, and the task-loss hook (TGPL). Stages, each a config switch:
+  fold + wrap -> channel scaling of first layers -> activation calibration -> grid search of clip ratios
+  -> learned step sizes with TGPL -> block reconstruction with adaptive rounding -> sensitivity table
+With `work_dir`, the state after every stage (and every reconstructed block) is saved, and a rerun with the same
+settings resumes from there.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..io_utils import atomic_path, write_json_atomic
+from .calibrate import calibrate_activations, grid_search_clip_ratios, sensitivity
+from .config import QuantConfig, method_config
+from .prepare import QuantLayout, plan_layout, prepare
+from .reconstruct import TaskHook, assign_blocks, fp_references, learn_step_sizes, reconstruct_block
+from .state import output_mse, quantizers_disabled, set_quantizers
+
+
+def default_forward(model: nn.Module, batch):
+    return model(batch)
+
+
+@dataclass
+class QuantTarget:
+    forward: Callable = default_forward
+    fold_pairs: Sequence[tuple[str, str]] = ()
+    add_types: tuple[type, ...] = ()
+    first_layers: Sequence[str] = ()
+    blocks: Sequence[str] = ()
+    task_hook: TaskHook | None = None
+
+
+@dataclass
+class QuantReport:
+    method: str
+    config: dict
+    layout: dict
+    layers: dict = field(default_factory=dict)  # name -> calibration / grid / reconstruction records
+    stages: dict = field(default_factory=dict)  # stage -> seconds and summary
+    sensitivity: dict = field(default_factory=dict)  # name -> output MSE with only that layer INT8
+    calibration_frames: int = 0
+    fold_max_abs_error: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def format(self) -> str:
+        lines = [f"method {self.method}: {len(self.layout['quantized'])} layers INT8, "
+                 f"{len(self.layout['kept_float'])} kept in FP32 {self.layout['kept_float']}, "
+                 f"{self.calibration_frames} calibration frames, {self.seconds:.0f} s"]
+        for stage, info in self.stages.items():
+            lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s")
+        lines.append(f"{'layer':<44} {'max':>8} {'amax':>8} {'clip':>5} {'err before':>11} {'err after':>10} "
+                     f"{'sens.':>9}")
+        for name, rec in self.layers.items():
+            grid = rec.get("grid", {})
+            recon = rec.get("reconstruction", {})
+            before = recon.get("error_rtn", grid.get("error_before"))
+            after = recon.get("error_after", grid.get("error_after"))
+            lines.append(
+                f"{name:<44} {rec.get('max', float('nan')):8.3f} {rec.get('amax_final', float('nan')):8.3f} "
+                f"{grid.get('clip_ratio', float('nan')):5.2f} {_num(before):>11} {_num(after):>10} "
+                f"{_num(self.sensitivity.get(name)):>9}"
+            )
+        return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+class _Checkpointer:
+    """Saves the quantized model's state after each stage to work_dir; on a rerun with the same settings and
+    calibration data, restores the last saved state and tells which stages are done."""
+
+    def __init__(self, work_dir, fingerprint: str):
+        self.dir = Path(work_dir) if work_dir else None
+        self.fingerprint = fingerprint
+        self.done: list[str] = []
+        self.report: dict = {}
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def restore(self, model: nn.Module) -> None:
+        if self.dir is None or not (self.dir / "progress.json").is_file():
+            return
+        progress = json.loads((self.dir / "progress.json").read_text())
+        if progress.get("fingerprint") != self.fingerprint:
+            return  # other settings or data: start over (the files are overwritten stage by stage)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(self.dir / "state.safetensors")), strict=True)
+        self.done, self.report = progress["done"], progress["report"]
+
+    def save(self, model: nn.Module, stage: str, report: QuantReport) -> None:
+        self.done.append(stage)
+        if self.dir is None:
+            return
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with atomic_path(self.dir / "state.safetensors") as tmp:
+            save_file(state, str(tmp))
+        write_json_atomic(self.dir / "progress.json",
+                          {"fingerprint": self.fingerprint, "done": self.done, "report": report.to_dict()})
+
+
+def _fingerprint(model: nn.Module, batches, config: QuantConfig) -> str:
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().float().numpy().tobytes()[:4096])
+    for batch in batches:
+        for value in (batch.values() if isinstance(batch, dict) else [batch]):
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def quantize(model: nn.Module, calibration_batches: Sequence, method: str = "lidar-ptq",
+             config: QuantConfig | None = None, target: QuantTarget | None = None, *, progress: bool = True,
+             work_dir: str | Path | None = None) -> tuple[nn.Module, QuantReport]:
+    """A quantized copy of `model` (the original is untouched) and the report. `config` overrides the method's
+    preset entirely when given."""
+    started = time.perf_counter()
+    config = config or method_config(method)
+    target = target or QuantTarget()
+    batches = list(calibration_batches)
+    if not batches:
+        raise ValueError("quantize needs at least one calibration batch")
+    forward = target.forward
+    qmodel = copy.deepcopy(model).eval()
+    layout = plan_layout(qmodel, target.fold_pairs, tuple(target.add_types), config.keep_float,
+                         target.first_layers if config.input_channel_scaling else ())
+    with torch.no_grad():
+        reference = forward(model.eval(), batches[0])
+    wrappers = prepare(qmodel, layout, tuple(target.add_types))
+    report = QuantReport(method=config.method, config=config.to_dict(), layout=layout.to_dict(),
+                         layers={n: {} for n in wrappers}, calibration_frames=len(batches))
+    with torch.no_grad(), quantizers_disabled(qmodel):
+        folded = forward(qmodel, batches[0])
+    report.fold_max_abs_error = max(
+        float((a - b).abs().max()) for a, b in zip(_flat(folded), _flat(reference))
+    )
+
+    checkpoints = _Checkpointer(work_dir, _fingerprint(model, batches, config))
+    checkpoints.restore(qmodel)
+    if checkpoints.report:
+        for key in ("layers", "stages", "sensitivity"):
+            getattr(report, key).update(checkpoints.report.get(key, {}))
+
+    def stage(name: str, run: Callable[[], dict | None]) -> None:
+        if name in checkpoints.done:
+            return
+        t0 = time.perf_counter()
+        summary = run() or {}
+        report.stages[name] = {"seconds": round(time.perf_counter() - t0, 2), **summary}
+        checkpoints.save(qmodel, name, report)
+
+    def calibration():
+        for name, rec in calibrate_activations(qmodel, wrappers, batches, forward, config, progress).items():
+            report.layers[name].update(rec)
+
+    def grid():
+        subset = batches[: config.grid_search_frames or len(batches)]
+        for name, rec in grid_search_clip_ratios(qmodel, wrappers, subset, forward, config.grid_ratios,
+                                                 progress).items():
+            report.layers[name]["grid"] = rec
+
+    def tgpl():
+        subset = batches[: config.adaround_frames or len(batches)]
+        return learn_step_sizes(qmodel, wrappers, subset, forward, target.task_hook, config.tgpl_steps,
+                                config.tgpl_lr, config.tgpl_weight, config.output_mse_weight, progress)
+
+    stage("calibration", calibration)
+    set_quantizers(wrappers.values(), True)
+    if config.grid_search:
+        stage("grid_search", grid)
+    if config.tgpl:
+        if target.task_hook is None:
+            raise ValueError("tgpl needs a task hook (QuantTarget.task_hook)")
+        stage("tgpl", tgpl)
+    if config.adaround:
+        subset = batches[: config.adaround_frames or len(batches)]
+        hook = target.task_hook if config.task_loss_every else None
+        groups = assign_blocks(wrappers, target.blocks)
+        pending = [(b, members) for b, members in groups if f"adaround:{b}" not in checkpoints.done]
+        set_quantizers([wrappers[n] for _, members in pending for n in members], False)
+        references = fp_references(qmodel, subset, forward, hook) if hook is not None and pending else None
+        for block, members in pending:
+            def run(block=block, members=members):
+                module = qmodel.get_submodule(block)
+                rec = reconstruct_block(qmodel, module, {n: wrappers[n] for n in members}, subset, forward, config,
+                                        hook, references, progress)
+                report.layers[members[0]]["reconstruction"] = {"block": block, **rec}
+                return rec
+            stage(f"adaround:{block}", run)
+    set_quantizers(wrappers.values(), True)
+    if config.sensitivity_frames:
+        stage("sensitivity", lambda: report.sensitivity.update(
+            sensitivity(qmodel, wrappers, batches[: config.sensitivity_frames], forward, progress)))
+    set_quantizers(wrappers.values(), True)
+    for name, wrapper in wrappers.items():
+        report.layers[name]["amax_final"] = float(wrapper.input_quantizer.amax)
+    report.seconds = round(time.perf_counter() - started, 2)
+    return qmodel, report
+
+
+def _flat(output):
+    from .state import tensors_of
+
+    return tensors_of(output)
+
+
+def load_quantized_state(model: nn.Module, layout: QuantLayout, state: dict, add_types: tuple[type, ...] = ()):
+    """Rebuild the quantized layout on an FP32 model of the same config and load a quantized state_dict strictly."""
+    prepare(model, layout, add_types, structure_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

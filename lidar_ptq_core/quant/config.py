@@ -1,0 +1,97 @@
+"""Quantization settings as data: one frozen dataclass, built from YAML or a method preset plus overrides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping
+
+from .calibrators import CALIBRATORS
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    method: str = "lidar-ptq"  # name recorded in the report
+    seed: int = 0
+    # -- which layers
+    keep_float: tuple[str, ...] = ()  # module names left in FP32 (each is named in the report)
+    # -- activation calibration
+    calibrator: str = "max"  # max | percentile | entropy | mse
+    percentile: float = 99.99
+    active_sites_only: bool = True  # sparsity-based: statistics over non-empty sites only
+    samples_per_batch: int = 20000  # |x| values kept per batch and quantizer for the histogram calibrators
+    input_channel_scaling: bool = True  # per-channel input scales folded into the first layers (the first-layer trap)
+    # -- grid search of clip ratios (LiDAR-PTQ): per layer, the ratio of amax minimising the layer's output error
+    grid_search: bool = True
+    grid_ratios: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+    grid_search_frames: int = 32
+    # -- TGPL: learned activation step sizes against the task loss at the final output, all quantizers on
+    tgpl: bool = True
+    tgpl_steps: int = 200
+    tgpl_lr: float = 2e-3  # relative to each amax
+    tgpl_weight: float = 1.0
+    output_mse_weight: float = 1.0  # whole-map output error beside TGPL, so negatives stay negative
+    # -- block reconstruction with adaptive rounding
+    adaround: bool = True
+    adaround_steps: int = 300
+    adaround_frames: int = 32
+    adaround_lr: float = 1e-2
+    adaround_reg_weight: float = 0.01
+    adaround_beta: tuple[float, float] = (20.0, 2.0)
+    adaround_warmup: float = 0.2  # fraction of steps without the rounding regulariser
+    learn_activation_scales: bool = False  # learn the block's input step sizes beside the rounding (BRECQ/QDrop)
+    activation_drop_prob: float = 0.0  # QDrop: during reconstruction, keep this fraction of activations in FP32
+    task_loss_every: int = 10  # add the task-loss hook's loss (TGPL) at the final output every N reconstruction steps
+    task_loss_weight: float = 1.0
+    # -- report
+    sensitivity_frames: int = 4
+
+    def __post_init__(self) -> None:
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"calibrator must be one of {CALIBRATORS}, got {self.calibrator!r}")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        ratios = tuple(float(r) for r in self.grid_ratios)
+        if not ratios or any(not 0 < r <= 1.5 for r in ratios):
+            raise ValueError(f"grid_ratios must be non-empty, each in (0, 1.5], got {self.grid_ratios}")
+        object.__setattr__(self, "grid_ratios", ratios)
+        object.__setattr__(self, "keep_float", tuple(str(n) for n in self.keep_float))
+        object.__setattr__(self, "adaround_beta", tuple(float(b) for b in self.adaround_beta))
+        if not 0 <= self.activation_drop_prob < 1:
+            raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
+        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "adaround_steps", "task_loss_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "QuantConfig":
+        from ..config_files import check_keys
+
+        return cls(**check_keys("quantization", data, cls))
+
+
+_NAIVE = dict(active_sites_only=False, input_channel_scaling=False, grid_search=False, tgpl=False, adaround=False)
+METHODS: dict[str, dict] = {
+    # Naive calibrators as TensorRT / pytorch-quantization apply them: all sites, no first-layer fix.
+    "max": dict(_NAIVE, calibrator="max"),
+    "percentile": dict(_NAIVE, calibrator="percentile"),
+    "entropy": dict(_NAIVE, calibrator="entropy"),
+    "mse": dict(_NAIVE, calibrator="mse"),
+    # LiDAR-PTQ and its ablation steps.
+    "lidar-ptq": dict(),
+    "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
+    "sparse-grid": dict(tgpl=False, adaround=False),
+    "sparse-grid-tgpl": dict(adaround=False),
+    # Reconstruction baselines: all-site MSE initialisation, block reconstruction, no TGPL.
+    "brecq": dict(active_sites_only=False, calibrator="mse", grid_search=False, tgpl=False, task_loss_every=0),
+    "qdrop": dict(active_sites_only=False, calibrator="mse", grid_search=False, tgpl=False, task_loss_every=0,
+                  learn_activation_scales=True, activation_drop_prob=0.5),
+}
+
+
+def method_config(method: str, **overrides) -> QuantConfig:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    return replace(QuantConfig(method=method, **METHODS[method]), **overrides)

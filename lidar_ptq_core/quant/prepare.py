@@ -1,0 +1,97 @@
+"""From an FP32 module tree to its quantized layout: fold BatchNorms, then wrap every quantizable layer.
+
+The layout is described by a `QuantLayout` (plain names, JSON-able), so a quantized checkpoint can rebuild exactly the
+same module tree from the FP32 model and load its state_dict strictly.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from .fold import fold_batch_norms, find_sequential_pairs, _set_submodule
+from .modules import DENSE_WRAPPERS, QuantAdd, QuantLayer
+
+
+@dataclass
+class QuantLayout:
+    fold_pairs: list[tuple[str, str]] = field(default_factory=list)
+    quantized: list[str] = field(default_factory=list)  # wrapped module names, in module order
+    input_scaled: list[str] = field(default_factory=list)  # layers with per-channel input scaling
+    kept_float: list[str] = field(default_factory=list)  # quantizable layers left in FP32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantLayout":
+        return cls(
+            fold_pairs=[tuple(p) for p in data["fold_pairs"]],
+            quantized=list(data["quantized"]),
+            input_scaled=list(data["input_scaled"]),
+            kept_float=list(data["kept_float"]),
+        )
+
+
+def _sparse_conv_base():
+    conv = sys.modules.get("spconv.pytorch.conv")  # models without spconv never import it
+    return conv.SparseConvolution if conv is not None else None
+
+
+def _wrapper_for(module: nn.Module, add_types: tuple[type, ...]):
+    if add_types and isinstance(module, add_types):
+        return QuantAdd
+    sparse = _sparse_conv_base()
+    if sparse is not None and isinstance(module, sparse):
+        from .sparse import QuantSparseConv
+
+        return QuantSparseConv
+    for base, wrapper in DENSE_WRAPPERS.items():
+        if type(module) is base:
+            return wrapper
+    return None
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in patterns)
+
+
+def plan_layout(model: nn.Module, extra_fold_pairs=(), add_types: tuple[type, ...] = (), keep_float=(),
+                input_scaled=()) -> QuantLayout:
+    """Which BNs fold into which layers, which layers get quantized (all but `keep_float` names / prefixes)."""
+    pairs = find_sequential_pairs(model) + [tuple(p) for p in extra_fold_pairs]
+    quantized, kept = [], []
+    for name, module in model.named_modules():
+        if _wrapper_for(module, add_types) is None:
+            continue
+        (kept if _matches(name, tuple(keep_float)) else quantized).append(name)
+    unknown = [n for n in keep_float if not any(_matches(q, (n,)) for q in quantized + kept)]
+    if unknown:
+        raise ValueError(f"keep_float names no quantizable layer: {unknown}")
+    scaled = [n for n in input_scaled if n in quantized]
+    return QuantLayout(fold_pairs=pairs, quantized=quantized, input_scaled=scaled, kept_float=kept)
+
+
+def prepare(model: nn.Module, layout: QuantLayout, add_types: tuple[type, ...] = (), structure_only: bool = False):
+    """Fold and wrap `model` in place following `layout`. structure_only: the layout only (for loading a state_dict).
+    Returns {name: wrapper}."""
+    fold_batch_norms(model, layout.fold_pairs, structure_only=structure_only)
+    wrappers = {}
+    for name in layout.quantized:
+        module = model.get_submodule(name)
+        wrapper_cls = _wrapper_for(module, add_types)
+        if wrapper_cls is None:
+            raise ValueError(f"{name} ({type(module).__name__}) cannot be quantized")
+        if wrapper_cls is QuantAdd:
+            wrapper = QuantAdd(module)
+        else:
+            wrapper = wrapper_cls(module, input_channel_scaling=name in layout.input_scaled)
+        _set_submodule(model, name, wrapper)
+        wrappers[name] = wrapper
+    return wrappers
+
+
+def quant_wrappers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, (QuantLayer, QuantAdd))}

@@ -1,0 +1,194 @@
+"""The CenterPoint recipe: what lidar_ptq_core.quant needs to know about CenterPoint, and the quantized checkpoint.
+
+- BatchNorms wired by hand (PFN linear/norm, SparseBasicBlock conv/bn pairs) for folding; the rest are found in
+  sequential containers.
+- First layers (channel scaling): the PFN's first Linear (pillar) or the first SubMConv3d (voxel); both see metres.
+- Reconstruction blocks: the PFN, each sparse stage, each backbone_2d block and deblock, the shared head conv and
+  each head branch.
+- TGPL: pseudo-labels are the FP32 model's decoded boxes (score >= threshold, top-K per frame); the loss compares the
+  quantized and FP32 head outputs (heatmap probabilities and box regression) at their centre cells.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..decode import decode_batch
+from ..io_utils import atomic_path
+from ..models.centerpoint import CenterPoint, build_centerpoint
+from ..models.checkpoint import CHECKPOINT_FORMAT
+from ..models.config import model_config_from_yaml
+from ..quant import QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
+
+QUANTIZED_FORMAT = "lidar-ptq-centerpoint-int8/1"
+BOX_HEADS = ("center", "center_z", "dim", "rot")
+
+
+def _residual_add_type():
+    """The voxel backbone's ResidualAdd; models/backbone3d.py is only imported (with spconv) by voxel models."""
+    import sys
+
+    backbone3d = sys.modules.get("lidar_ptq_core.models.backbone3d")
+    return (backbone3d.ResidualAdd,) if backbone3d is not None else ()
+
+
+def fold_pairs(model: CenterPoint) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if hasattr(module, "linear") and getattr(module, "norm", None) is not None:
+            pairs.append((f"{name}.linear", f"{name}.norm"))
+        if hasattr(module, "conv1") and hasattr(module, "bn1"):
+            pairs += [(f"{name}.conv1", f"{name}.bn1"), (f"{name}.conv2", f"{name}.bn2")]
+    return pairs
+
+
+def first_layers(model: CenterPoint) -> list[str]:
+    return ["vfe.pfn_layers.0.linear"] if model.backbone_3d is None else ["backbone_3d.conv_input.0"]
+
+
+def reconstruction_blocks(model: CenterPoint) -> list[str]:
+    blocks = [f"vfe.pfn_layers.{i}" for i in range(len(getattr(model.vfe, "pfn_layers", [])))]
+    if model.backbone_3d is not None:
+        blocks += [f"backbone_3d.{n}" for n in ("conv_input", "conv1", "conv2", "conv3", "conv4", "conv_out")]
+    blocks += [f"backbone_2d.blocks.{i}" for i in range(len(model.backbone_2d.blocks))]
+    blocks += [f"backbone_2d.deblocks.{i}" for i in range(len(model.backbone_2d.deblocks))]
+    blocks.append("dense_head.shared_conv")
+    for t, head in enumerate(model.dense_head.heads_list):
+        blocks += [f"dense_head.heads_list.{t}.{name}" for name in head.head_names]
+    return blocks
+
+
+@dataclass
+class TGPLHook:
+    """Task-guided global positive loss for a CenterPoint head."""
+
+    model: CenterPoint
+    score_threshold: float = 0.3
+    top_k: int = 100
+    heatmap_weight: float = 1.0
+    box_weight: float = 1.0
+
+    def targets(self, batch, fp_outputs) -> list[torch.Tensor]:
+        """Per task: positive cells (frame, row, col) of the FP32 detections kept as pseudo-labels."""
+        geometry = self.model.config.head_geometry()
+        detections = decode_batch(fp_outputs, geometry, self.model.config.post_processing)
+        task_of_class = [t for t, names in enumerate(geometry.task_class_names) for _ in names]
+        cells = [[] for _ in geometry.task_class_names]
+        for frame, det in enumerate(detections):
+            keep = np.flatnonzero(det.scores >= self.score_threshold)
+            keep = keep[np.argsort(-det.scores[keep], kind="stable")][: self.top_k]
+            cols, rows = geometry.metres_to_grid(det.boxes[keep, 0], det.boxes[keep, 1])
+            for label, col, row in zip(det.labels[keep], np.floor(cols), np.floor(rows)):
+                if 0 <= row < geometry.height and 0 <= col < geometry.width:
+                    cells[task_of_class[int(label)]].append((frame, int(row), int(col)))
+        return [torch.tensor(sorted(set(c)), dtype=torch.long).reshape(-1, 3) for c in cells]
+
+    def loss(self, outputs, fp_outputs, targets) -> torch.Tensor:
+        total = outputs[0]["hm"].new_zeros(())
+        for out, ref, cells in zip(outputs, fp_outputs, targets):
+            if cells.numel() == 0:
+                continue
+            b, r, c = cells[:, 0], cells[:, 1], cells[:, 2]
+
+            def at(tensor):  # (B, C, H, W) -> (positives, C)
+                return tensor[b, :, r, c]
+
+            hm_error = (torch.sigmoid(at(out["hm"])) - torch.sigmoid(at(ref["hm"])).detach()) ** 2
+            box_error = sum((at(out[k]) - at(ref[k]).detach()).abs().sum() for k in BOX_HEADS)
+            total = total + self.heatmap_weight * hm_error.sum() + self.box_weight * box_error
+        return total
+
+
+def centerpoint_target(model: CenterPoint, tgpl_score_threshold: float = 0.3, tgpl_top_k: int = 100) -> QuantTarget:
+    return QuantTarget(
+        forward=lambda m, batch: m(batch),
+        fold_pairs=fold_pairs(model),
+        add_types=_residual_add_type(),
+        first_layers=first_layers(model),
+        blocks=reconstruction_blocks(model),
+        task_hook=TGPLHook(model, tgpl_score_threshold, tgpl_top_k),
+    )
+
+
+def quantize_centerpoint(model: CenterPoint, calibration_batches, method: str = "lidar-ptq",
+                         config: QuantConfig | None = None, progress: bool = True, work_dir=None):
+    """(quantized CenterPoint, report). The quantized model keeps `.config` so Detector and decode work as before."""
+    model = model.eval()
+    qmodel, report = quantize(model, calibration_batches, method, config or method_config(method),
+                              centerpoint_target(model), progress=progress, work_dir=work_dir)
+    return qmodel, report
+
+
+# -- the quantized checkpoint: one safetensors file, config + layout + quantization settings in its metadata
+
+def save_quantized_checkpoint(qmodel: CenterPoint, report, path: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
+    summary = {k: report.to_dict()[k] for k in ("method", "calibration_frames", "seconds", "stages")}
+    metadata = {
+        "format": QUANTIZED_FORMAT,
+        "config": qmodel.config.to_yaml(),
+        "layout": json.dumps(report.layout),
+        "quantization": json.dumps(report.config),
+        "report": json.dumps(summary),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def is_quantized_checkpoint(path: str | Path) -> bool:
+    return read_metadata(path).get("format") == QUANTIZED_FORMAT
+
+
+def load_quantized_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
+    """Build the FP32 model from the embedded config, rebuild the quantized layout, load the state strictly."""
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    if metadata.get("format") != QUANTIZED_FORMAT:
+        raise ValueError(f"{path}: not a {QUANTIZED_FORMAT} checkpoint (format {metadata.get('format')!r})")
+    try:
+        config = model_config_from_yaml(metadata["config"])
+        layout = QuantLayout.from_dict(json.loads(metadata["layout"]))
+    except (KeyError, json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"{path}: damaged quantization metadata ({exc})") from exc
+    model = build_centerpoint(config, device=device)
+    try:
+        load_quantized_state(model, layout, load_file(str(path), device=str(device)), _residual_add_type())
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{path}: weights do not match the quantized layout: {str(exc).splitlines()[0]}") from exc
+    model.quantization = json.loads(metadata.get("quantization", "{}"))
+    return model.eval()
+
+
+def load_any_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
+    """An FP32 (lidar-ptq-centerpoint) or INT8 fake-quant (lidar-ptq-centerpoint-int8) checkpoint."""
+    fmt = read_metadata(path).get("format")
+    if fmt == QUANTIZED_FORMAT:
+        return load_quantized_checkpoint(path, device)
+    from ..models.checkpoint import load_checkpoint
+
+    if fmt != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {fmt!r}")
+    return load_checkpoint(path, device=device)
