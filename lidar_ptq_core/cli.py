@@ -14,6 +14,7 @@ COMMANDS = {
     "voxelize": "Voxelize a point cloud file and report what was kept and dropped.",
     "train": "Train a CenterPoint on the synthetic benchmark (resumable).",
     "import-openpcdet": "Convert an OpenPCDet CenterPoint .pth into a lidar-ptq .safetensors checkpoint.",
+    "quantize": "INT8 post-training quantization (LiDAR-PTQ or a baseline) from a sim split, frames or a bag.",
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "demo": "The embedded default job: make synthetic scenes, voxelize them, evaluate.",

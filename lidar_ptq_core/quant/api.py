@@ -137,9 +137,15 @@ def quantize(model: nn.Module, calibration_batches: Sequence, method: str = "lid
              config: QuantConfig | None = None, target: QuantTarget | None = None, *, progress: bool = True,
              work_dir: str | Path | None = None) -> tuple[nn.Module, QuantReport]:
     """A quantized copy of `model` (the original is untouched) and the report. `config` overrides the method's
-    preset entirely when given."""
-    started = time.perf_counter()
+    preset entirely when given. Deterministic for a given config.seed (the global RNG state is left as it was)."""
     config = config or method_config(method)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _quantize(model, calibration_batches, config, target, progress, work_dir)
+
+
+def _quantize(model, calibration_batches, config: QuantConfig, target, progress, work_dir):
+    started = time.perf_counter()
     target = target or QuantTarget()
     batches = list(calibration_batches)
     if not batches:

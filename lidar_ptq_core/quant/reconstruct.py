@@ -69,8 +69,8 @@ def learn_step_sizes(model, wrappers: dict, batches: Sequence, forward, hook: Ta
             with torch.no_grad():
                 for q in quantizers:
                     q.amax.clamp_(min=1e-6)
-            first = float(loss) if first is None else first
-            last = float(loss)
+            last = float(loss.detach())
+            first = last if first is None else first
     finally:
         for q in quantizers:
             q.amax.requires_grad_(False)

@@ -36,9 +36,10 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path = "sim_pillar", device: str = "cpu") -> "Detector":
-        from ..models.checkpoint import load_checkpoint
+        """FP32 or INT8 (fake-quant) checkpoint; the quantized one runs through the same voxelize and decode."""
+        from ..recipes.centerpoint import load_any_checkpoint
 
-        return cls(load_checkpoint(bundled_checkpoint(str(checkpoint)), device=device))
+        return cls(load_any_checkpoint(bundled_checkpoint(str(checkpoint)), device=device))
 
     @property
     def class_names(self) -> tuple[str, ...]:

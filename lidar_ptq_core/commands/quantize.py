@@ -1,0 +1,68 @@
+"""`lidar-ptq quantize --checkpoint C --calib SOURCE --method M --out FILE`: INT8 post-training quantization."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..quant.config import METHODS
+
+    parser.add_argument("--checkpoint", default="sim_pillar", help="FP32 checkpoint: bundled name or .safetensors")
+    parser.add_argument("--calib", default="sim", metavar="SOURCE",
+                        help="'sim' (the sim calib split), a folder of .bin/.pcd frames, or a rosbag2 bag")
+    parser.add_argument("--topic", default=None, help="PointCloud2 topic of the bag (needed if it has several)")
+    parser.add_argument("--frames", type=int, default=256, help="calibration frames, spread over the source")
+    parser.add_argument("--method", default="lidar-ptq", choices=sorted(METHODS))
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="quantization settings overriding the method's preset (keys of quant.QuantConfig)")
+    parser.add_argument("--keep-float", nargs="+", default=None, metavar="LAYER",
+                        help="layers (module names or prefixes) left in FP32")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--work-dir", default=None, help="stage checkpoints for resuming (default: <out>.work)")
+    parser.add_argument("--out", required=True, help="quantized checkpoint (.safetensors) to write")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    import torch
+
+    from ..calibration_data import calibration_clouds
+    from ..config_files import load_yaml
+    from ..io_utils import write_bytes_atomic
+    from ..models.checkpoint import load_checkpoint
+    from ..quant import QuantConfig, method_config
+    from ..recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
+    from ..runtime import bundled_checkpoint
+    from ..voxelize import voxelize_clouds
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out}")
+    config = method_config(args.method)
+    if args.config:
+        overrides = load_yaml(args.config)
+        config = QuantConfig.from_dict({**config.to_dict(), **overrides, "method": args.method})
+    if args.keep_float is not None:
+        config = replace(config, keep_float=tuple(args.keep_float))
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
+    model = load_checkpoint(bundled_checkpoint(args.checkpoint))
+    clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet)
+    print(f"calibration: {described}")
+    batches = [voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0] for c in clouds]
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".work")
+    qmodel, report = quantize_centerpoint(model, batches, args.method, config, progress=not args.quiet,
+                                          work_dir=work_dir)
+    save_quantized_checkpoint(qmodel, report, out)
+    text = report.format()
+    write_bytes_atomic(out.with_suffix(".report.txt"), (text + "\n").encode())
+    print(text)
+    print(f"wrote {out} (report: {out.with_suffix('.report.txt')}; stage checkpoints in {work_dir})")
+    return 0
