@@ -82,3 +82,57 @@ def test_import_openpcdet_command_round_trip(tmp_path, capsys):
     assert cli.main(["import-openpcdet", str(tmp_path / "openpcdet.pth"), "--config", str(tmp_path / "other.yaml"),
                      "--out", str(tmp_path / "bad.safetensors")]) == 2
     assert "vfe.pfn_layers.0" in capsys.readouterr().err and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_eval_takes_the_region_from_the_checkpoint_like_demo(tmp_path, monkeypatch, capsys):
+    """Same box files, same table: eval --checkpoint uses the detector's range, as demo and the benchmarks do."""
+    import json
+
+    from test_train import tiny_pillar_config
+
+    from lidar_ptq_core.models.centerpoint import build_centerpoint
+    from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
+    ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--frames", "2", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    demo = json.loads((out / "eval.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", "--pred", str(out / "pred"), "--gt", str(out / "gt"), "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "region: x -40.96..40.96 m, y -40.96..40.96 m" in text
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["distance_map"] == demo["distance_map"] and again["iou_map"] == demo["iou_map"]
+    assert cli.main(["eval", "--pred", str(out / "pred"), "--gt", str(out / "gt")]) == 0
+    assert "region: none" in capsys.readouterr().out
+
+
+def test_quantize_a_folder_then_detect_a_folder_into_box_files(tmp_path, capsys):
+    """The newcomer's path on their own frames: quantize from a folder, detect every frame with the INT8 model."""
+    from test_train import tiny_pillar_config
+
+    from lidar_ptq_core.models.centerpoint import build_centerpoint
+    from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pts = np.concatenate([rng.uniform(-12, 12, (400, 2)), rng.uniform(-2, 2, (400, 1)), rng.uniform(0, 1, (400, 1))],
+                             axis=1).astype(np.float32)
+        pts.tofile(frames / f"{i:06d}.bin")
+    int8 = tmp_path / "tiny_int8.safetensors"
+    assert cli.main(["quantize", "--checkpoint", str(ckpt), "--calib", str(frames), "--frames", "2", "--method",
+                     "sparse-grid", "--out", str(int8), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "calibration: 2 of 3 files" in text and "sparse-grid" in text
+    assert int8.is_file() and int8.with_suffix(".report.txt").is_file()
+    boxes = tmp_path / "boxes"
+    assert cli.main(["detect", str(frames), "--checkpoint", str(int8), "--out", str(boxes), "--quiet"]) == 0
+    assert sorted(p.name for p in boxes.iterdir()) == ["000000.json", "000001.json", "000002.json"]
+    assert cli.main(["quantize", "--checkpoint", str(ckpt), "--calib", str(tmp_path / "none"), "--out",
+                     str(int8)]) == 2
+    assert "neither 'sim' nor an existing" in capsys.readouterr().err

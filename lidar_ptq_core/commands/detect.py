@@ -1,43 +1,89 @@
-"""`lidar-ptq detect FILE`: run a detector on one point cloud; print boxes, optionally save them and a picture."""
+"""`lidar-ptq detect INPUT... [--out DIR]`: run a detector (FP32 or INT8 checkpoint) on point clouds: files, folders
+of files, or rosbag2 bags; print the boxes, write one box JSON per frame, draw a frame."""
 
 from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("file", help="point cloud: KITTI .bin, nuScenes .pcd.bin, .pcd, or a rosbag2 bag (first frame)")
-    parser.add_argument("--checkpoint", default="sim_pillar", help="bundled name or .safetensors path")
-    parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of points and boxes")
-    parser.add_argument("--out", default=None, help="write the detections as a box JSON file")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="point cloud files (KITTI .bin, nuScenes .pcd.bin, .pcd), folders of them, or rosbag2 bags")
+    parser.add_argument("--checkpoint", default="sim_pillar", help="bundled name or .safetensors path (FP32 or INT8)")
+    parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
+    parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of the first frame's points and boxes")
+    parser.add_argument("--out", default=None,
+                        help="a folder: one <frame_id>.json box file per frame (for `lidar-ptq eval`); with a single "
+                        "input frame, a path ending in .json writes that file")
     parser.add_argument("--gt", default=None, help="ground truth box JSON to draw beside the detections")
     parser.add_argument("--min-score", type=float, default=0.3, help="boxes drawn/printed from this score")
+    parser.add_argument("--quiet", action="store_true", help="print only the per-frame counts")
+
+
+FIELDS = ("x", "y", "z", "intensity")
+POINT_FILE_SUFFIXES = (".bin", ".pcd")
+
+
+def iter_frames(inputs, topic=None):
+    """(frame_id, points) for every frame of every input, in order."""
+    from pathlib import Path
+
+    from ..pointcloud import is_bag_path, iter_bag_frames, read_points
+
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}")
+        if is_bag_path(path):
+            for index, frame in enumerate(iter_bag_frames(path, topic)):
+                yield f"{path.name.split('.')[0]}_{index:06d}", _points(frame.cloud, f"{path} message {index}")
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
+            if not files:
+                raise ValueError(f"{path}: no .bin or .pcd point cloud files")
+            for file in files:
+                yield file.name.split(".")[0], _points(read_points(file), str(file))
+        else:
+            yield path.name.split(".")[0], _points(read_points(path), str(path))
+
+
+def _points(cloud, where: str):
+    missing = [f for f in FIELDS if not cloud.has_field(f)]
+    if missing:
+        raise ValueError(f"{where} lacks fields {missing}; the detector needs x, y, z, intensity")
+    return cloud.select_fields(FIELDS).points
 
 
 def run(args) -> int:
     from pathlib import Path
 
     from ..boxfile import read_ground_truth, write_detections
-    from ..pointcloud import read_points
     from ..render import render_bev
     from ..runtime import Detector
 
     detector = Detector.from_checkpoint(args.checkpoint)
-    cloud = read_points(args.file)
-    missing = [f for f in ("x", "y", "z", "intensity") if not cloud.has_field(f)]
-    if missing:
-        raise ValueError(f"{args.file} lacks fields {missing}; the detector needs x, y, z, intensity")
-    points = cloud.select_fields(("x", "y", "z", "intensity")).points
-    detections = detector.detect(points)
-    shown = detections.select(detections.scores >= args.min_score)
-    for box, score, label in zip(shown.boxes, shown.scores, shown.labels):
-        x, y, z, length, width, height, yaw = box
-        print(f"{shown.class_names[label]:<11} {score:.2f}  x {x:7.2f} y {y:7.2f} z {z:5.2f}  "
-              f"l {length:5.2f} w {width:4.2f} h {height:4.2f}  yaw {yaw:5.2f}")
-    print(f"{len(shown)} boxes with score >= {args.min_score} ({len(detections)} before the score cut)")
-    frame_id = Path(args.file).name.split(".")[0]
-    if args.out:
-        write_detections(args.out, frame_id, detections)
-    if args.render:
-        gt = read_ground_truth(args.gt)[1] if args.gt else None
-        render_bev(args.render, points, gt=gt, detections=shown, title=f"{frame_id}: {len(shown)} detections")
-        print(f"wrote {args.render}")
+    from ..pointcloud import is_bag_path
+
+    out = Path(args.out) if args.out else None
+    # One plain file in and a .json out: write that file (as before); anything else writes a folder of box files.
+    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file() and not is_bag_path(args.inputs[0])
+    single_file = out is not None and out.suffix == ".json" and single
+    frames = iter_frames(args.inputs, args.topic)
+    count = 0
+    for frame_id, points in frames:
+        detections = detector.detect(points)
+        shown = detections.select(detections.scores >= args.min_score)
+        count += 1
+        if not args.quiet:
+            for box, score, label in zip(shown.boxes, shown.scores, shown.labels):
+                x, y, z, length, width, height, yaw = box
+                print(f"{shown.class_names[label]:<11} {score:.2f}  x {x:7.2f} y {y:7.2f} z {z:5.2f}  "
+                      f"l {length:5.2f} w {width:4.2f} h {height:4.2f}  yaw {yaw:5.2f}")
+        print(f"{frame_id}: {len(shown)} boxes with score >= {args.min_score} ({len(detections)} before the score cut)")
+        if out is not None:
+            write_detections(out if single_file else out / f"{frame_id}.json", frame_id, detections)
+        if args.render and count == 1:
+            gt = read_ground_truth(args.gt)[1] if args.gt else None
+            render_bev(args.render, points, gt=gt, detections=shown, title=f"{frame_id}: {len(shown)} detections")
+            print(f"wrote {args.render}")
+    if out is not None:
+        print(f"wrote {count} box file(s) to {out}")
     return 0

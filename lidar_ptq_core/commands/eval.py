@@ -49,10 +49,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate only inside this area (e.g. the detector's point cloud range): ground truth centred outside "
         "is ignored, predictions centred outside are dropped",
     )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="take the region from this detector's point cloud range (as demo and the benchmarks do); bundled name "
+        "or .safetensors path, FP32 or INT8",
+    )
+
+
+def checkpoint_region(checkpoint: str) -> tuple[float, float, float, float]:
+    """(x_min, y_min, x_max, y_max) of a checkpoint's point cloud range, read from its metadata (no weights)."""
+    from ..models.config import model_config_from_yaml
+    from ..recipes.centerpoint import read_metadata
+    from ..runtime import bundled_checkpoint
+
+    metadata = read_metadata(bundled_checkpoint(checkpoint))
+    if "config" not in metadata:
+        raise ValueError(f"{checkpoint}: no model config in the checkpoint metadata")
+    pcr = model_config_from_yaml(metadata["config"]).voxelization.point_cloud_range
+    return pcr[0], pcr[1], pcr[3], pcr[4]
 
 
 def run(args: argparse.Namespace) -> int:
     iou_thresholds = _parse_iou_thresholds(args.iou_threshold)
+    if args.region is not None and args.checkpoint is not None:
+        raise ValueError("give --region or --checkpoint, not both")
+    region = checkpoint_region(args.checkpoint) if args.checkpoint else args.region
+    where = f"from {args.checkpoint}" if args.checkpoint else "from --region"
+    print(f"region: x {region[0]:g}..{region[2]:g} m, y {region[1]:g}..{region[3]:g} m ({where})" if region else
+          "region: none (all ground truth counts; pass --checkpoint for the detector's range, as demo does)")
     # evaluate_dirs also records its warnings in the result; print them once, in the command's own style.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -63,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             distance_thresholds=args.distance_thresholds,
             iou_thresholds=iou_thresholds,
             range_edges=args.range_edges,
-            region=args.region,
+            region=region,
         )
     for note in result.warnings:
         print(f"lidar-ptq eval: warning: {note}", file=sys.stderr)
