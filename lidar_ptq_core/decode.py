@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .config_files import check_keys as _check_keys
+from .config_files import build_config
 from .detections import BOX_DIM, Detections
 
 ROT_ORDERS = ("cos_sin", "sin_cos")  # OpenPCDet stores (cos, sin); det3d / mmdet3d store (sin, cos)
@@ -61,8 +61,7 @@ class NMSConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "NMSConfig":
-        _check_keys("post_processing.nms", data, cls)
-        return cls(**data)
+        return build_config(cls, data, "post_processing.nms")
 
     def to_dict(self) -> dict:
         return {
@@ -103,11 +102,7 @@ class DecodeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "DecodeConfig":
-        _check_keys("post_processing", data, cls)
-        data = dict(data)
-        if "nms" in data:
-            data["nms"] = NMSConfig.from_dict(data["nms"])
-        return cls(**data)
+        return build_config(cls, data, "post_processing")
 
     def to_dict(self) -> dict:
         return {

@@ -45,9 +45,9 @@ class VoxelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "VoxelConfig":
-        from .config_files import check_keys
+        from .config_files import build_config
 
-        return cls(**check_keys("voxelization", data, cls, required=tuple(cls.__dataclass_fields__)))
+        return build_config(cls, data, "voxelization")
 
 
 @dataclass(frozen=True)

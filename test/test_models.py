@@ -494,3 +494,28 @@ def test_named_stages_chain_to_forward(config_dict):
     for a, b in zip(chained, direct):
         for key in a:
             assert torch.equal(a[key], b[key])
+
+
+def test_one_typed_builder_reads_every_section():
+    """Model, decode, voxelization, training and quantization configs all go through config_files.build_config."""
+    from lidar_ptq_core.config_files import build_config
+    from lidar_ptq_core.models.config import MeanVFEConfig, PillarVFEConfig
+
+    data = copy.deepcopy(TINY_VOXEL)
+    data["vfe"] = {"type": "PillarVFE"}
+    with pytest.raises(ValueError, match="a PillarVFE model takes no backbone_3d"):
+        CenterPointConfig.from_dict(data)
+    data["vfe"] = {"type": "Pillars"}
+    with pytest.raises(ValueError, match=r"vfe.type must be one of \['MeanVFE', 'PillarVFE'\]"):
+        CenterPointConfig.from_dict(data)
+    data = copy.deepcopy(TINY_PILLAR)
+    data["voxelization"]["max_voxels"] = "many"
+    with pytest.raises(ValueError, match="voxelization.max_voxels: expected an integer"):
+        CenterPointConfig.from_dict(data)
+    data = copy.deepcopy(TINY_PILLAR)
+    del data["dense_head"]
+    with pytest.raises(ValueError, match=r"model config is missing \['dense_head'\]"):
+        CenterPointConfig.from_dict(data)
+    config = CenterPointConfig.from_dict(copy.deepcopy(TINY_VOXEL))
+    assert isinstance(config.vfe, MeanVFEConfig) and config.backbone_3d.channels == (4, 8, 8, 8)
+    assert build_config(PillarVFEConfig, {"type": "PillarVFE", "num_filters": [8]}, "vfe").num_filters == (8,)

@@ -373,3 +373,9 @@ def test_quant_config_rejects_bad_values():
         QuantConfig.from_dict({"grid_ratio": [0.5]})
     with pytest.raises(ValueError, match="unknown method"):
         method_config("int4")
+    with pytest.raises(ValueError, match="quantization.grid_search: expected true or false"):
+        QuantConfig.from_dict({"grid_search": "yes"})
+    with pytest.raises(ValueError, match=r"quantization.adaround_beta: expected 2 values"):
+        QuantConfig.from_dict({"adaround_beta": [20]})
+    config = QuantConfig.from_dict({"keep_float": ["backbone_2d.deblocks"], "grid_ratios": [0.5, 1]})
+    assert config.keep_float == ("backbone_2d.deblocks",) and config.grid_ratios == (0.5, 1.0)

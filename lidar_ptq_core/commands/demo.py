@@ -21,7 +21,7 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from ..evaluate import evaluate, format_table
+    from ..evaluate import evaluate_dirs, format_table
     from ..io_utils import write_json_atomic
     from ..render import render_bev
     from ..runtime import Detector
@@ -45,8 +45,8 @@ def run(args) -> int:
           f"ms/frame (voxelize + network + decode, {args.threads} threads)")
 
     print("[3/4] evaluate against the simulator's ground truth")
-    result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names,
-                          region=detector.evaluation_region)
+    # From the box files just written, so `lidar-ptq eval --checkpoint` on them prints this very table.
+    result = evaluate_dirs(out / "pred", out / "gt", list(detector.class_names), region=detector.evaluation_region)
     print(format_table(result))
     write_json_atomic(out / "eval.json", result.to_dict())
 

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import yaml
 
+from ..config_files import build_config
 from ..config_files import check_keys as _check_keys
 from ..config_files import load_yaml
 from ..decode import DecodeConfig, HeadGeometry
@@ -303,44 +304,7 @@ class CenterPointConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "CenterPointConfig":
-        try:
-            return cls._from_dict(data)
-        except TypeError as exc:  # a list where a number belongs, a number where a list belongs, ...
-            raise ValueError(f"malformed model config: {exc}") from exc
-
-    @classmethod
-    def _from_dict(cls, data: Mapping) -> "CenterPointConfig":
-        required = ("name", "class_names", "num_point_features", "voxelization", "vfe", "map_to_bev", "backbone_2d",
-                    "dense_head")
-        data = _check_keys("model config", data, cls, required)
-        vfe = dict(_require_mapping("vfe", data["vfe"]))
-        vfe_type = vfe.pop("type", None)
-        if vfe_type not in VFE_TYPES:
-            raise ValueError(f"vfe.type must be one of {sorted(VFE_TYPES)}, got {vfe_type!r}")
-        vfe_cls = VFE_TYPES[vfe_type]
-        data["vfe"] = vfe_cls(**_check_keys("vfe", vfe, vfe_cls))
-        data["voxelization"] = VoxelConfig.from_dict(_require_mapping("voxelization", data["voxelization"]))
-        if data.get("backbone_3d") is not None:
-            b3d = dict(_require_mapping("backbone_3d", data["backbone_3d"]))
-            b3d_type = b3d.pop("type", VoxelBackboneConfig.type)
-            if b3d_type != VoxelBackboneConfig.type:
-                raise ValueError(f"backbone_3d.type must be {VoxelBackboneConfig.type}, got {b3d_type!r}")
-            data["backbone_3d"] = VoxelBackboneConfig(**_check_keys("backbone_3d", b3d, VoxelBackboneConfig))
-        data["map_to_bev"] = MapToBEVConfig(
-            **_check_keys("map_to_bev", data["map_to_bev"], MapToBEVConfig, ("type", "num_bev_features"))
-        )
-        data["backbone_2d"] = BEVBackboneConfig(
-            **_check_keys("backbone_2d", data["backbone_2d"], BEVBackboneConfig,
-                          ("layer_nums", "layer_strides", "num_filters"))
-        )
-        data["dense_head"] = CenterHeadConfig(
-            **_check_keys("dense_head", data["dense_head"], CenterHeadConfig,
-                          ("class_names_each_head", "head_dict", "feature_map_stride"))
-        )
-        if "post_processing" in data:
-            post = _require_mapping("post_processing", data["post_processing"])
-            data["post_processing"] = DecodeConfig.from_dict(post)
-        return cls(**data)
+        return build_config(cls, data, label="model config")
 
     def to_dict(self) -> dict:
         """Plain data (lists, dicts, numbers, strings) that from_dict reads back to an equal config."""
@@ -371,12 +335,6 @@ class CenterPointConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-
-
-def _require_mapping(section: str, value) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{section} must be a mapping, got {type(value).__name__}")
-    return value
 
 
 def _plain(obj) -> dict:

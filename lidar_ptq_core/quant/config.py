@@ -67,9 +67,9 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "QuantConfig":
-        from ..config_files import check_keys
+        from ..config_files import build_config
 
-        return cls(**check_keys("quantization", data, cls))
+        return build_config(cls, data, "quantization")
 
 
 _NAIVE = dict(active_sites_only=False, input_channel_scaling=False, grid_search=False, tgpl=False, adaround=False)

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config_files import load_yaml, resolve_config
+from ..config_files import build_config, load_yaml, resolve_config
 
 # Bump whenever the generator's output for a given config and seed changes, so cached frames are regenerated.
 GENERATOR_VERSION = 1
@@ -109,7 +109,7 @@ def beam_elevations_deg(lidar: LidarConfig) -> list[float]:
 
 
 def sim_config_from_dict(data: dict | None, source: str = "config") -> SimConfig:
-    config = _build(SimConfig, data or {}, source)
+    config = build_config(SimConfig, data or {}, label=source)
     validate(config)
     return config
 
@@ -143,50 +143,3 @@ def validate(config: SimConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(f"invalid simulator config: {message}")
-
-
-def _build(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}"
-        )
-    values = {}
-    for name, raw in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw, f"{where}.{name}")
-        else:
-            values[name] = _coerce(raw, hint, f"{where}.{name}")
-    return cls(**values)
-
-
-def _coerce(value, hint, where: str):
-    """Check a YAML value against a field's type; lists become tuples so configs stay hashable and frozen."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..config_files import check_keys
+from ..config_files import build_config
 from ..detections import GroundTruth
 from ..io_utils import atomic_path
 from ..voxelize import voxelize_clouds
@@ -53,15 +53,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        data = check_keys("training config", data, cls)
-        if "augment" in data:
-            aug = check_keys("training config augment", data["augment"], AugmentConfig)
-            if "scale" in aug:
-                aug["scale"] = tuple(aug["scale"])
-            data["augment"] = AugmentConfig(**aug)
-        if "code_weights" in data:
-            data["code_weights"] = tuple(float(v) for v in data["code_weights"])
-        return cls(**data)
+        return build_config(cls, data, label="training config")
 
 
 def frame_targets(model_config, points: np.ndarray, gt: GroundTruth, train: TrainConfig, rng) -> tuple:
