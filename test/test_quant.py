@@ -379,3 +379,32 @@ def test_quant_config_rejects_bad_values():
         QuantConfig.from_dict({"adaround_beta": [20]})
     config = QuantConfig.from_dict({"keep_float": ["backbone_2d.deblocks"], "grid_ratios": [0.5, 1]})
     assert config.keep_float == ("backbone_2d.deblocks",) and config.grid_ratios == (0.5, 1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["waymo_centerpoint_pillar_1x", "nuscenes_centerpoint_voxel0075_res3d"])
+def test_full_size_configs_go_through_quantize(name):
+    """The OpenPCDet-sized networks (468x468 Waymo pillar BEV, nuScenes 0.075 m voxels) quantize end to end; random
+    weights and two random frames are enough to exercise every layer type at full size."""
+    from pathlib import Path
+
+    from lidar_ptq_core.models.centerpoint import build_centerpoint
+
+    model = randomize_batchnorm(build_centerpoint(Path(__file__).parents[1] / "config/models" / f"{name}.yaml")).eval()
+    config = model.config
+    pcr = config.voxelization.point_cloud_range
+    rng = np.random.default_rng(0)
+    clouds = [np.concatenate([rng.uniform(pcr[:3], pcr[3:], (4000, 3)),
+                              rng.uniform(0, 1, (4000, config.num_point_features - 3))], axis=1).astype(np.float32)
+              for _ in range(2)]
+    batches = [voxelize_clouds([c], config.voxelization, config.num_point_features)[0] for c in clouds]
+    quant = method_config("sparse-max", sensitivity_frames=0)  # the grid search is covered on the tiny models
+    qmodel, report = quantize_centerpoint(model, batches[:1], "sparse-max", quant, progress=False)
+    assert report.layout["kept_float"] == [] and len(report.layout["quantized"]) > 30
+    with torch.no_grad():
+        outputs = qmodel(batches[1])
+        reference = model(batches[1])
+    scale = max(float(t.abs().max()) for out in reference for t in out.values())
+    assert report.fold_max_abs_error < 1e-3 * max(scale, 1.0)
+    assert len(outputs) == len(config.dense_head.class_names_each_head)
+    assert all(torch.isfinite(t).all() for out in outputs for t in out.values())
