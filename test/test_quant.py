@@ -256,7 +256,7 @@ def test_tgpl_positives_are_the_pseudo_label_centres():
     outputs[0]["hm"][0, 1, 5, 7] = 4.0  # ...but a Truck centred in cell (row 5, col 7)
     outputs[1]["hm"][0, 0, 20, 3] = 3.0  # and a Pedestrian in cell (20, 3) of the second task
     outputs[1]["hm"][0, 1, 30, 30] = -1.5  # score 0.18: decoded, but below the pseudo-label threshold
-    hook = TGPLHook(model, score_threshold=0.3)
+    hook = TGPLHook(model, score_threshold=0.3, background_weight=0.0)
     targets = hook.targets(batch, outputs)
     assert targets[0].tolist() == [[0, 5, 7]]
     assert targets[1].tolist() == [[0, 20, 3]]
@@ -268,6 +268,11 @@ def test_tgpl_positives_are_the_pseudo_label_centres():
     assert float(hook.loss(moved, outputs, targets)) == 0.0
     moved[1]["dim"][0, :, 20, 3] += 1.0
     assert float(hook.loss(moved, outputs, targets)) == pytest.approx(3.0)
+    # The background term sees heatmap changes anywhere, in probability (a deep negative logit barely counts).
+    hook.background_weight = 1.0
+    moved[0]["hm"][0, 0, 1, 1] = 0.0  # probability 4.5e-5 -> 0.5: a new false positive
+    moved[0]["hm"][0, 0, 2, 2] = -20.0  # 4.5e-5 -> 2e-9: nothing
+    assert float(hook.loss(moved, outputs, targets)) == pytest.approx(3.0 + (0.5 - 4.54e-5) ** 2, rel=1e-3)
 
 
 @pytest.mark.parametrize("config_dict", [TINY_PILLAR, TINY_VOXEL], ids=["pillar", "voxel"])

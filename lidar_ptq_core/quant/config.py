@@ -29,7 +29,7 @@ class QuantConfig:
     tgpl_steps: int = 200
     tgpl_lr: float = 2e-3  # relative to each amax
     tgpl_weight: float = 1.0
-    output_mse_weight: float = 1.0  # whole-map output error beside TGPL, so negatives stay negative
+    output_mse_weight: float = 0.0  # squared error of every raw output; for models without a task hook
     # -- block reconstruction with adaptive rounding
     adaround: bool = True
     adaround_steps: int = 300

@@ -65,13 +65,20 @@ def reconstruction_blocks(model: CenterPoint) -> list[str]:
 
 @dataclass
 class TGPLHook:
-    """Task-guided global positive loss for a CenterPoint head."""
+    """Task-guided global positive loss for a CenterPoint head.
+
+    At the pseudo-label centres: squared error of the heatmap probabilities (every class) plus L1 of the box
+    regression (center, center_z, dim, rot). Beside it, with `background_weight`, the squared error of the heatmap
+    probabilities over the whole map, so quantization does not light up false positives elsewhere. Probabilities,
+    not logits: a background logit moving from -12 to -9 changes no detection.
+    """
 
     model: CenterPoint
     score_threshold: float = 0.3
     top_k: int = 100
     heatmap_weight: float = 1.0
     box_weight: float = 1.0
+    background_weight: float = 1.0
 
     def targets(self, batch, fp_outputs) -> list[torch.Tensor]:
         """Per task: positive cells (frame, row, col) of the FP32 detections kept as pseudo-labels."""
@@ -88,7 +95,7 @@ class TGPLHook:
                     cells[task_of_class[int(label)]].append((frame, int(row), int(col)))
         return [torch.tensor(sorted(set(c)), dtype=torch.long).reshape(-1, 3) for c in cells]
 
-    def loss(self, outputs, fp_outputs, targets) -> torch.Tensor:
+    def positive_loss(self, outputs, fp_outputs, targets) -> torch.Tensor:
         total = outputs[0]["hm"].new_zeros(())
         for out, ref, cells in zip(outputs, fp_outputs, targets):
             if cells.numel() == 0:
@@ -101,6 +108,14 @@ class TGPLHook:
             hm_error = (torch.sigmoid(at(out["hm"])) - torch.sigmoid(at(ref["hm"])).detach()) ** 2
             box_error = sum((at(out[k]) - at(ref[k]).detach()).abs().sum() for k in BOX_HEADS)
             total = total + self.heatmap_weight * hm_error.sum() + self.box_weight * box_error
+        return total
+
+    def loss(self, outputs, fp_outputs, targets) -> torch.Tensor:
+        total = self.positive_loss(outputs, fp_outputs, targets)
+        if self.background_weight:
+            for out, ref in zip(outputs, fp_outputs):
+                error = (torch.sigmoid(out["hm"]) - torch.sigmoid(ref["hm"]).detach()) ** 2
+                total = total + self.background_weight * error.sum()
         return total
 
 
