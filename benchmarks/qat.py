@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""QAT baseline: fake-quant fine-tuning of an INT8 CenterPoint on the sim train split, until it reaches the
+LiDAR-PTQ checkpoint's accuracy or a time cap, for the PTQ-vs-QAT cost comparison.
+
+The QAT model starts from `--init` (default sparse-max: BN folded, first-layer channel scaling, max calibration on the
+calib split; quantizer ranges then stay fixed) and trains its weights through the fake quantizers (straight-through
+rounding) with the FP32 training loss and ground truth. Every `--eval-every` steps it is evaluated on the first
+`--check-frames` val frames, beside the LiDAR-PTQ checkpoint on the same frames; it stops when it matches that mAP or
+when the training time reaches `--time-cap-min`. The final QAT model is evaluated on `--val-frames` frames and its row
+(method "qat", quantization time = init + training, evaluations excluded) lands in docs/benchmarks/qat_<model>.json
+and .txt beside the FP32, init and LiDAR-PTQ rows. Training resumes from runs/qat/<model>/ when interrupted.
+
+    ./dev run python benchmarks/qat.py --model sim_pillar > runs/qat_pillar.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lidar_ptq_core.evaluate import evaluate
+from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
+from lidar_ptq_core.models.checkpoint import load_checkpoint
+from lidar_ptq_core.quant import method_config
+from lidar_ptq_core.recipes.centerpoint import load_quantized_checkpoint, quantize_centerpoint
+from lidar_ptq_core.runtime import Detector, bundled_checkpoint
+from lidar_ptq_core.runtime.run_dataset import run_detector_on_dataset
+from lidar_ptq_core.sim import SimDataset, load_sim_config
+from lidar_ptq_core.training.train import TrainConfig, train
+from lidar_ptq_core.voxelize import voxelize_clouds
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ptq_accuracy import format_rows, row_of  # noqa: E402
+
+
+class TargetReached(Exception):
+    pass
+
+
+def map_on(model, dataset) -> float:
+    detector = Detector(model)
+    run = run_detector_on_dataset(detector, dataset, progress=False)
+    return evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
+                    region=detector.evaluation_region).distance_map["all"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="sim_pillar")
+    parser.add_argument("--init", default="sparse-max")
+    parser.add_argument("--target", default=None, help="INT8 checkpoint to match (default: the benchmark's lidar-ptq)")
+    parser.add_argument("--calib-frames", type=int, default=256)
+    parser.add_argument("--train-frames", type=int, default=600)
+    parser.add_argument("--check-frames", type=int, default=100)
+    parser.add_argument("--val-frames", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=2000, help="one-cycle schedule length (the time cap may stop it)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=150)
+    parser.add_argument("--time-cap-min", type=float, default=45.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", default=None, help="training state (default runs/qat/<model>)")
+    parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where the results land")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out_dir = Path(args.work_dir or REPO / "runs" / "qat" / args.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim = load_sim_config("default")
+    calib, train_split = SimDataset("calib", args.calib_frames, sim), SimDataset("train", args.train_frames, sim)
+    check, val = SimDataset("val", args.check_frames, sim), SimDataset("val", args.val_frames, sim)
+    for split in (calib, train_split, val):
+        split.prepare(num_workers=1)
+
+    fp32 = load_checkpoint(bundled_checkpoint(args.model))
+    started = time.perf_counter()
+    batches = [voxelize_clouds([calib[i].points], fp32.config.voxelization, fp32.config.num_point_features)[0]
+               for i in range(len(calib))]
+    qat_model, _ = quantize_centerpoint(fp32, batches, args.init, method_config(args.init, sensitivity_frames=0),
+                                        progress=False)
+    init_seconds = time.perf_counter() - started
+    target_path = Path(args.target or REPO / "runs" / "ptq_bench" / args.model / "lidar-ptq.safetensors")
+    target_map = map_on(load_quantized_checkpoint(target_path), check)
+    print(f"target: {target_path} mAP {100 * target_map:.1f} on {len(check)} val frames; init {args.init} took "
+          f"{init_seconds:.0f} s", flush=True)
+
+    history_path = out_dir / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    train_seconds = history[-1]["train_seconds"] if history else 0.0
+    segment_start = [time.perf_counter()]
+
+    def on_checkpoint(step: int) -> None:
+        nonlocal train_seconds
+        train_seconds += time.perf_counter() - segment_start[0]
+        mAP = map_on(qat_model, check)
+        qat_model.train()
+        history.append({"step": step, "train_seconds": round(train_seconds, 1), "mAP": mAP})
+        write_json_atomic(history_path, history)
+        print(f"step {step}: mAP {100 * mAP:.1f} (target {100 * target_map:.1f}) after {train_seconds / 60:.1f} min "
+              f"of training", flush=True)
+        if mAP >= target_map or train_seconds >= 60 * args.time_cap_min:
+            raise TargetReached
+        segment_start[0] = time.perf_counter()
+
+    config = TrainConfig(steps=args.steps, batch_size=2, lr=args.lr, pct_start=0.02, div_factor=1.0,
+                         checkpoint_every=args.eval_every, log_every=10, loc_weight=1.0)
+    if not history or (history[-1]["mAP"] < target_map and history[-1]["train_seconds"] < 60 * args.time_cap_min):
+        try:
+            train(qat_model, train_split, config, out_dir, resume=True, on_checkpoint=on_checkpoint)
+        except TargetReached:
+            pass
+    else:  # finished earlier: restore the last state
+        state = torch.load(out_dir / "train_state.pt", map_location="cpu", weights_only=True)
+        qat_model.load_state_dict(state["model"])
+    qat_model.eval()
+    reached = history[-1]["mAP"] >= target_map
+    detector = Detector(qat_model)
+    run = run_detector_on_dataset(detector, val, progress=False)
+    result = evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
+                      region=detector.evaluation_region)
+    row = row_of("qat", result, len(batches), init_seconds + history[-1]["train_seconds"], run.median_ms)
+    row.update(qat_steps=history[-1]["step"], qat_reached_target=reached, qat_target_mAP_check=target_map,
+               qat_check_frames=len(check), qat_time_cap_min=args.time_cap_min, qat_init=args.init)
+    docs = Path(args.docs)
+    write_json_atomic(docs / f"qat_{args.model}.json", {"history": history, "row": row})
+    # Beside the PTQ rows (read only: the PTQ benchmark may still be appending to its file).
+    rows_path = REPO / "docs" / "benchmarks" / f"ptq_{args.model}.jsonl"
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
+    rows = [r for r in rows if r["method"] in ("fp32", args.init, "lidar-ptq")] + [row]
+    header = (f"{args.model}: QAT from {args.init} until the LiDAR-PTQ mAP on {len(check)} val frames or "
+              f"{args.time_cap_min:g} min of training; rows on {len(val)} val frames; quant s of qat = init + training")
+    table = format_rows(rows, header)
+    write_bytes_atomic(docs / f"qat_{args.model}.txt", table.encode())
+    print(table)
+    print(f"QAT {'reached' if reached else 'did NOT reach'} the LiDAR-PTQ mAP on {len(check)} frames after "
+          f"{history[-1]['step']} steps, {history[-1]['train_seconds'] / 60:.1f} min of training")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
