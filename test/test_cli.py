@@ -136,3 +136,28 @@ def test_quantize_a_folder_then_detect_a_folder_into_box_files(tmp_path, capsys)
     assert cli.main(["quantize", "--checkpoint", str(ckpt), "--calib", str(tmp_path / "none"), "--out",
                      str(int8)]) == 2
     assert "neither 'sim' nor an existing" in capsys.readouterr().err
+
+
+def test_newcomer_quantizes_an_openpcdet_pth_from_a_bag_in_one_command(tmp_path, monkeypatch, capsys):
+    """README: own OpenPCDet weights + own recorded bag -> INT8 checkpoint, one command."""
+    import torch
+    from test_train import tiny_pillar_config
+
+    from lidar_ptq_core.models.centerpoint import build_centerpoint
+    from lidar_ptq_core.runtime import Detector
+
+    monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
+    config = tiny_pillar_config()
+    (tmp_path / "tiny.yaml").write_text(config.to_yaml())
+    torch.save({"model_state": build_centerpoint(config).state_dict()}, tmp_path / "openpcdet.pth")
+    bag = tmp_path / "calib_bag"
+    assert cli.main(["sim", "--split", "calib", "--frames", "3", "--bag", str(bag)]) == 0
+    int8 = tmp_path / "mine_int8.safetensors"
+    argv = ["quantize", "--checkpoint", str(tmp_path / "openpcdet.pth"), "--calib", str(bag), "--frames", "2",
+            "--method", "sparse-max", "--out", str(int8), "--quiet"]
+    assert cli.main(argv) == 2  # which network do these weights belong to?
+    assert "needs --model-config" in capsys.readouterr().err
+    assert cli.main(argv + ["--model-config", str(tmp_path / "tiny.yaml")]) == 0
+    assert "calibration: 2 of 3 messages of bag" in capsys.readouterr().out
+    detections = Detector.from_checkpoint(int8).detect(np.zeros((10, 4), np.float32))
+    assert len(detections.boxes) <= config.post_processing.max_boxes

@@ -8,7 +8,11 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..quant.config import METHODS
 
-    parser.add_argument("--checkpoint", default="sim_pillar", help="FP32 checkpoint: bundled name or .safetensors")
+    parser.add_argument("--checkpoint", default="sim_pillar",
+                        help="FP32 checkpoint: bundled name, .safetensors, or an OpenPCDet .pth (with --model-config)")
+    parser.add_argument("--model-config", default=None, metavar="NAME_OR_YAML",
+                        help="model config of an OpenPCDet .pth (e.g. waymo_centerpoint_pillar_1x); read with "
+                        "weights_only, no pickled code runs")
     parser.add_argument("--calib", default="sim", metavar="SOURCE",
                         help="'sim' (the sim calib split), a folder of .bin/.pcd frames, or a rosbag2 bag")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of the bag (needed if it has several)")
@@ -53,7 +57,15 @@ def run(args) -> int:
         config = replace(config, keep_float=tuple(args.keep_float))
     if args.seed is not None:
         config = replace(config, seed=args.seed)
-    model = load_checkpoint(bundled_checkpoint(args.checkpoint))
+    if args.checkpoint.endswith(".pth"):
+        from ..config_files import resolve_config
+        from ..models.checkpoint import import_openpcdet_checkpoint
+
+        if not args.model_config:
+            raise ValueError("an OpenPCDet .pth needs --model-config (which network its weights belong to)")
+        model = import_openpcdet_checkpoint(args.checkpoint, resolve_config(args.model_config, "models"))
+    else:
+        model = load_checkpoint(bundled_checkpoint(args.checkpoint))
     clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet)
     print(f"calibration: {described}")
     batches = [voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0] for c in clouds]
