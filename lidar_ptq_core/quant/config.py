@@ -81,6 +81,9 @@ METHODS: dict[str, dict] = {
     "mse": dict(_NAIVE, calibrator="mse"),
     # LiDAR-PTQ and its ablation steps.
     "lidar-ptq": dict(),
+    # The same stages with small budgets: minutes on a 2-core CPU (the demo's default); quality below the full run.
+    "lidar-ptq-quick": dict(grid_search_frames=8, tgpl_steps=30, adaround_frames=8, adaround_steps=40,
+                            task_loss_every=10, sensitivity_frames=2),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),
     "sparse-grid-tgpl": dict(adaround=False),
