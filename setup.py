@@ -17,6 +17,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
         (f"share/{PACKAGE}/checkpoints", glob("checkpoints/*.safetensors")),
+        # Fast DDS profile (shared memory for large clouds, UDP on loopback only), named by FASTDDS_DEFAULT_PROFILES_FILE.
+        (f"share/{PACKAGE}/config/dds", glob("config/dds/*.xml")),
     ]
     # Library configs (simulator, models) install beside the ROS parameters, one folder per kind.
     + [(f"share/{PACKAGE}/{folder}", glob(f"{folder}/*.yaml")) for folder in sorted(glob("config/*/"))],
