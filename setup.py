@@ -31,6 +31,7 @@ setup(
     entry_points={
         "console_scripts": [
             "lidar-ptq = lidar_ptq_core.cli:main",
+            "detector_node = lidar_ptq_ros.detector_node:main",
         ],
     },
 )

@@ -1,0 +1,323 @@
+"""`detector_node`: sensor_msgs/PointCloud2 in, vision_msgs/Detection3DArray and an RViz MarkerArray out.
+
+Node `lidar_ptq_detector`. Topics (relative, so remappable): subscribes `points` (best effort, depth 1, the sensor-data
+profile lidar drivers publish with), publishes `detections`, `detection_markers` and `/diagnostics`. Parameters are
+declared below with descriptions; config/detector.yaml holds them in the standard ros__parameters form:
+
+    detector_node --ros-args --params-file config/detector.yaml -r points:=/lidar/points
+
+A slow frame never builds a queue: the subscription callback only parks the newest message in a one-slot mailbox;
+a processing thread takes it from there. A message that arrives while the slot is still full replaces the one in it,
+which is counted as dropped. Counters and processing times go to /diagnostics.
+
+The node converts messages and calls lidar_ptq_core's Detector, nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Mapping
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+from diagnostic_msgs.msg import DiagnosticArray
+
+from lidar_ptq_core.detections import Detections
+
+from .conversions import detections_to_msg, msg_to_detector_input
+from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
+from .markers import detections_to_markers
+
+NODE_NAME = "lidar_ptq_detector"
+BACKENDS = ("torch",)
+LATER_BACKENDS = ("onnxruntime", "tensorrt")
+# What lidar drivers publish with; depth 1 so the middleware never queues old sweeps either.
+POINTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LOG_THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: object
+    description: str
+    read_only: bool = False  # takes effect at start only
+    constraints: str = ""
+
+
+PARAMETERS = (
+    ParameterSpec("model", "sim_pillar",
+                  "Checkpoint: a bundled name (checkpoints/<name>.safetensors, e.g. sim_pillar, sim_voxel) or a path "
+                  "to a .safetensors file, FP32 or INT8 fake-quant (from `lidar-ptq quantize`).", read_only=True,
+                  constraints="non-empty"),
+    ParameterSpec("backend", "torch",
+                  "Inference backend. Only 'torch' (FP32 and INT8 fake-quant on CPU) for now; onnxruntime and tensorrt "
+                  "come with the INT8 engine.", read_only=True, constraints="one of: torch"),
+    ParameterSpec("score_threshold", 0.3,
+                  "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",
+                  constraints="0 <= x <= 1"),
+    ParameterSpec("max_points", 400000,
+                  "A cloud with more finite points is thinned evenly (every k-th point in message order) to this many "
+                  "before detection; 0 means no limit.", constraints=">= 0"),
+    ParameterSpec("intensity_scale", 1.0,
+                  "Multiplies the intensity field before detection: the bundled models expect 0..1, so a driver "
+                  "publishing 0..255 needs 0.00392.", constraints="finite, > 0"),
+    ParameterSpec("publish_markers", True, "Publish detection_markers (visualization_msgs/MarkerArray) for RViz."),
+    ParameterSpec("num_threads", 0, "torch CPU threads for inference; 0 keeps torch's default.", read_only=True,
+                  constraints=">= 0"),
+    ParameterSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", read_only=True,
+                  constraints="finite, > 0"),
+)
+FLOAT_PARAMETERS = {spec.name for spec in PARAMETERS if isinstance(spec.default, float)}
+# Parameters every rclpy node has, and QoS overrides: never reported as unknown.
+_FRAMEWORK_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+class StartupError(Exception):
+    """An invalid parameter or a model that does not load: the node cannot start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    backend: str
+    score_threshold: float
+    max_points: int
+    intensity_scale: float
+    publish_markers: bool
+    num_threads: int
+    diagnostics_period: float
+
+
+def validate_settings(values: Mapping[str, object]) -> Settings:
+    """Parameter values -> Settings; ValueError naming the parameter, its value and what it must be."""
+
+    def number(name, low=None, high=None, low_open=False):
+        value = values[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
+        if not ok:
+            raise ValueError(f"parameter '{name}' is {value!r}; it must be a number, {_constraints(name)}")
+        return float(value)
+
+    def integer(name):
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"parameter '{name}' is {value!r}; it must be an integer, {_constraints(name)}")
+        return int(value)
+
+    model = values["model"]
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"parameter 'model' is {model!r}; it must name a bundled checkpoint or a .safetensors path")
+    backend = values["backend"]
+    if backend not in BACKENDS:
+        later = f"; {', '.join(LATER_BACKENDS)} come with the INT8 engine" if backend in LATER_BACKENDS else ""
+        raise ValueError(f"parameter 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}{later}")
+    publish_markers = values["publish_markers"]
+    if not isinstance(publish_markers, bool):
+        raise ValueError(f"parameter 'publish_markers' is {publish_markers!r}; it must be true or false")
+    return Settings(
+        model=model.strip(),
+        backend=backend,
+        score_threshold=number("score_threshold", 0.0, 1.0),
+        max_points=integer("max_points"),
+        intensity_scale=number("intensity_scale", 0.0, low_open=True),
+        publish_markers=publish_markers,
+        num_threads=integer("num_threads"),
+        diagnostics_period=number("diagnostics_period", 0.0, low_open=True),
+    )
+
+
+def _constraints(name: str) -> str:
+    return next(spec.constraints for spec in PARAMETERS if spec.name == name)
+
+
+class DetectorNode(Node):
+    """The detector node. `detector` replaces the one `model` would load (tests pass a wrapped one); other keyword
+    arguments go to rclpy's Node (context, cli_args, parameter_overrides, ...)."""
+
+    def __init__(self, *, detector=None, **node_options):
+        super().__init__(NODE_NAME, **node_options)
+        self._worker = None
+        try:
+            self.settings = self._declare_parameters()
+            self.detector = detector if detector is not None else self._load_detector()
+        except StartupError:
+            super().destroy_node()
+            raise
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.stats = FrameStats()
+        self._mailbox = None  # the newest message not yet taken by the processing thread
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._warned_intensity = False
+
+        self._detections_pub = self.create_publisher(Detection3DArray, "detections", OUTPUT_QOS)
+        self._markers_pub = self.create_publisher(MarkerArray, "detection_markers", OUTPUT_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        self._subscription = self.create_subscription(PointCloud2, "points", self._on_points, POINTS_QOS)
+        self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._process_loop, name="lidar_ptq_detector_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"model {self.settings.model} ({', '.join(self.detector.class_names)}), backend {self.settings.backend}: "
+            f"{self._subscription.topic_name} -> {self._detections_pub.topic_name}"
+        )
+
+    # -- parameters ---------------------------------------------------------------------------------------------
+    def _declare_parameters(self) -> Settings:
+        values = {}
+        for spec in PARAMETERS:
+            descriptor = ParameterDescriptor(
+                name=spec.name, description=spec.description, read_only=spec.read_only,
+                additional_constraints=spec.constraints,
+                # float parameters also take integers ("score_threshold: 0"); validate_settings checks them
+                dynamic_typing=spec.name in FLOAT_PARAMETERS,
+            )
+            if spec.name in FLOAT_PARAMETERS:
+                descriptor.type = ParameterType.PARAMETER_DOUBLE
+            try:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
+            except ParameterException as exc:  # a value of the wrong type (rclpy names the parameter)
+                raise StartupError(str(exc)) from None
+        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
+                         if name not in values and name not in _FRAMEWORK_PARAMETERS
+                         and not name.startswith("qos_overrides."))
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {[s.name for s in PARAMETERS]}")
+        try:
+            return validate_settings(values)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        values = {spec.name: getattr(self.settings, spec.name) for spec in PARAMETERS}
+        values.update({p.name: p.value for p in parameters if p.name in values})
+        try:
+            self.settings = validate_settings(values)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _load_detector(self):
+        if self.settings.num_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.num_threads)
+        with warnings.catch_warnings():  # spconv's import-time deprecation notices say nothing to a node's user
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
+            from lidar_ptq_core.runtime import Detector
+
+            try:
+                return Detector.from_checkpoint(self.settings.model)
+            except Exception as exc:  # missing file, not a checkpoint, config mismatch: one line, no traceback
+                raise StartupError(f"parameter 'model' is {self.settings.model!r}: cannot load it: {exc}") from None
+
+    # -- frames -------------------------------------------------------------------------------------------------
+    def _on_points(self, msg: PointCloud2) -> None:
+        """Executor thread: park the message for the processing thread; a message still parked is dropped."""
+        with self._cond:
+            replaced = self._mailbox is not None
+            self._mailbox = msg
+            self.stats.add(frames_received=1, frames_dropped=int(replaced))
+            self._cond.notify()
+
+    def _process_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._mailbox is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                msg, self._mailbox = self._mailbox, None
+            try:
+                self._process(msg)
+            except Exception as exc:  # publishing after shutdown, or anything unforeseen: the node keeps running
+                if not self.context.ok():
+                    return
+                self.stats.add(detector_failures=1)
+                self.stats.set(last_problem=f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _process(self, msg: PointCloud2) -> None:
+        start = time.perf_counter()
+        settings = self.settings
+        try:
+            cloud = msg_to_detector_input(msg, settings.intensity_scale, settings.max_points)
+        except (ValueError, TypeError, OverflowError) as exc:
+            self.stats.add(malformed_messages=1)
+            self.stats.set(last_problem=str(exc))
+            self.get_logger().warning(f"{self._subscription.topic_name}: rejected a PointCloud2: {exc}",
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        if not cloud.has_intensity:
+            self.stats.add(clouds_without_intensity=1)
+            if not self._warned_intensity:
+                self._warned_intensity = True
+                self.get_logger().warning(f"{self._subscription.topic_name}: PointCloud2 without an intensity field; "
+                                          "detecting with intensity 0 (warned once)")
+        self.stats.add(non_finite_points=cloud.non_finite, thinned_points=cloud.thinned)
+
+        if len(cloud.points):
+            detections = self.detector.detect(cloud.points)
+            detections = detections.select(detections.scores >= settings.score_threshold)
+        else:
+            detections = Detections.empty(self.detector.class_names)
+        self._detections_pub.publish(detections_to_msg(detections, msg.header))
+        if settings.publish_markers:
+            self._markers_pub.publish(detections_to_markers(detections, msg.header))
+        self.stats.frame_done(1000.0 * (time.perf_counter() - start), len(cloud.points), len(detections))
+
+    def _publish_diagnostics(self) -> None:
+        now, before = self.stats.since_last_report()
+        status = diagnostic_status(now, before, f"{self.get_name()}: detector", self.settings.model)
+        self._diagnostics_pub.publish(diagnostic_array(status, self.get_clock().now().to_msg()))
+
+    def destroy_node(self):
+        if self._worker is not None:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            self._worker.join()
+            self._worker = None
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = DetectorNode()
+    except StartupError as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
