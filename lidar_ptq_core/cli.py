@@ -17,6 +17,7 @@ COMMANDS = {
     "quantize": "INT8 post-training quantization (LiDAR-PTQ or a baseline) from a sim split, frames or a bag.",
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
+    "inspect": "Show what a .lptq bundle holds (model, classes, decoding, quantization, parts) after checking it.",
     "demo": "The embedded default job: make synthetic scenes, voxelize them, evaluate.",
 }
 

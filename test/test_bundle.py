@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+from lidar_ptq_core import cli
 from lidar_ptq_core.config_files import resolve_config
 from lidar_ptq_core.export import BundleManifest, check_part_name, read_bundle, write_bundle
 from lidar_ptq_core.export import bundle as bundle_module
@@ -334,3 +335,40 @@ def test_without_verify_damaged_part_is_refused_when_read(good):
     with pytest.raises(ValueError) as info:
         bundle.read_part("head.onnx")
     assert str(info.value) == f"{good}: no part named 'head.onnx'; the bundle holds {list(PARTS)}"
+
+
+# -- lidar-ptq inspect -----------------------------------------------------------------------------------------------
+
+def test_inspect_prints_what_the_bundle_holds(good, capsys):
+    assert cli.main(["inspect", str(good)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"bundle        {good}"
+    assert lines[1].startswith("format        lidar-ptq-bundle v1, created ")
+    assert "model         sim_centerpoint_pillar (PillarVFE + PointPillarScatter, 4 point features)" in lines
+    assert "classes       Car, Truck, Pedestrian, Cyclist" in lines
+    assert "quantization  lidar-ptq: calibration_frames=4 seconds=2.5" in lines
+    assert any(line.startswith("voxelization  point_cloud_range=[") for line in lines)
+    assert any(line.startswith("decode        score_threshold=0.1 ") and "nms.type=rotated" in line
+               for line in lines)
+    assert any(line.startswith("tools         python ") and "lidar-ptq " in line for line in lines)
+    assert "parts (3, sha256 verified)" in lines
+    rows = [line.split() for line in lines[lines.index("parts (3, sha256 verified)") + 2:]]
+    assert rows == [[name, name.split(".")[0], str(len(data)), "B", hashlib.sha256(data).hexdigest()[:12]]
+                    for name, data in PARTS.items()]
+
+
+def test_inspect_json_prints_the_manifest(good, capsys):
+    assert cli.main(["inspect", str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == archive_contents(good)[0]
+
+
+def test_inspect_bad_file_is_a_one_line_error(good, capsys):
+    edit(good, lambda manifest, members: members.update({"dense.onnx": b"short"}))
+    assert cli.main(["inspect", str(good)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"lidar-ptq inspect: error: {good}: part 'dense.onnx' size mismatch: "
+                            "the manifest says 500 bytes, the archive holds 5\n")
+    assert cli.main(["inspect", str(good.parent / "gone.lptq")]) == 2
+    assert capsys.readouterr().err == f"lidar-ptq inspect: error: bundle not found: {good.parent / 'gone.lptq'}\n"
