@@ -540,11 +540,13 @@ while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
     time.sleep(0.05)
 print(f"subscriber found; publishing {len(msg.data)} bytes", flush=True)
 sent = 0
-while time.monotonic() < deadline:  # until the test ends this process
+while rclpy.ok() and time.monotonic() < deadline:  # until the test's SIGTERM (rclpy's handler shuts down)
     msg.header.stamp.sec = sent
     publisher.publish(msg)
     sent += 1
-    time.sleep(1.0)
+    time.sleep(0.5)
+node.destroy_node()  # a clean exit also removes this participant's shared-memory segment from /dev/shm
+rclpy.try_shutdown()
 """
 
 
@@ -570,7 +572,7 @@ def test_ten_megabyte_cloud_from_another_process(harness, reference, tmp_path):
 
         msg = wait_for(arrived, "detections of the 10 MB cloud published by another process", timeout=150)
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM: rclpy's handler shuts the context down and the script exits cleanly
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
