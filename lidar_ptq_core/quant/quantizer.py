@@ -63,6 +63,7 @@ class TensorQuantizer(nn.Module):
         self.enabled = True
         self.rounding = None  # an AdaRound state (quant/adaround.py) while weights are being reconstructed
         self.drop_prob = 0.0  # QDrop: during reconstruction, this fraction of elements passes unquantized
+        self.export_mode = False  # torch's fake-quant ops, which ONNX export turns into QuantizeLinear/DequantizeLinear
 
     @property
     def calibrated(self) -> bool:
@@ -86,10 +87,22 @@ class TensorQuantizer(nn.Module):
             raise RuntimeError("quantizer used before calibration (amax unset)")
         if self.rounding is not None:
             return self.rounding(x, self.amax)
+        if self.export_mode:
+            return self._export_forward(x)
         quantized = fake_quantize(x, self.amax, self.qrange, self.axis)
         if self.drop_prob > 0:
             return torch.where(torch.rand_like(x) < self.drop_prob, x, quantized)
         return quantized
+
+    def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same numbers through torch's fake-quant ops, so ONNX export emits Q/DQ pairs (zero-point 0, int8). ONNX
+        int8 is [-128, 127]; weights already sit on [-127, 127], so the wider clamp changes nothing for them."""
+        # Scales as fresh constants, not arithmetic on the amax parameter, so the graph holds plain numbers.
+        scale = torch.tensor(self.scale.detach().cpu().tolist(), dtype=torch.float32, device=x.device)
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, float(scale), 0, -128, 127)
+        zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, -128, 127)
 
     def extra_repr(self) -> str:
         kind = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"

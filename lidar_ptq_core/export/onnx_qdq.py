@@ -1,0 +1,79 @@
+"""The dense part of a (quantized) CenterPoint as ONNX: BEV map in, head outputs out.
+
+For an INT8 model the graph follows TensorRT's explicit-quantization form: a QuantizeLinear/DequantizeLinear pair on
+every quantized layer input (per tensor) and on every weight (per output channel: axis 0 for Conv, axis 1 for
+ConvTranspose), zero-point 0, BN already folded, no Q/DQ on the outputs. FP32 models export as plain FP32 graphs.
+The torch exporter (TorchScript, opset 13) turns the quantizers' export mode (torch's fake-quant ops) into Q/DQ.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..quant.quantizer import TensorQuantizer
+
+OPSET = 13
+INPUT_NAME = "bev"
+
+
+def output_names(model) -> list[str]:
+    """`<task>.<head>` in the order the head produces them, e.g. 0.hm, 0.center, ..."""
+    names = []
+    for t, head in enumerate(model.dense_head.heads_list):
+        names += [f"{t}.{name}" for name in head.head_names]
+    return names
+
+
+class DenseGraph(nn.Module):
+    """backbone_2d + dense_head with a flat tuple of outputs (ONNX has no dicts)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, bev: torch.Tensor):
+        return tuple(t for task in self.model.dense(bev) for t in task.values())
+
+
+@contextmanager
+def export_mode(model: nn.Module):
+    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
+    for q in quantizers:
+        q.export_mode = True
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            q.export_mode = False
+
+
+def export_dense_onnx(model, batch_size: int = 1) -> bytes:
+    """ONNX bytes of the model's dense part for a (batch_size, C, H, W) BEV input of the model's own geometry."""
+    channels, height, width, _ = model.config.bev_input_geometry()
+    example = torch.zeros(batch_size, channels, height, width)
+    buffer = io.BytesIO()
+    graph = DenseGraph(model).eval()
+    with torch.no_grad(), export_mode(model):
+        torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+                          output_names=output_names(model), do_constant_folding=True)
+    return buffer.getvalue()
+
+
+def check_onnx(data: bytes):
+    """onnx's own checker, plus the Q/DQ rules TensorRT relies on. Returns the loaded model."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph_model = onnx.load_from_string(data)
+    onnx.checker.check_model(graph_model, full_check=True)
+    constants = {init.name: numpy_helper.to_array(init) for init in graph_model.graph.initializer}
+    for node in graph_model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zero_point = constants.get(node.input[2])
+            if zero_point is not None and zero_point.any():
+                raise ValueError(f"{node.name}: zero-point must be 0 for TensorRT")
+    return graph_model
