@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "Train a CenterPoint on the synthetic benchmark (resumable).",
     "import-openpcdet": "Convert an OpenPCDet CenterPoint .pth into a lidar-ptq .safetensors checkpoint.",
     "quantize": "INT8 post-training quantization (LiDAR-PTQ or a baseline) from a sim split, frames or a bag.",
+    "export": "Write a checkpoint (FP32 or INT8) as a .lptq bundle: checkpoint + dense part as (QDQ) ONNX.",
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "inspect": "Show what a .lptq bundle holds (model, classes, decoding, quantization, parts) after checking it.",

@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 def quantized():
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model, 2)
-    qmodel, _ = quantize_centerpoint(model, batches, "sparse-grid", method_config("sparse-grid", **FAST),
-                                     progress=False)
+    qmodel, report = quantize_centerpoint(model, batches, "sparse-grid", method_config("sparse-grid", **FAST),
+                                          progress=False)
+    qmodel.report = report
     return qmodel, batches
 
 
@@ -62,3 +63,29 @@ def test_onnxruntime_runs_the_qdq_graph_like_the_torch_fake_quant_model(quantize
         # Same INT8 grid; accumulation order may flip a rare rounding tie, nothing more.
         assert np.abs(got - want).max() <= 0.03 * max(np.abs(want).max(), 1e-3), name
         assert np.median(np.abs(got - want)) <= 1e-4 * max(np.abs(want).max(), 1.0), name
+
+
+def test_export_bundle_round_trip_and_backends(quantized, tmp_path, capsys):
+    """checkpoint -> lidar-ptq export -> bundle; torch and onnxruntime backends give the checkpoint's detections."""
+    from lidar_ptq_core import cli
+    from lidar_ptq_core.recipes.centerpoint import save_quantized_checkpoint
+    from lidar_ptq_core.runtime import Detector
+    from test_models import random_frame
+
+    qmodel, _ = quantized
+    checkpoint = save_quantized_checkpoint(qmodel, qmodel.report, tmp_path / "q.safetensors")
+    bundle = tmp_path / "q.lptq"
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(bundle)]) == 0
+    assert "INT8 sparse-grid" in capsys.readouterr().out
+    assert cli.main(["inspect", str(bundle)]) == 0
+    assert "dense.onnx" in capsys.readouterr().out
+    points = random_frame(5, 800)
+    reference = Detector.from_checkpoint(checkpoint).detect(points)
+    same = Detector.from_bundle(bundle, backend="torch").detect(points)
+    np.testing.assert_array_equal(same.boxes, reference.boxes)
+    onnx = Detector.from_bundle(bundle, backend="onnxruntime").detect(points)
+    top = np.argsort(-reference.scores)[:20]
+    assert np.allclose(np.sort(onnx.scores)[::-1][:20], reference.scores[top], atol=0.02)
+    with pytest.raises(ValueError, match="tensorrt"):
+        Detector.from_bundle(bundle, backend="tensorrt")
+    assert cli.main(["detect", str(tmp_path / "none.bin"), "--bundle", str(bundle)]) == 2

@@ -8,6 +8,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="point cloud files (KITTI .bin, nuScenes .pcd.bin, .pcd), folders of them, or rosbag2 bags")
     parser.add_argument("--checkpoint", default="sim_pillar", help="bundled name or .safetensors path (FP32 or INT8)")
+    parser.add_argument("--bundle", default=None, help="a .lptq bundle instead of --checkpoint (lidar-ptq export)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                        help="network backend for a bundle (default auto: onnxruntime); checkpoints run in torch")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
     parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of the first frame's points and boxes")
     parser.add_argument("--out", default=None,
@@ -59,7 +62,7 @@ def run(args) -> int:
     from ..render import render_bev
     from ..runtime import Detector
 
-    detector = Detector.from_checkpoint(args.checkpoint)
+    detector = Detector.load(args.bundle or args.checkpoint, args.backend)
     from ..pointcloud import is_bag_path
 
     out = Path(args.out) if args.out else None

@@ -55,14 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="take the region from this detector's point cloud range (as demo and the benchmarks do); bundled name "
         "or .safetensors path, FP32 or INT8",
     )
+    parser.add_argument("--bundle", default=None, help="take the region from this .lptq bundle's model config")
 
 
 def checkpoint_region(checkpoint: str) -> tuple[float, float, float, float]:
-    """(x_min, y_min, x_max, y_max) of a checkpoint's point cloud range, read from its metadata (no weights)."""
+    """(x_min, y_min, x_max, y_max) of a checkpoint's or bundle's point cloud range, from its metadata (no weights)."""
     from ..models.config import model_config_from_yaml
     from ..recipes.centerpoint import read_metadata
     from ..runtime import bundled_checkpoint
 
+    if str(checkpoint).endswith(".lptq"):
+        from ..export.bundle import read_bundle
+
+        pcr = read_bundle(checkpoint, verify=False).config.voxelization.point_cloud_range
+        return pcr[0], pcr[1], pcr[3], pcr[4]
     metadata = read_metadata(bundled_checkpoint(checkpoint))
     if "config" not in metadata:
         raise ValueError(f"{checkpoint}: no model config in the checkpoint metadata")
@@ -72,10 +78,11 @@ def checkpoint_region(checkpoint: str) -> tuple[float, float, float, float]:
 
 def run(args: argparse.Namespace) -> int:
     iou_thresholds = _parse_iou_thresholds(args.iou_threshold)
-    if args.region is not None and args.checkpoint is not None:
-        raise ValueError("give --region or --checkpoint, not both")
-    region = checkpoint_region(args.checkpoint) if args.checkpoint else args.region
-    where = f"from {args.checkpoint}" if args.checkpoint else "from --region"
+    source = args.bundle or args.checkpoint
+    if sum(x is not None for x in (args.region, args.checkpoint, args.bundle)) > 1:
+        raise ValueError("give one of --region, --checkpoint, --bundle")
+    region = checkpoint_region(source) if source else args.region
+    where = f"from {source}" if source else "from --region"
     print(f"region: x {region[0]:g}..{region[2]:g} m, y {region[1]:g}..{region[3]:g} m ({where})" if region else
           "region: none (all ground truth counts; pass --checkpoint for the detector's range, as demo does)")
     # evaluate_dirs also records its warnings in the result; print them once, in the command's own style.

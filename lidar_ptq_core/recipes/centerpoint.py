@@ -176,6 +176,48 @@ def is_quantized_checkpoint(path: str | Path) -> bool:
     return read_metadata(path).get("format") == QUANTIZED_FORMAT
 
 
+def safetensors_metadata_from_bytes(data: bytes) -> dict:
+    """The __metadata__ of safetensors bytes (8-byte little-endian header length, then the JSON header)."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors file (too short)")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise ValueError("not a safetensors file (header longer than the data)")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a safetensors file ({exc})") from None
+    return header.get("__metadata__") or {}
+
+
+def model_from_state(state: dict, metadata: dict, source: str, device="cpu") -> CenterPoint:
+    """An FP32 or INT8 CenterPoint from a state_dict and its checkpoint metadata (file or bundle part)."""
+    fmt = metadata.get("format")
+    if fmt not in (QUANTIZED_FORMAT, CHECKPOINT_FORMAT) or "config" not in metadata:
+        raise ValueError(f"{source}: unknown checkpoint format {fmt!r}")
+    try:
+        config = model_config_from_yaml(metadata["config"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: the embedded model config does not parse: {exc}") from None
+    model = build_centerpoint(config, device=device)
+    state = {k: v.to(device) for k, v in state.items()}
+    if fmt == CHECKPOINT_FORMAT:
+        from ..models.checkpoint import load_state_dict_checked
+
+        load_state_dict_checked(model, state, source=source)
+        return model.eval()
+    try:
+        layout = QuantLayout.from_dict(json.loads(metadata["layout"]))
+    except (KeyError, json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"{source}: damaged quantization metadata ({exc})") from exc
+    try:
+        load_quantized_state(model, layout, state, _residual_add_type())
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{source}: weights do not match the quantized layout: {str(exc).splitlines()[0]}") from exc
+    model.quantization = json.loads(metadata.get("quantization", "{}"))
+    return model.eval()
+
+
 def load_quantized_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
     """Build the FP32 model from the embedded config, rebuild the quantized layout, load the state strictly."""
     from safetensors.torch import load_file
@@ -183,18 +225,7 @@ def load_quantized_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
     metadata = read_metadata(path)
     if metadata.get("format") != QUANTIZED_FORMAT:
         raise ValueError(f"{path}: not a {QUANTIZED_FORMAT} checkpoint (format {metadata.get('format')!r})")
-    try:
-        config = model_config_from_yaml(metadata["config"])
-        layout = QuantLayout.from_dict(json.loads(metadata["layout"]))
-    except (KeyError, json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{path}: damaged quantization metadata ({exc})") from exc
-    model = build_centerpoint(config, device=device)
-    try:
-        load_quantized_state(model, layout, load_file(str(path), device=str(device)), _residual_add_type())
-    except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"{path}: weights do not match the quantized layout: {str(exc).splitlines()[0]}") from exc
-    model.quantization = json.loads(metadata.get("quantization", "{}"))
-    return model.eval()
+    return model_from_state(load_file(str(path)), metadata, str(path), device)
 
 
 def load_any_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
@@ -207,3 +238,15 @@ def load_any_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
     if fmt != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {fmt!r}")
     return load_checkpoint(path, device=device)
+
+
+def load_checkpoint_bytes(data: bytes, source: str, device="cpu") -> CenterPoint:
+    """A checkpoint held in memory (a bundle part): FP32 or INT8."""
+    from safetensors.torch import load
+
+    metadata = safetensors_metadata_from_bytes(data)
+    try:
+        state = load(data)
+    except Exception as exc:  # safetensors raises its own error types for damaged data
+        raise ValueError(f"{source}: unreadable safetensors data ({exc})") from None
+    return model_from_state(state, metadata, source, device)

@@ -27,8 +27,12 @@ def bundled_checkpoint(name: str = "sim_pillar") -> Path:
 
 
 class Detector:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, backend=None):
+        """`backend` runs the network on a voxel batch (runtime/backends.py); default: the model in torch."""
+        from .backends import TorchBackend
+
         self.model = model.eval()
+        self.backend = backend or TorchBackend(self.model)
         self.config = model.config
         self.geometry = self.config.head_geometry()
         self.device = next(model.parameters()).device
@@ -40,6 +44,30 @@ class Detector:
         from ..recipes.centerpoint import load_any_checkpoint
 
         return cls(load_any_checkpoint(bundled_checkpoint(str(checkpoint)), device=device))
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> "Detector":
+        """A `.lptq` bundle on a backend: auto (onnxruntime), onnxruntime, torch or tensorrt."""
+        from ..export.export_bundle import DENSE_PART, load_bundle_model
+        from .backends import BACKENDS, OnnxRuntimeBackend, tensorrt_unavailable
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "tensorrt":
+            raise tensorrt_unavailable()
+        model, bundle = load_bundle_model(path)
+        if backend == "torch":
+            return cls(model)
+        return cls(model, OnnxRuntimeBackend(model, bundle.read_part(DENSE_PART), threads))
+
+    @classmethod
+    def load(cls, source: str | Path, backend: str = "auto", threads: int | None = None) -> "Detector":
+        """A bundle (.lptq) or a checkpoint (bundled name or .safetensors, FP32 or INT8)."""
+        if str(source).endswith(".lptq"):
+            return cls.from_bundle(source, backend, threads)
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend {backend!r} needs a bundle (lidar-ptq export); a checkpoint runs in torch")
+        return cls.from_checkpoint(source)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -60,5 +88,5 @@ class Detector:
         batch, reports = voxelize_clouds(clouds, self.config.voxelization, self.config.num_point_features)
         self.last_voxel_report = reports[-1]
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        outputs = self.model(batch)
+        outputs = self.backend(batch)
         return decode_batch(outputs, self.geometry, self.config.post_processing)
