@@ -32,6 +32,8 @@ setup(
         "console_scripts": [
             "lidar-ptq = lidar_ptq_core.cli:main",
             "detector_node = lidar_ptq_ros.detector_node:main",
+            "calibration_recorder = lidar_ptq_ros.calibration_recorder:main",
+            "cloud_player = lidar_ptq_ros.cloud_player:main",
         ],
     },
 )

@@ -1,0 +1,444 @@
+"""`calibration_recorder`: records the calibration set for `lidar-ptq quantize --calib BAG` from a live topic.
+
+Node `lidar_ptq_calibration_recorder`. Subscribes `points` (relative, so remappable; best effort, depth 1, the
+sensor-data profile the detector uses) and writes every `every`-th cloud, at least `min_interval` seconds after the
+previous one, into a new rosbag2 bag at `output` (MCAP, or sqlite3 on request) until `frames` are written; then it
+exits with status 0:
+
+    calibration_recorder --ros-args --params-file config/calibrate.yaml -p output:=calib_bag -r points:=/lidar/points
+    lidar-ptq quantize --calib calib_bag --checkpoint sim_pillar --out int8.safetensors
+
+Messages are taken as the CDR bytes DDS delivered (an rclpy subscription with raw=True) and written as they are with
+rosbags' Writer, never deserialised; the bag's connection carries rosbags' message definition and type hash of
+sensor_msgs/msg/PointCloud2, checked at start against the hash rclpy gives this subscription. The bag topic is the
+subscription's resolved name (for example /lidar/points), the log time the node's clock at arrival (ROS time: the
+bag's clock when use_sim_time is set), which is also the clock `min_interval` is measured with.
+
+Ctrl-C, SIGTERM or a failure leave a valid bag of the frames written so far: the writer is closed on every way out
+(finally, and atexit as a last resort). Only SIGKILL leaves a storage file without metadata.yaml. An existing
+`output` path is refused at start: a bag is never overwritten.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.serialization import deserialize_message
+from rclpy.task import Future
+from sensor_msgs.msg import PointCloud2
+
+from lidar_ptq_core.pointcloud import INTENSITY_ALIASES
+from lidar_ptq_core.pointcloud.bag import POINTCLOUD2_TYPE
+
+from .detector_node import POINTS_QOS, ParameterSpec
+
+NODE_NAME = "lidar_ptq_calibration_recorder"
+STORAGES = ("mcap", "sqlite3")
+# Selected frames waiting for the disk; one more while all are pending is not recorded (and not counted).
+WRITE_QUEUE_DEPTH = 8
+LOG_THROTTLE_S = 5.0
+
+PARAMETERS = (
+    ParameterSpec("output", "",
+                  "Directory of the rosbag2 bag to create (it must not exist; parent folders are created). The bag "
+                  "is what `lidar-ptq quantize --calib` reads.", read_only=True,
+                  constraints="non-empty; a path that does not exist yet"),
+    ParameterSpec("storage", "mcap", "rosbag2 storage plugin of the new bag: mcap or sqlite3 (.db3).",
+                  read_only=True, constraints="one of: mcap, sqlite3"),
+    ParameterSpec("frames", 256,
+                  "Frames to record; the node exits (status 0) once they are in the bag. `lidar-ptq quantize` uses "
+                  "256 frames by default, spread over the whole bag.", read_only=True, constraints=">= 1"),
+    ParameterSpec("every", 1,
+                  "Record a cloud only when it is at least the every-th one received since the last recorded one "
+                  "(1: every cloud, 10: one in ten). Consecutive sweeps are nearly identical; spacing them covers "
+                  "more scenes.", read_only=True, constraints=">= 1"),
+    ParameterSpec("min_interval", 0.0,
+                  "Record a cloud only when at least this many seconds (node clock at arrival) passed since the "
+                  "last recorded one; 0 disables the check. Combined with `every`: both must hold.",
+                  read_only=True, constraints="finite, >= 0"),
+)
+PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+FLOAT_PARAMETERS = {spec.name for spec in PARAMETERS if isinstance(spec.default, float)}
+_FRAMEWORK_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+class StartupError(Exception):
+    """An invalid parameter, an existing output path or a bag that cannot be created: the node cannot start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    output: Path
+    storage: str
+    frames: int
+    every: int
+    min_interval: float
+
+
+def validate_settings(values: Mapping[str, object]) -> Settings:
+    """Parameter values -> Settings; ValueError naming the parameter, its value and what it must be."""
+    output = values["output"]
+    if not isinstance(output, str) or not output.strip():
+        raise ValueError(f"parameter 'output' is {output!r}; it must name the bag directory to create")
+    storage = values["storage"]
+    if storage not in STORAGES:
+        raise ValueError(f"parameter 'storage' is {storage!r}; allowed: {', '.join(STORAGES)}")
+    for name in ("frames", "every"):
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"parameter '{name}' is {value!r}; it must be an integer >= 1")
+    interval = values["min_interval"]
+    if (not isinstance(interval, (int, float)) or isinstance(interval, bool) or not math.isfinite(interval)
+            or interval < 0):
+        raise ValueError(f"parameter 'min_interval' is {interval!r}; it must be a number of seconds, finite, >= 0")
+    return Settings(Path(os.path.expanduser(output.strip())), storage, int(values["frames"]), int(values["every"]),
+                    float(interval))
+
+
+class FrameSelector:
+    """Which arriving clouds to record: at least `every` messages and `min_interval_ns` after the last recorded one
+    (the first one always), until `frames` are selected. A clock that jumps back (a looping bag's sim time) counts
+    as the interval having passed."""
+
+    def __init__(self, frames: int, every: int = 1, min_interval_ns: int = 0):
+        self.frames, self.every, self.min_interval_ns = frames, every, min_interval_ns
+        self.received = 0  # messages offered while frames were still wanted
+        self.selected = 0
+        self._since_last = 0
+        self._last_ns: int | None = None
+        self._before: tuple | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.selected >= self.frames
+
+    def offer(self, time_ns: int) -> bool:
+        if self.complete:
+            return False
+        self.received += 1
+        self._since_last += 1
+        if self._last_ns is not None:
+            if self._since_last < self.every:
+                return False
+            elapsed = time_ns - self._last_ns
+            if 0 <= elapsed < self.min_interval_ns:
+                return False
+        self._before = (self._since_last, self._last_ns)
+        self.selected += 1
+        self._since_last = 0
+        self._last_ns = time_ns
+        return True
+
+    def cancel_last(self) -> None:
+        """Undo the last selection (the frame could not be recorded): the next cloud may take its place."""
+        if self._before is not None:
+            self.selected -= 1
+            self._since_last, self._last_ns = self._before
+            self._before = None
+
+
+def rosbags_type_hash(msgtype: str = POINTCLOUD2_TYPE) -> str:
+    """The RIHS01 type hash rosbags records for `msgtype` (PointCloud2, Header and Time are the same in every ROS 2
+    distribution, so one type store describes them)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.LATEST).hash_rihs01(msgtype)
+
+
+class BagRecording:
+    """A new rosbag2 bag with one PointCloud2 topic, written from serialized (CDR) messages.
+
+    close() writes metadata.yaml and so makes the bag readable. Use it from one thread: an sqlite3 storage may only
+    be used by the thread that opened it (BagWriterThread does that for the node)."""
+
+    def __init__(self, path: str | os.PathLike, topic: str, storage: str = "mcap"):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import Stores, get_typestore
+
+        if storage not in STORAGES:
+            raise ValueError(f"bag storage must be one of {STORAGES}, got {storage!r}")
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} exists already; a bag is never overwritten")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self.count = 0
+        self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+        self._writer.open()
+        try:
+            # PointCloud2, Header and Time are the same in every ROS 2 distribution: one store describes them.
+            self.connection = self._writer.add_connection(topic, POINTCLOUD2_TYPE,
+                                                          typestore=get_typestore(Stores.LATEST))
+        except BaseException:
+            self._writer.close()
+            raise
+
+    @property
+    def type_hash(self) -> str:
+        """The RIHS01 type hash the bag records for its topic."""
+        return self.connection.digest
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    def write(self, timestamp_ns: int, data: bytes) -> int:
+        """Append one serialized PointCloud2 logged at timestamp_ns; returns the number of messages now written."""
+        if self._writer is None:
+            raise RuntimeError(f"{self.path}: the bag is closed")
+        self._writer.write(self.connection, int(timestamp_ns), data)
+        self.count += 1
+        return self.count
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+
+class BagWriterThread:
+    """A BagRecording opened, written and closed by one thread of its own, fed through a queue, so that the
+    executor never waits for the disk and a signal in the main thread never interrupts a write.
+
+    Opening errors are raised by the constructor. `on_written(count)` and `on_failed(exc)` run in the writer thread.
+    close() writes what is queued, then closes the bag; it also runs at interpreter exit if nobody called it."""
+
+    def __init__(self, path, topic: str, storage: str, on_written, on_failed, depth: int = WRITE_QUEUE_DEPTH):
+        self.depth = depth
+        self.bag: BagRecording | None = None
+        self._on_written, self._on_failed = on_written, on_failed
+        self._queue: queue.Queue = queue.Queue()  # unbounded, so that close() never blocks; put() keeps the depth
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, topic, storage), daemon=True,
+                                        name="lidar_ptq_recorder_writer")
+        self._thread.start()
+        self._opened.wait()
+        if self._open_error is not None:
+            self._thread.join()
+            raise self._open_error
+        atexit.register(self.close)
+
+    def _run(self, path, topic, storage) -> None:
+        try:
+            self.bag = BagRecording(path, topic, storage)
+        except BaseException as exc:
+            self._open_error = exc
+            return
+        finally:
+            self._opened.set()
+        try:
+            while (item := self._queue.get()) is not None:
+                try:
+                    count = self.bag.write(*item)
+                except Exception as exc:  # disk full, anything unforeseen: stop with what is written
+                    self._on_failed(exc)
+                    return
+                self._on_written(count)
+        finally:
+            self.bag.close()
+
+    def put(self, timestamp_ns: int, data: bytes) -> bool:
+        """Queue a message; False (nothing queued) while `depth` messages still wait for the disk."""
+        if self._queue.qsize() >= self.depth:
+            return False
+        self._queue.put((timestamp_ns, data))
+        return True
+
+    def close(self) -> int:
+        """Write the queued messages, close the bag (readable from now on); returns the messages in the bag."""
+        if self._thread.is_alive():
+            self._queue.put(None)  # after every queued message
+            self._thread.join()
+        atexit.unregister(self.close)
+        return self.bag.count if self.bag is not None else 0
+
+
+def cloud_fields_problem(data: bytes) -> str | None:
+    """Why a serialized PointCloud2 is no use for calibration (x, y, z and intensity needed), or None."""
+    try:
+        msg = deserialize_message(data, PointCloud2)
+    except Exception as exc:  # bytes that are not a PointCloud2
+        return f"cannot decode the PointCloud2: {type(exc).__name__}: {exc}"
+    names = [str(field.name) for field in msg.fields]
+    missing = [axis for axis in ("x", "y", "z") if axis not in names]
+    if not any(alias in names for alias in INTENSITY_ALIASES):
+        missing.append("intensity")
+    if missing:
+        return f"the PointCloud2 lacks fields {missing} (it has {names}); calibration needs x, y, z, intensity"
+    return None
+
+
+class CalibrationRecorder(Node):
+    """The recorder node. `finished` completes with the exit status: 0 once `frames` are in the bag, 1 on a failure.
+    Call close() after spinning: it writes what is queued and closes the bag. Keyword arguments go to rclpy's Node."""
+
+    def __init__(self, **node_options):
+        super().__init__(NODE_NAME, **node_options)
+        self._writer = None
+        self._closed = False
+        try:
+            self.settings = self._declare_parameters()
+            if self.settings.output.exists():
+                raise StartupError(f"parameter 'output' is '{self.settings.output}': it exists already; a bag is "
+                                   "never overwritten (choose a new path)")
+            self._subscription = self.create_subscription(
+                PointCloud2, "points", self._on_points, POINTS_QOS, raw=True,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            self.topic = self._subscription.topic_name
+            self._check_type_hash()
+            self.finished = Future()
+            try:
+                self._writer = BagWriterThread(self.settings.output, self.topic, self.settings.storage,
+                                               self._on_written, self._on_write_failed)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"parameter 'output' is '{self.settings.output}': cannot create the bag: "
+                                   f"{exc}") from None
+        except StartupError:
+            if self._writer is not None:
+                self._writer.close()
+            super().destroy_node()
+            raise
+
+        self.selector = FrameSelector(self.settings.frames, self.settings.every,
+                                      round(self.settings.min_interval * 1e9))
+        self.not_recorded = 0  # selected while the writer still had WRITE_QUEUE_DEPTH frames to write
+        self._checked_fields = False
+        self._log_step = max(1, self.settings.frames // 10)
+        spacing = [f"one cloud in {self.settings.every}"] if self.settings.every > 1 else []
+        if self.settings.min_interval > 0:
+            spacing.append(f">= {self.settings.min_interval:g} s apart")
+        self.get_logger().info(
+            f"recording {self.settings.frames} frames of {self.topic}{' (' + ', '.join(spacing) + ')' if spacing else ''}"
+            f" into {self.settings.output} ({self.settings.storage})")
+
+    @property
+    def bag(self) -> BagRecording:
+        return self._writer.bag
+
+    # -- parameters ---------------------------------------------------------------------------------------------
+    def _declare_parameters(self) -> Settings:
+        values = {}
+        for spec in PARAMETERS:
+            descriptor = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
+                                             additional_constraints=spec.constraints,
+                                             dynamic_typing=spec.name in FLOAT_PARAMETERS)
+            if spec.name in FLOAT_PARAMETERS:  # "min_interval: 1" is fine too; validate_settings checks the value
+                descriptor.type = ParameterType.PARAMETER_DOUBLE
+            try:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
+            except ParameterException as exc:
+                raise StartupError(str(exc)) from None
+        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
+                         if name not in values and name not in _FRAMEWORK_PARAMETERS
+                         and not name.startswith("qos_overrides."))
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {list(PARAMETER_NAMES)}")
+        try:
+            return validate_settings(values)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _check_type_hash(self) -> None:
+        """The bag must describe the bytes it stores: rosbags' PointCloud2 hash must be the one rclpy uses."""
+        local = [str(info.topic_type_hash) for info in self.get_subscriptions_info_by_topic(self.topic)
+                 if info.node_name == self.get_name() and info.node_namespace == self.get_namespace()]
+        written = rosbags_type_hash()
+        if local and local[0] != written:
+            raise StartupError(f"{POINTCLOUD2_TYPE}: this ROS 2 has type hash {local[0]}, rosbags writes "
+                               f"{written}; the bag would not describe the recorded messages")
+
+    # -- frames -------------------------------------------------------------------------------------------------
+    def _on_points(self, data: bytes) -> None:
+        """Executor thread: choose, then hand the bytes to the writer thread (never blocks on the disk)."""
+        if self.finished.done():
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        if not self.selector.offer(now_ns):
+            return
+        if not self._checked_fields:
+            self._checked_fields = True
+            problem = cloud_fields_problem(data)
+            if problem:
+                self.get_logger().error(f"{self.topic}: {problem}; stopping")
+                self.selector.cancel_last()
+                self.finished.set_result(1)
+                return
+        if not self._writer.put(now_ns, data):
+            self.selector.cancel_last()
+            self.not_recorded += 1
+            self.get_logger().warning(f"the disk is slower than the clouds: {self.not_recorded} selected cloud(s) "
+                                      "not recorded so far", throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _on_written(self, count: int) -> None:
+        """Writer thread: progress, and the end once `frames` are in the bag."""
+        frames = self.settings.frames
+        if count % self._log_step == 0 or count == frames:
+            self.get_logger().info(f"{count}/{frames} frames recorded")
+        if count >= frames and not self.finished.done():
+            self.finished.set_result(0)
+
+    def _on_write_failed(self, exc: Exception) -> None:
+        self.get_logger().error(f"{self.settings.output}: cannot write a frame: {type(exc).__name__}: {exc}")
+        if not self.finished.done():
+            self.finished.set_result(1)
+
+    def close(self) -> int:
+        """Write the frames still queued, close the bag (readable from now on); returns the frames in the bag."""
+        if self._writer is None:
+            return 0
+        first = not self._closed
+        self._closed = True
+        count = self._writer.close()
+        if first:
+            self.get_logger().info(f"wrote {count} frame(s) of {self.topic} to {self.settings.output}")
+        return count
+
+    def destroy_node(self):
+        self.close()
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = CalibrationRecorder()
+    except StartupError as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    status = 0
+    try:
+        executor.spin_until_future_complete(node.finished)
+        if node.finished.done():
+            status = node.finished.result()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C / SIGTERM: keep what was recorded
+    except BaseException:
+        status = 1
+        raise
+    finally:
+        executor.shutdown()
+        node.destroy_node()  # closes the bag
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""`cloud_player`: publishes recorded or simulated point clouds as sensor_msgs/PointCloud2, like a lidar driver.
+
+Node `lidar_ptq_cloud_player`, for demos, tests and users without a robot. Publishes `points` (relative, so
+remappable) from `source`: a rosbag2 bag (its PointCloud2 topic), a folder of .bin / .pcd files (sorted by name), a
+single such file, or `sim` (the first `sim_frames` frames of the simulator's validation split, generated into the
+cache when missing). One cloud every 1/`rate` seconds, stamped with the current time and `frame_id`; after the last
+cloud the node exits with status 0, or starts over with `loop`:
+
+    cloud_player --ros-args -p source:=sim -p rate:=10.0 -p loop:=true
+    cloud_player --ros-args -p source:=calib_bag -r points:=/lidar/points
+
+Every field of the source's clouds is published (float32, little endian, unorganised). The publisher is reliable
+(KEEP_LAST 2), which best-effort subscribers such as the detector and the recorder accept too; QoS can be overridden
+with the standard qos_overrides./<topic>.publisher.* parameters. `wait_for_subscribers` holds the first cloud back
+until that many subscriptions have matched, so that a short `once` run reaches a node started beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.task import Future
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+
+from lidar_ptq_core.pointcloud import KITTI_FIELDS, PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics
+
+from .conversions import pointcloud_to_msg
+from .detector_node import ParameterSpec
+
+NODE_NAME = "lidar_ptq_cloud_player"
+SIM_SOURCE = "sim"
+POINT_FILE_SUFFIXES = (".bin", ".pcd")  # .bin: KITTI (.pcd.bin: nuScenes), .pcd: PCD
+PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
+ACK_TIMEOUT_S = 5.0  # once: how long the last clouds may take to be acknowledged by reliable subscribers
+
+PARAMETERS = (
+    ParameterSpec("source", SIM_SOURCE,
+                  "What to play: 'sim' (the simulator's validation split), a rosbag2 bag (directory, .mcap or .db3), "
+                  "a folder of .bin / .pcd point cloud files (sorted by name) or one such file.", read_only=True,
+                  constraints="'sim', or an existing bag, folder or .bin/.pcd file"),
+    ParameterSpec("sim_frames", 20, "With source 'sim': how many frames of the validation split to play.",
+                  read_only=True, constraints=">= 1"),
+    ParameterSpec("bag_topic", "",
+                  "With a bag source: its PointCloud2 topic to play; empty takes the bag's only PointCloud2 topic.",
+                  read_only=True),
+    ParameterSpec("rate", 10.0, "Clouds per second (Hz).", read_only=True, constraints="finite, > 0"),
+    ParameterSpec("loop", False, "Start over after the last cloud instead of exiting (status 0).", read_only=True),
+    ParameterSpec("frame_id", "lidar", "header.frame_id of every published cloud (the RViz fixed frame).",
+                  read_only=True, constraints="non-empty"),
+    ParameterSpec("wait_for_subscribers", 0,
+                  "Publish the first cloud only once this many subscriptions match `points`; 0 starts at once.",
+                  read_only=True, constraints=">= 0"),
+)
+PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+FLOAT_PARAMETERS = {spec.name for spec in PARAMETERS if isinstance(spec.default, float)}
+_FRAMEWORK_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+class StartupError(Exception):
+    """An invalid parameter or a source that cannot be played: the node cannot start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str
+    sim_frames: int
+    bag_topic: str | None
+    rate: float
+    loop: bool
+    frame_id: str
+    wait_for_subscribers: int
+
+
+def validate_settings(values: Mapping[str, object]) -> Settings:
+    """Parameter values -> Settings; ValueError naming the parameter, its value and what it must be. The source
+    itself is checked by FrameSource."""
+    source = values["source"]
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"parameter 'source' is {source!r}; it must be 'sim', a bag, a folder or a point cloud file")
+    for name, low in (("sim_frames", 1), ("wait_for_subscribers", 0)):
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"parameter '{name}' is {value!r}; it must be an integer >= {low}")
+    rate = values["rate"]
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"parameter 'rate' is {rate!r}; it must be a number of Hz, finite, > 0")
+    loop = values["loop"]
+    if not isinstance(loop, bool):
+        raise ValueError(f"parameter 'loop' is {loop!r}; it must be true or false")
+    frame_id = values["frame_id"]
+    if not isinstance(frame_id, str) or not frame_id.strip():
+        raise ValueError(f"parameter 'frame_id' is {frame_id!r}; it must be a non-empty frame name")
+    bag_topic = values["bag_topic"]
+    if not isinstance(bag_topic, str):
+        raise ValueError(f"parameter 'bag_topic' is {bag_topic!r}; it must be a topic name or empty")
+    return Settings(source.strip(), int(values["sim_frames"]), bag_topic.strip() or None, float(rate), loop,
+                    frame_id.strip(), int(values["wait_for_subscribers"]))
+
+
+class FrameSource:
+    """The clouds of a player source, in order; iterate again for another pass. The constructor checks the source
+    (ValueError / FileNotFoundError with the reason) without reading every frame."""
+
+    def __init__(self, source: str, sim_frames: int = 20, bag_topic: str | None = None):
+        self.source = source
+        self._dataset = None
+        self._files: list[Path] = []
+        self._bag_topic = None
+        if source == SIM_SOURCE:
+            from lidar_ptq_core.sim import SimDataset, load_sim_config
+
+            self.kind = "sim"
+            self._dataset = SimDataset("val", sim_frames, load_sim_config("default"))
+            self.description = f"{sim_frames} frames of the sim val split"
+            return
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{source!r} is neither 'sim' nor an existing bag, folder or file")
+        if is_bag_path(path):
+            self.kind = "bag"
+            topics = pointcloud2_topics(path)
+            if bag_topic is not None and bag_topic not in topics:
+                raise ValueError(f"{path}: no PointCloud2 topic {bag_topic!r}; its PointCloud2 topics: "
+                                 f"{topics or 'none'}")
+            if bag_topic is None and len(topics) != 1:
+                raise ValueError(f"{path}: the bag has {'no' if not topics else 'several'} PointCloud2 topics "
+                                 f"{topics or ''}; {'choose one with bag_topic' if topics else 'nothing to play'}")
+            self._bag_topic = bag_topic or topics[0]
+            self.description = f"{self._bag_topic} of bag {path}"
+        elif path.is_dir():
+            self.kind = "folder"
+            self._files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
+            if not self._files:
+                raise ValueError(f"{path}: no .bin or .pcd point cloud files")
+            self.description = f"{len(self._files)} files of {path}"
+        elif path.name.endswith(POINT_FILE_SUFFIXES):
+            self.kind = "file"
+            self._files = [path]
+            self.description = f"the file {path}"
+        else:
+            raise ValueError(f"{path}: not a rosbag2 bag, a folder or a .bin / .pcd file")
+        self.path = path
+
+    def prepare(self) -> int:
+        """Simulate the sim frames missing from the cache now rather than while playing; returns how many."""
+        return self._dataset.prepare(num_workers=1, progress=False) if self._dataset is not None else 0
+
+    def __iter__(self) -> Iterator[PointCloud]:
+        if self.kind == "sim":
+            for frame in self._dataset:
+                yield PointCloud(frame.points, KITTI_FIELDS)
+        elif self.kind == "bag":
+            for frame in iter_bag_frames(self.path, self._bag_topic):
+                yield frame.cloud
+        else:
+            from lidar_ptq_core.pointcloud import read_points
+
+            for file in self._files:
+                yield read_points(file)
+
+
+class CloudPlayer(Node):
+    """The player node. `finished` completes with the exit status: 0 after a `once` pass, 1 on a failure (a source
+    without frames, a file that does not read). Keyword arguments go to rclpy's Node."""
+
+    def __init__(self, **node_options):
+        super().__init__(NODE_NAME, **node_options)
+        try:
+            self.settings = self._declare_parameters()
+            try:
+                self.frames = FrameSource(self.settings.source, self.settings.sim_frames, self.settings.bag_topic)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"parameter 'source' is '{self.settings.source}': {exc}") from None
+        except StartupError:
+            super().destroy_node()
+            raise
+        if self.frames.kind == "sim" and self.frames.prepare():
+            self.get_logger().info(f"simulated {self.settings.sim_frames} frames into the cache")
+
+        self.finished = Future()
+        self.published = 0
+        self.passes = 0  # completed passes over the source
+        self._in_pass = 0
+        self._iterator = None
+        self._waiting = self.settings.wait_for_subscribers > 0
+        self._publisher = self.create_publisher(PointCloud2, "points", PLAYER_QOS,
+                                                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._timer = self.create_timer(1.0 / self.settings.rate, self._tick)
+        self.topic = self._publisher.topic_name
+        waiting = (f", after {self.settings.wait_for_subscribers} subscriber(s) matched" if self._waiting else "")
+        self.get_logger().info(
+            f"publishing {self.frames.description} on {self.topic} at {self.settings.rate:g} Hz, frame_id "
+            f"{self.settings.frame_id}, {'looping' if self.settings.loop else 'once'}{waiting}")
+
+    def _declare_parameters(self) -> Settings:
+        values = {}
+        for spec in PARAMETERS:
+            descriptor = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
+                                             additional_constraints=spec.constraints,
+                                             dynamic_typing=spec.name in FLOAT_PARAMETERS)
+            if spec.name in FLOAT_PARAMETERS:  # "rate: 10" is fine too; validate_settings checks the value
+                descriptor.type = ParameterType.PARAMETER_DOUBLE
+            try:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
+            except ParameterException as exc:
+                raise StartupError(str(exc)) from None
+        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
+                         if name not in values and name not in _FRAMEWORK_PARAMETERS
+                         and not name.startswith("qos_overrides."))
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {list(PARAMETER_NAMES)}")
+        try:
+            return validate_settings(values)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _next_cloud(self) -> PointCloud | None:
+        """The next cloud, starting a new pass when looping; None when a `once` pass is over."""
+        for _ in range(2):
+            if self._iterator is None:
+                self._iterator = iter(self.frames)
+                self._in_pass = 0
+            cloud = next(self._iterator, None)
+            if cloud is not None:
+                self._in_pass += 1
+                return cloud
+            self._iterator = None
+            if self._in_pass == 0:
+                raise ValueError(f"{self.frames.description}: no point clouds to play")
+            self.passes += 1
+            if not self.settings.loop:
+                return None
+        raise AssertionError("unreachable")
+
+    def _tick(self) -> None:
+        if self.finished.done():
+            return
+        if self._waiting:
+            if self._publisher.get_subscription_count() < self.settings.wait_for_subscribers:
+                return
+            self._waiting = False
+        try:
+            cloud = self._next_cloud()
+        except Exception as exc:  # a corrupt bag or file, an empty source: stop with the reason
+            self.get_logger().error(f"cannot play {self.frames.description}: {type(exc).__name__}: {exc}")
+            self._finish(1)
+            return
+        if cloud is None:
+            self.get_logger().info(f"published {self.published} clouds; done")
+            self._finish(0)
+            return
+        header = Header(frame_id=self.settings.frame_id, stamp=self.get_clock().now().to_msg())
+        self._publisher.publish(pointcloud_to_msg(cloud, header))
+        self.published += 1
+
+    def _finish(self, status: int) -> None:
+        self._timer.cancel()
+        if status == 0:  # let reliable subscribers take the last clouds before the process ends
+            self._publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
+        self.finished.set_result(status)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = CloudPlayer()
+    except StartupError as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    status = 0
+    try:
+        executor.spin_until_future_complete(node.finished)
+        if node.finished.done():
+            status = node.finished.result()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
