@@ -61,3 +61,30 @@ def test_bundled_checkpoints_match_their_model_configs():
         assert embedded == load_model_config(resolve_config(name, "models")), f"{name}: config drifted from weights"
     with pytest.raises(FileNotFoundError, match="available"):
         bundled_checkpoint("no_such_model")
+
+
+@pytest.mark.parametrize("name", ["sim_voxel_int8"])
+def test_bundled_int8_checkpoints_are_lidar_ptq_with_every_layer_int8(name):
+    """The committed LiDAR-PTQ checkpoints: same model config as their FP32 source, every layer INT8, weights exactly
+    on their INT8 grid, and they run."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from lidar_ptq_core.models.config import load_model_config
+    from lidar_ptq_core.quant import quant_wrappers
+    from lidar_ptq_core.recipes.centerpoint import load_quantized_checkpoint, read_metadata
+    from lidar_ptq_core.runtime import Detector, bundled_checkpoint
+
+    path = bundled_checkpoint(name)
+    layout = json.loads(read_metadata(path)["layout"])
+    assert layout["kept_float"] == [] and layout["quantized"]
+    model = load_quantized_checkpoint(path)
+    assert model.quantization["method"] == "lidar-ptq"
+    assert model.config == load_model_config(resolve_config(name.removesuffix("_int8"), "models"))
+    for layer, wrapper in quant_wrappers(model).items():
+        if hasattr(wrapper, "weight_quantizer"):
+            assert torch.equal(wrapper.quantized_weight(), wrapper.layer.weight.detach()), layer
+    points = np.random.default_rng(0).uniform([-30, -30, -2, 0], [30, 30, 1, 1], (2000, 4)).astype(np.float32)
+    assert len(Detector(model).detect(points).boxes) >= 0

@@ -66,19 +66,26 @@ class QuantReport:
                  f"{self.calibration_frames} calibration frames, {self.seconds:.0f} s"]
         for stage, info in self.stages.items():
             lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s")
-        lines.append(f"{'layer':<44} {'max':>8} {'amax':>8} {'clip':>5} {'err before':>11} {'err after':>10} "
+        lines.append("grid: the layer's output MSE at clip ratio 1 -> at the chosen ratio; block: the reconstruction "
+                     "block's output squared error with round-to-nearest -> after adaptive rounding (on the block's "
+                     "first layer); sens.: network output MSE with only this layer INT8")
+        lines.append(f"{'layer':<44} {'max':>8} {'amax':>8} {'clip':>5} {'grid err':>19} {'block err':>19} "
                      f"{'sens.':>9}")
         for name, rec in self.layers.items():
             grid = rec.get("grid", {})
             recon = rec.get("reconstruction", {})
-            before = recon.get("error_rtn", grid.get("error_before"))
-            after = recon.get("error_after", grid.get("error_after"))
             lines.append(
                 f"{name:<44} {rec.get('max', float('nan')):8.3f} {rec.get('amax_final', float('nan')):8.3f} "
-                f"{grid.get('clip_ratio', float('nan')):5.2f} {_num(before):>11} {_num(after):>10} "
+                f"{grid.get('clip_ratio', float('nan')):5.2f} "
+                f"{_pair(grid.get('error_before'), grid.get('error_after')):>19} "
+                f"{_pair(recon.get('error_rtn'), recon.get('error_after')):>19} "
                 f"{_num(self.sensitivity.get(name)):>9}"
             )
         return "\n".join(lines)
+
+
+def _pair(before, after) -> str:
+    return "-" if before is None else f"{before:.3g} -> {after:.3g}"
 
 
 def _num(value) -> str:
