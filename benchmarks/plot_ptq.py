@@ -93,7 +93,31 @@ def plot_sensitivity(model: str, out: Path) -> bool:
     return True
 
 
+def markdown_table(model: str) -> str:
+    """The summary table of docs/BENCHMARKS.md for one model, from the benchmark's rows (and the peers')."""
+    rows = read_rows(model)
+    peers = BENCH / f"peers_{model}.jsonl"
+    if peers.is_file():
+        rows += [r for r in map(json.loads, peers.read_text().splitlines()) if r["method"] != "fp32"]
+    fp32 = next((r for r in rows if r["method"] == "fp32"), None)
+    lines = ["| method | mAP | vs FP32 | BEV IoU mAP | 0-30 m | 30-50 m | 50 m+ | calib frames | quant time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = "" if fp32 is None or r is fp32 else f"{100 * (r['mAP'] - fp32['mAP']):+.1f}"
+        by_range = r["mAP_by_range"]
+        bold = "**" if r["method"] == "lidar-ptq" else ""
+        lines.append(f"| {bold}{r['method']}{bold} | {bold}{100 * r['mAP']:.1f}{bold} | {delta} | "
+                     f"{100 * r['bev_iou_mAP']:.1f} | "
+                     + " | ".join(f"{100 * by_range[k]:.1f}" for k in ("0-30m", "30-50m", "50m+"))
+                     + f" | {r['calib_frames']} | {r['quant_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
+    if "--markdown" in sys.argv:
+        for model in MODELS:
+            print(f"\n{model}\n\n{markdown_table(model)}")
+        return 0
     plot_accuracy(REPO / "docs" / "ptq_accuracy.png")
     print(f"wrote {REPO / 'docs' / 'ptq_accuracy.png'}")
     for model in MODELS:
