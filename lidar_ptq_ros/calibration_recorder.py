@@ -322,9 +322,9 @@ class CalibrationRecorder(Node):
         spacing = [f"one cloud in {self.settings.every}"] if self.settings.every > 1 else []
         if self.settings.min_interval > 0:
             spacing.append(f">= {self.settings.min_interval:g} s apart")
-        self.get_logger().info(
-            f"recording {self.settings.frames} frames of {self.topic}{' (' + ', '.join(spacing) + ')' if spacing else ''}"
-            f" into {self.settings.output} ({self.settings.storage})")
+        spacing = f" ({', '.join(spacing)})" if spacing else ""
+        self.get_logger().info(f"recording {self.settings.frames} frames of {self.topic}{spacing} into "
+                               f"{self.settings.output} ({self.settings.storage})")
 
     @property
     def bag(self) -> BagRecording:

@@ -446,3 +446,42 @@ def test_rviz_config_shows_what_the_nodes_publish(ros_nodes):
     # The point display reads best effort: it takes clouds from best-effort drivers and reliable players alike.
     assert displays["rviz_default_plugins/PointCloud2"]["Topic"]["Reliability Policy"] == "Best Effort"
     assert displays["rviz_default_plugins/PointCloud2"]["Channel Name"] == "intensity"
+
+
+# -- colcon, where it is installed ---------------------------------------------------------------------------------
+PACKAGE_FILES = ("package.xml", "setup.py", "setup.cfg", "resource", "lidar_ptq_core", "lidar_ptq_ros", "launch",
+                 "config", "checkpoints")
+
+
+def test_colcon_build_installs_scripts_launch_files_and_configs(tmp_path):
+    """What `ros2 run` / `ros2 launch` find after `colcon build` in a workspace holding this package. colcon is not a
+    project requirement (its PyPI install would downgrade setuptools and add pytest plugins in the project venv):
+    the test runs where `colcon` is on the PATH (a ROS 2 distribution, or a separate venv) and skips otherwise."""
+    import shutil
+    import subprocess
+
+    colcon = shutil.which("colcon")
+    if colcon is None:
+        pytest.skip("colcon is not on the PATH (pip install colcon-core colcon-ros colcon-python-setup-py in a "
+                    "separate venv, or a ROS 2 distribution)")
+    source = tmp_path / "ws" / "src" / PACKAGE
+    for name in PACKAGE_FILES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            source.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    result = subprocess.run([colcon, "build"], cwd=tmp_path / "ws", capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    install = tmp_path / "ws" / "install" / PACKAGE
+    scripts = install / "lib" / PACKAGE
+    assert {"detector_node", "calibration_recorder", "cloud_player", "lidar-ptq"} <= {p.name for p in scripts.iterdir()}
+    assert all(os.access(p, os.X_OK) for p in scripts.iterdir())
+    share = install / "share" / PACKAGE
+    assert {p.name for p in (share / "launch").iterdir()} >= {p.name for p in LAUNCH_FILES}
+    configs = {p.name for p in (share / "config").iterdir()}
+    assert {"detector.yaml", "calibrate.yaml", "player.yaml", "lidar_ptq.rviz"} <= configs
+    assert (share / "config" / "dds" / "fastdds_loopback_shm.xml").is_file()
+    assert (share / "package.xml").read_text() == (REPO / "package.xml").read_text()
+    assert (install / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file(), \
+        "FindPackageShare finds the package through the ament index"

@@ -246,6 +246,36 @@ def test_bag_recording_refuses_an_existing_path(tmp_path):
     assert [p.name for p in (tmp_path / "bag").iterdir()] == ["keep.txt"]
 
 
+CRASHING_WRITER = """
+import sys
+from rclpy.serialization import serialize_message
+from std_msgs.msg import Header
+from lidar_ptq_core.pointcloud import PointCloud
+from lidar_ptq_ros.calibration_recorder import BagWriterThread
+from lidar_ptq_ros.conversions import pointcloud_to_msg
+import numpy as np
+
+written = []
+writer = BagWriterThread(sys.argv[1], "/points", sys.argv[2], written.append, print)
+for i in range(3):
+    cloud = PointCloud(np.full((10, 4), i, np.float32), ("x", "y", "z", "intensity"))
+    writer.put(i, serialize_message(pointcloud_to_msg(cloud, Header(frame_id="f"))))
+raise RuntimeError("crash before anyone closed the bag")
+"""
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_bag_writer_thread_closes_the_bag_when_the_process_dies_of_an_exception(tmp_path, storage):
+    """Nobody calls close(): the atexit hook writes what was queued and metadata.yaml."""
+    (tmp_path / "crash.py").write_text(CRASHING_WRITER)
+    result = subprocess.run([sys.executable, str(tmp_path / "crash.py"), str(tmp_path / "bag"), storage],
+                            capture_output=True, text=True, timeout=120, env=os.environ.copy(), cwd=tmp_path)
+    assert result.returncode == 1 and "crash before anyone closed the bag" in result.stderr
+    frames = list(iter_bag_frames(tmp_path / "bag"))
+    assert [float(f.cloud.points[0, 0]) for f in frames] == [0.0, 1.0, 2.0]
+    assert bag_metadata(tmp_path / "bag")["message_count"] == 3
+
+
 # -- player sources (no ROS graph) ---------------------------------------------------------------------------------
 def test_frame_source_folder_file_and_bag(tmp_path):
     clouds = kitti_folder(tmp_path / "frames", 3)
