@@ -63,7 +63,7 @@ def test_bundled_checkpoints_match_their_model_configs():
         bundled_checkpoint("no_such_model")
 
 
-@pytest.mark.parametrize("name", ["sim_voxel_int8"])
+@pytest.mark.parametrize("name", ["sim_pillar_int8", "sim_voxel_int8"])
 def test_bundled_int8_checkpoints_are_lidar_ptq_with_every_layer_int8(name):
     """The committed LiDAR-PTQ checkpoints: same model config as their FP32 source, every layer INT8, weights exactly
     on their INT8 grid, and they run."""
