@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Mapping
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -44,7 +42,8 @@ from sensor_msgs.msg import PointCloud2
 from lidar_ptq_core.pointcloud import INTENSITY_ALIASES
 from lidar_ptq_core.pointcloud.bag import POINTCLOUD2_TYPE
 
-from .detector_node import POINTS_QOS, ParameterSpec
+from .detector_node import POINTS_QOS
+from .node_parameters import ParameterSpec, StartupError, declare_parameters, start_node
 
 NODE_NAME = "lidar_ptq_calibration_recorder"
 STORAGES = ("mcap", "sqlite3")
@@ -72,12 +71,7 @@ PARAMETERS = (
                   read_only=True, constraints="finite, >= 0"),
 )
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
-FLOAT_PARAMETERS = {spec.name for spec in PARAMETERS if isinstance(spec.default, float)}
-_FRAMEWORK_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
-
-class StartupError(Exception):
-    """An invalid parameter, an existing output path or a bag that cannot be created: the node cannot start."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +286,7 @@ class CalibrationRecorder(Node):
         self._writer = None
         self._closed = False
         try:
-            self.settings = self._declare_parameters()
+            self.settings = declare_parameters(self, PARAMETERS, validate_settings)
             if self.settings.output.exists():
                 raise StartupError(f"parameter 'output' is '{self.settings.output}': it exists already; a bag is "
                                    "never overwritten (choose a new path)")
@@ -331,28 +325,6 @@ class CalibrationRecorder(Node):
         return self._writer.bag
 
     # -- parameters ---------------------------------------------------------------------------------------------
-    def _declare_parameters(self) -> Settings:
-        values = {}
-        for spec in PARAMETERS:
-            descriptor = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
-                                             additional_constraints=spec.constraints,
-                                             dynamic_typing=spec.name in FLOAT_PARAMETERS)
-            if spec.name in FLOAT_PARAMETERS:  # "min_interval: 1" is fine too; validate_settings checks the value
-                descriptor.type = ParameterType.PARAMETER_DOUBLE
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
-            except ParameterException as exc:
-                raise StartupError(str(exc)) from None
-        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
-                         if name not in values and name not in _FRAMEWORK_PARAMETERS
-                         and not name.startswith("qos_overrides."))
-        if unknown:
-            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {list(PARAMETER_NAMES)}")
-        try:
-            return validate_settings(values)
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-
     def _check_type_hash(self) -> None:
         """The bag must describe the bytes it stores: rosbags' PointCloud2 hash must be the one rclpy uses."""
         local = [str(info.topic_type_hash) for info in self.get_subscriptions_info_by_topic(self.topic)
@@ -415,11 +387,8 @@ class CalibrationRecorder(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    try:
-        node = CalibrationRecorder()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
-        rclpy.try_shutdown()
+    node = start_node(CalibrationRecorder, NODE_NAME)
+    if node is None:
         return 1
     executor = SingleThreadedExecutor()
     executor.add_node(node)

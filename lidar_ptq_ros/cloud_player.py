@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -38,7 +36,7 @@ from std_msgs.msg import Header
 from lidar_ptq_core.pointcloud import KITTI_FIELDS, PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics
 
 from .conversions import pointcloud_to_msg
-from .detector_node import ParameterSpec
+from .node_parameters import ParameterSpec, StartupError, declare_parameters, start_node
 
 NODE_NAME = "lidar_ptq_cloud_player"
 SIM_SOURCE = "sim"
@@ -65,12 +63,7 @@ PARAMETERS = (
                   read_only=True, constraints=">= 0"),
 )
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
-FLOAT_PARAMETERS = {spec.name for spec in PARAMETERS if isinstance(spec.default, float)}
-_FRAMEWORK_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
-
-class StartupError(Exception):
-    """An invalid parameter or a source that cannot be played: the node cannot start."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +172,7 @@ class CloudPlayer(Node):
     def __init__(self, **node_options):
         super().__init__(NODE_NAME, **node_options)
         try:
-            self.settings = self._declare_parameters()
+            self.settings = declare_parameters(self, PARAMETERS, validate_settings)
             try:
                 self.frames = FrameSource(self.settings.source, self.settings.sim_frames, self.settings.bag_topic)
             except (OSError, ValueError) as exc:
@@ -204,28 +197,6 @@ class CloudPlayer(Node):
         self.get_logger().info(
             f"publishing {self.frames.description} on {self.topic} at {self.settings.rate:g} Hz, frame_id "
             f"{self.settings.frame_id}, {'looping' if self.settings.loop else 'once'}{waiting}")
-
-    def _declare_parameters(self) -> Settings:
-        values = {}
-        for spec in PARAMETERS:
-            descriptor = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
-                                             additional_constraints=spec.constraints,
-                                             dynamic_typing=spec.name in FLOAT_PARAMETERS)
-            if spec.name in FLOAT_PARAMETERS:  # "rate: 10" is fine too; validate_settings checks the value
-                descriptor.type = ParameterType.PARAMETER_DOUBLE
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
-            except ParameterException as exc:
-                raise StartupError(str(exc)) from None
-        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
-                         if name not in values and name not in _FRAMEWORK_PARAMETERS
-                         and not name.startswith("qos_overrides."))
-        if unknown:
-            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {list(PARAMETER_NAMES)}")
-        try:
-            return validate_settings(values)
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
 
     def _next_cloud(self) -> PointCloud | None:
         """The next cloud, starting a new pass when looping; None when a `once` pass is over."""
@@ -275,11 +246,8 @@ class CloudPlayer(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    try:
-        node = CloudPlayer()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
-        rclpy.try_shutdown()
+    node = start_node(CloudPlayer, NODE_NAME)
+    if node is None:
         return 1
     executor = SingleThreadedExecutor()
     executor.add_node(node)

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.exceptions import ParameterException
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -37,6 +36,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from lidar_ptq_core.detections import Detections
 
 from .conversions import detections_to_msg, msg_to_detector_input
+from .node_parameters import ParameterSpec, StartupError, declare_parameters, start_node
 from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
 
@@ -47,15 +47,6 @@ LATER_BACKENDS = ("onnxruntime", "tensorrt")
 POINTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LOG_THROTTLE_S = 5.0
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str
-    default: object
-    description: str
-    read_only: bool = False  # takes effect at start only
-    constraints: str = ""
 
 
 PARAMETERS = (
@@ -81,15 +72,6 @@ PARAMETERS = (
     ParameterSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", read_only=True,
                   constraints="finite, > 0"),
 )
-FLOAT_PARAMETERS = {spec.name for spec in PARAMETERS if isinstance(spec.default, float)}
-# Parameters every rclpy node has, and QoS overrides: never reported as unknown.
-_FRAMEWORK_PARAMETERS = ("use_sim_time", "start_type_description_service")
-
-
-class StartupError(Exception):
-    """An invalid parameter or a model that does not load: the node cannot start."""
-
-
 @dataclass(frozen=True)
 class Settings:
     model: str
@@ -153,7 +135,7 @@ class DetectorNode(Node):
         super().__init__(NODE_NAME, **node_options)
         self._worker = None
         try:
-            self.settings = self._declare_parameters()
+            self.settings = declare_parameters(self, PARAMETERS, validate_settings)
             self.detector = detector if detector is not None else self._load_detector()
         except StartupError:
             super().destroy_node()
@@ -179,31 +161,6 @@ class DetectorNode(Node):
         )
 
     # -- parameters ---------------------------------------------------------------------------------------------
-    def _declare_parameters(self) -> Settings:
-        values = {}
-        for spec in PARAMETERS:
-            descriptor = ParameterDescriptor(
-                name=spec.name, description=spec.description, read_only=spec.read_only,
-                additional_constraints=spec.constraints,
-                # float parameters also take integers ("score_threshold: 0"); validate_settings checks them
-                dynamic_typing=spec.name in FLOAT_PARAMETERS,
-            )
-            if spec.name in FLOAT_PARAMETERS:
-                descriptor.type = ParameterType.PARAMETER_DOUBLE
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
-            except ParameterException as exc:  # a value of the wrong type (rclpy names the parameter)
-                raise StartupError(str(exc)) from None
-        unknown = sorted(name for name in getattr(self, "_parameter_overrides", {})
-                         if name not in values and name not in _FRAMEWORK_PARAMETERS
-                         and not name.startswith("qos_overrides."))
-        if unknown:
-            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {[s.name for s in PARAMETERS]}")
-        try:
-            return validate_settings(values)
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         values = {spec.name: getattr(self.settings, spec.name) for spec in PARAMETERS}
         values.update({p.name: p.value for p in parameters if p.name in values})
@@ -300,11 +257,8 @@ class DetectorNode(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    try:
-        node = DetectorNode()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
-        rclpy.try_shutdown()
+    node = start_node(DetectorNode, NODE_NAME)
+    if node is None:
         return 1
     executor = SingleThreadedExecutor()
     executor.add_node(node)
