@@ -28,25 +28,35 @@ from .config import CenterPointConfig, model_config_from_yaml
 CHECKPOINT_FORMAT = "lidar-ptq-centerpoint/1"
 
 
-def save_checkpoint(model: CenterPoint, path: str | Path) -> Path:
-    """Write the model's weights and config to `path` (a .safetensors file), atomically."""
+def write_state_with_metadata(module: torch.nn.Module, path: str | Path, metadata: Mapping[str, str]) -> Path:
+    """Write a module's state_dict and string metadata to one safetensors file, atomically."""
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "config": model.config.to_yaml()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_file(state, str(tmp), metadata=dict(metadata))
     return path
 
 
-def read_checkpoint_config(path: str | Path) -> CenterPointConfig:
+def save_checkpoint(model: CenterPoint, path: str | Path) -> Path:
+    """Write the model's weights and config to `path` (a .safetensors file), atomically."""
+    return write_state_with_metadata(model, path, {"format": CHECKPOINT_FORMAT, "config": model.config.to_yaml()})
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file, without loading tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def read_checkpoint_config(path: str | Path) -> CenterPointConfig:
+    path = Path(path)
+    metadata = read_checkpoint_metadata(path)
     if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (metadata format {metadata.get('format')!r})")
     return model_config_from_yaml(metadata["config"])

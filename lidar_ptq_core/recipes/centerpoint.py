@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..decode import decode_batch
-from ..io_utils import atomic_path
 from ..models.centerpoint import CenterPoint, build_centerpoint
-from ..models.checkpoint import CHECKPOINT_FORMAT
+from ..models.checkpoint import CHECKPOINT_FORMAT, write_state_with_metadata
+from ..models.checkpoint import read_checkpoint_metadata as read_metadata
 from ..models.config import model_config_from_yaml
 from ..quant import QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
 
@@ -142,10 +142,6 @@ def quantize_centerpoint(model: CenterPoint, calibration_batches, method: str = 
 # -- the quantized checkpoint: one safetensors file, config + layout + quantization settings in its metadata
 
 def save_quantized_checkpoint(qmodel: CenterPoint, report, path: str | Path) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
     summary = {k: report.to_dict()[k] for k in ("method", "calibration_frames", "seconds", "stages")}
     metadata = {
         "format": QUANTIZED_FORMAT,
@@ -154,26 +150,7 @@ def save_quantized_checkpoint(qmodel: CenterPoint, report, path: str | Path) -> 
         "quantization": json.dumps(report.config),
         "report": json.dumps(summary),
     }
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    return path
-
-
-def read_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
-
-
-def is_quantized_checkpoint(path: str | Path) -> bool:
-    return read_metadata(path).get("format") == QUANTIZED_FORMAT
+    return write_state_with_metadata(qmodel, path, metadata)
 
 
 def safetensors_metadata_from_bytes(data: bytes) -> dict:
@@ -230,14 +207,12 @@ def load_quantized_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
 
 def load_any_checkpoint(path: str | Path, device="cpu") -> CenterPoint:
     """An FP32 (lidar-ptq-centerpoint) or INT8 fake-quant (lidar-ptq-centerpoint-int8) checkpoint."""
-    fmt = read_metadata(path).get("format")
-    if fmt == QUANTIZED_FORMAT:
-        return load_quantized_checkpoint(path, device)
-    from ..models.checkpoint import load_checkpoint
+    from safetensors.torch import load_file
 
-    if fmt != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {fmt!r}")
-    return load_checkpoint(path, device=device)
+    metadata = read_metadata(path)  # checks the format before any tensor is read
+    if metadata.get("format") not in (QUANTIZED_FORMAT, CHECKPOINT_FORMAT):
+        raise ValueError(f"{path}: unknown checkpoint format {metadata.get('format')!r}")
+    return model_from_state(load_file(str(path)), metadata, str(path), device)
 
 
 def load_checkpoint_bytes(data: bytes, source: str, device="cpu") -> CenterPoint:
