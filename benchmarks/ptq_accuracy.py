@@ -36,6 +36,21 @@ DEFAULT_METHODS = ["fp32", "max", "percentile", "entropy", "mse", "sparse-max", 
                    "lidar-ptq", "brecq", "qdrop"]
 
 
+def calibration_batches(config, calib) -> list[dict]:
+    """One collated batch per calibration frame, as every PTQ row of the benchmarks uses them."""
+    return [voxelize_clouds([calib[i].points], config.voxelization, config.num_point_features)[0]
+            for i in range(len(calib))]
+
+
+def evaluate_network(net, dataset):
+    """(evaluation, detection run) of a network on a sim split, inside the detector's region: the benchmarks' one
+    way to score a model, so FP32, PTQ, QAT and peer rows are comparable."""
+    detector = Detector(net)
+    run = run_detector_on_dataset(detector, dataset, progress=False)
+    return evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
+                    region=detector.evaluation_region), run
+
+
 def row_of(method: str, result, calib_frames: int, quant_seconds: float, median_ms: float) -> dict:
     return {
         "method": method,
@@ -83,8 +98,7 @@ def main() -> int:
     val = SimDataset("val", args.val_frames, sim)
     calib.prepare(num_workers=1)
     val.prepare(num_workers=1)
-    batches = [voxelize_clouds([calib[i].points], model.config.voxelization, model.config.num_point_features)[0]
-               for i in range(len(calib))]
+    batches = calibration_batches(model.config, calib)
     header = (f"{args.model}: LiDAR-PTQ and baselines, every layer INT8 (weights per channel, activations per tensor, "
               f"BN folded); {args.val_frames} sim val frames, centre-distance mAP and BEV IoU mAP in %, mAP by range; "
               f"quantization wall time on {args.threads} threads of this machine ({platform.processor() or platform.machine()})")
@@ -100,10 +114,7 @@ def main() -> int:
             seconds, frames = report.seconds, len(batches)
             save_quantized_checkpoint(net, report, REPO / "runs" / "ptq_bench" / args.model / f"{method}.safetensors")
             write_bytes_atomic(out.parent / f"ptq_{args.model}_{method}_report.txt", (report.format() + "\n").encode())
-        detector = Detector(net)
-        run = run_detector_on_dataset(detector, val, progress=False)
-        result = evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
-                          region=detector.evaluation_region)
+        result, run = evaluate_network(net, val)
         row = row_of(method, result, frames, seconds, run.median_ms)
         rows.append(row)
         with rows_path.open("a") as f:

@@ -23,20 +23,17 @@ from pathlib import Path
 
 import torch
 
-from lidar_ptq_core.evaluate import evaluate
 from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
 from lidar_ptq_core.models.checkpoint import load_checkpoint
 from lidar_ptq_core.quant import method_config
 from lidar_ptq_core.recipes.centerpoint import load_quantized_checkpoint, quantize_centerpoint
-from lidar_ptq_core.runtime import Detector, bundled_checkpoint
-from lidar_ptq_core.runtime.run_dataset import run_detector_on_dataset
+from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
 from lidar_ptq_core.training.train import TrainConfig, train
-from lidar_ptq_core.voxelize import voxelize_clouds
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import format_rows, row_of  # noqa: E402
+from ptq_accuracy import calibration_batches, evaluate_network, format_rows, row_of  # noqa: E402
 
 
 class TargetReached(Exception):
@@ -44,10 +41,7 @@ class TargetReached(Exception):
 
 
 def map_on(model, dataset) -> float:
-    detector = Detector(model)
-    run = run_detector_on_dataset(detector, dataset, progress=False)
-    return evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
-                    region=detector.evaluation_region).distance_map["all"]
+    return evaluate_network(model, dataset)[0].distance_map["all"]
 
 
 def main() -> int:
@@ -78,8 +72,7 @@ def main() -> int:
 
     fp32 = load_checkpoint(bundled_checkpoint(args.model))
     started = time.perf_counter()
-    batches = [voxelize_clouds([calib[i].points], fp32.config.voxelization, fp32.config.num_point_features)[0]
-               for i in range(len(calib))]
+    batches = calibration_batches(fp32.config, calib)
     qat_model, _ = quantize_centerpoint(fp32, batches, args.init, method_config(args.init, sensitivity_frames=0),
                                         progress=False)
     init_seconds = time.perf_counter() - started
@@ -118,10 +111,7 @@ def main() -> int:
         qat_model.load_state_dict(state["model"])
     qat_model.eval()
     reached = history[-1]["mAP"] >= target_map
-    detector = Detector(qat_model)
-    run = run_detector_on_dataset(detector, val, progress=False)
-    result = evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
-                      region=detector.evaluation_region)
+    result, run = evaluate_network(qat_model, val)
     row = row_of("qat", result, len(batches), init_seconds + history[-1]["train_seconds"], run.median_ms)
     row.update(qat_steps=history[-1]["step"], qat_reached_target=reached, qat_target_mAP_check=target_map,
                qat_check_frames=len(check), qat_time_cap_min=args.time_cap_min, qat_init=args.init)

@@ -31,17 +31,14 @@ from pathlib import Path
 
 import torch
 
-from lidar_ptq_core.evaluate import evaluate
 from lidar_ptq_core.io_utils import write_bytes_atomic
 from lidar_ptq_core.models.checkpoint import load_checkpoint
-from lidar_ptq_core.runtime import Detector, bundled_checkpoint
-from lidar_ptq_core.runtime.run_dataset import run_detector_on_dataset
+from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
-from lidar_ptq_core.voxelize import voxelize_clouds
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from ptq_accuracy import format_rows, row_of  # noqa: E402
+from ptq_accuracy import calibration_batches, evaluate_network, format_rows, row_of  # noqa: E402
 
 TOOLS = ("fp32", "modelopt", "pytorch-quantization")
 PQ_METHODS = ("entropy", "percentile", "mse", "max")
@@ -282,8 +279,7 @@ def main() -> int:
     val = SimDataset("val", args.val_frames, sim)
     calib.prepare(num_workers=1)
     val.prepare(num_workers=1)
-    batches = [voxelize_clouds([calib[i].points], fp32.config.voxelization, fp32.config.num_point_features)[0]
-               for i in range(len(calib))]
+    batches = calibration_batches(fp32.config, calib)
     header = (f"{args.model}: NVIDIA peer INT8 PTQ, each tool's standard recipe (nvidia-modelopt "
               f"{versions['nvidia-modelopt']}, pytorch-quantization {versions['pytorch-quantization']}, torch "
               f"{versions['torch']}; weights per channel, activations per tensor, BN not folded); {args.val_frames} "
@@ -307,10 +303,7 @@ def main() -> int:
             net, method, note = quantize_pytorch_quantization(model, batches, calib_method)
             seconds, frames = time.time() - t0, len(batches)
         print(f"[{method}] quantized in {seconds:.0f} s; {note}", flush=True)
-        detector = Detector(net)
-        run = run_detector_on_dataset(detector, val, progress=False)
-        result = evaluate(run.predictions, run.ground_truths, class_names=detector.class_names,
-                          region=detector.evaluation_region)
+        result, run = evaluate_network(net, val)
         row = row_of(method, result, frames, seconds, run.median_ms)
         row.update(tool=tool, tool_version=versions[{"fp32": "torch", "modelopt": "nvidia-modelopt"}.get(tool, tool)],
                    torch=versions["torch"], val_frames=args.val_frames, note=note)
