@@ -43,6 +43,7 @@ from lidar_ptq_core.pointcloud import (  # noqa: E402
 )
 from lidar_ptq_ros import calibration_recorder, cloud_player  # noqa: E402
 from lidar_ptq_ros.calibration_recorder import BagRecording, CalibrationRecorder, FrameSelector  # noqa: E402
+from test_detector_node import wait_for  # noqa: E402  (one polling helper for the ROS tests)
 from lidar_ptq_ros.cloud_player import CloudPlayer, FrameSource  # noqa: E402
 from lidar_ptq_ros.conversions import msg_to_pointcloud, pointcloud_to_msg  # noqa: E402
 from lidar_ptq_ros.detector_node import POINTS_QOS  # noqa: E402
@@ -64,17 +65,6 @@ def tiny_cloud(seed: int, n: int = 200, fields=FIELDS) -> PointCloud:
 
 def cloud_msg(cloud: PointCloud, sec: int, frame_id: str = "test_lidar") -> PointCloud2:
     return pointcloud_to_msg(cloud, Header(frame_id=frame_id, stamp=Time(sec=sec, nanosec=7)))
-
-
-def wait_for(condition, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.01)
 
 
 def namespace() -> str:
