@@ -448,40 +448,75 @@ def test_rviz_config_shows_what_the_nodes_publish(ros_nodes):
     assert displays["rviz_default_plugins/PointCloud2"]["Channel Name"] == "intensity"
 
 
-# -- colcon, where it is installed ---------------------------------------------------------------------------------
+# -- colcon (a project requirement: colcon-core + colcon-ros from PyPI) ---------------------------------------------
 PACKAGE_FILES = ("package.xml", "setup.py", "setup.cfg", "resource", "lidar_ptq_core", "lidar_ptq_ros", "launch",
                  "config", "checkpoints")
 
 
+def colcon_executable() -> str:
+    """colcon beside this interpreter (the project venv, where ./dev installs it), else on the PATH."""
+    import shutil
+
+    pytest.importorskip("colcon_core", reason="colcon is installed by ./dev (requirements.txt)")
+    beside = Path(sys.executable).with_name("colcon")
+    found = str(beside) if beside.is_file() else shutil.which("colcon")
+    assert found, "colcon_core is importable but its `colcon` script is neither beside python nor on the PATH"
+    return found
+
+
 def test_colcon_build_installs_scripts_launch_files_and_configs(tmp_path):
-    """What `ros2 run` / `ros2 launch` find after `colcon build` in a workspace holding this package. colcon is not a
-    project requirement (its PyPI install would downgrade setuptools and add pytest plugins in the project venv):
-    the test runs where `colcon` is on the PATH (a ROS 2 distribution, or a separate venv) and skips otherwise."""
+    """What `ros2 run` / `ros2 launch` find after `colcon build` in a workspace whose src/ holds this package: the
+    console scripts in lib/lidar_ptq_ros, launch files, parameter files, library configs, the Fast DDS profile and
+    package.xml under share/lidar_ptq_ros, the ament index marker, and a setup script that puts the installed
+    package first on the Python path."""
     import shutil
     import subprocess
 
-    colcon = shutil.which("colcon")
-    if colcon is None:
-        pytest.skip("colcon is not on the PATH (pip install colcon-core colcon-ros colcon-python-setup-py in a "
-                    "separate venv, or a ROS 2 distribution)")
-    source = tmp_path / "ws" / "src" / PACKAGE
+    colcon = colcon_executable()
+    workspace = tmp_path / "ws"
+    source = workspace / "src" / PACKAGE
     for name in PACKAGE_FILES:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             source.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
-    result = subprocess.run([colcon, "build"], cwd=tmp_path / "ws", capture_output=True, text=True, timeout=600)
+    # COLCON_HOME in the workspace: no user defaults or mixins of this machine change the build.
+    env = dict(os.environ, COLCON_HOME=str(tmp_path / "colcon_home"))
+    result = subprocess.run([colcon, "--log-base", "log", "build", "--base-paths", "src"], cwd=workspace, env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    install = tmp_path / "ws" / "install" / PACKAGE
+    assert f"Finished <<< {PACKAGE}" in result.stdout, result.stdout
+
+    install = workspace / "install" / PACKAGE
     scripts = install / "lib" / PACKAGE
     assert {"detector_node", "calibration_recorder", "cloud_player", "lidar-ptq"} <= {p.name for p in scripts.iterdir()}
     assert all(os.access(p, os.X_OK) for p in scripts.iterdir())
     share = install / "share" / PACKAGE
     assert {p.name for p in (share / "launch").iterdir()} >= {p.name for p in LAUNCH_FILES}
-    configs = {p.name for p in (share / "config").iterdir()}
+    configs = {p.name for p in (share / "config").iterdir() if p.is_file()}
+    assert configs == {p.name for p in (REPO / "config").iterdir() if p.is_file()}
     assert {"detector.yaml", "calibrate.yaml", "player.yaml", "lidar_ptq.rviz"} <= configs
-    assert (share / "config" / "dds" / "fastdds_loopback_shm.xml").is_file()
+    for folder in sorted(p for p in (REPO / "config").iterdir() if p.is_dir()):  # dds/, models/, sim/, train/
+        installed = sorted(p.name for p in (share / "config" / folder.name).iterdir())
+        assert installed == sorted(p.name for p in folder.iterdir() if p.is_file()), folder.name
+    dds = share / "config" / "dds" / "fastdds_loopback_shm.xml"
+    assert dds.read_text() == (REPO / "config" / "dds" / dds.name).read_text()
     assert (share / "package.xml").read_text() == (REPO / "package.xml").read_text()
+    assert {p.name for p in (share / "checkpoints").iterdir()} >= {p.name for p in (REPO / "checkpoints").iterdir()}
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file(), \
         "FindPackageShare finds the package through the ament index"
+    assert (workspace / "install" / "setup.sh").is_file(), "what a user sources after colcon build"
+
+    # After `. install/setup.sh`: the installed copy comes first on the Python path, the package's share folder is
+    # found through the ament index (as FindPackageShare and `ros2 launch` look it up), and the installed script runs.
+    site = next(install.glob("lib/python3*/site-packages"))
+    probe = ("import lidar_ptq_core.cli as m; from ament_index_python.packages import get_package_share_directory as g; "
+             f"print(m.__file__); print(g('{PACKAGE}'))")
+    sourced = subprocess.run(["sh", "-c", f'. ./install/setup.sh && "$0" -c "$1" && "$2" --help',
+                              sys.executable, probe, str(scripts / "lidar-ptq")],
+                             cwd=workspace, capture_output=True, text=True, timeout=120)
+    assert sourced.returncode == 0, sourced.stdout + sourced.stderr
+    module_file, share_dir, *help_lines = sourced.stdout.splitlines()
+    assert Path(module_file).is_relative_to(site) and Path(share_dir) == share
+    assert all(name in "\n".join(help_lines) for name in ("quantize", "export", "demo"))
