@@ -93,6 +93,51 @@ class Voxels:
         return len(self.coords)
 
 
+# Grids up to this many cells find each point's first cell-mate through a dense int32 table (allocated zeroed, so
+# only the pages of occupied cells are ever touched); larger grids sort the cell indices instead.
+DENSE_TABLE_MAX_CELLS = 1 << 24
+
+
+def stable_argsort(keys: np.ndarray, upper: int) -> np.ndarray:
+    """np.argsort(keys, kind="stable") for non-negative integer keys < `upper`, as an LSD radix sort: one stable
+    argsort per 16-bit digit, where numpy sorts uint8 / uint16 keys by counting (linear time) rather than timsort."""
+    order = None
+    shift = 0
+    while True:
+        digit = keys if order is None else keys[order]
+        if shift:
+            digit = digit >> shift
+        remaining = (upper - 1) >> shift  # the largest value this and the higher digits can take
+        digit_type = np.uint8 if remaining < (1 << 8) else np.uint16
+        if remaining >= (1 << 16):
+            digit = digit & 0xFFFF
+        step = np.argsort(digit.astype(digit_type), kind="stable")
+        order = step if order is None else order[step]
+        shift += 16
+        if remaining < (1 << 16):
+            return order
+
+
+def first_cell_mate(cells: np.ndarray, num_cells: int) -> np.ndarray:
+    """For each point, the index of the first point (in input order) with the same cell index."""
+    n = len(cells)
+    if num_cells <= DENSE_TABLE_MAX_CELLS:
+        # table[cell] = n - (first index in that cell): the max of n - i over the cell's points; 0 marks an empty cell.
+        table = np.zeros(num_cells, np.int32)
+        np.maximum.at(table, cells, np.arange(n, 0, -1, dtype=np.int32))
+        return n - table[cells].astype(np.intp)
+    order = stable_argsort(cells, num_cells)
+    sorted_cells = cells[order]
+    new_cell = np.empty(n, bool)
+    new_cell[:1] = True
+    np.not_equal(sorted_cells[1:], sorted_cells[:-1], out=new_cell[1:])
+    group = np.cumsum(new_cell) - 1
+    # A stable sort keeps input order within a cell, so the first sorted point of a cell is its first point.
+    first = np.empty(n, np.intp)
+    first[order] = order[np.flatnonzero(new_cell)][group]
+    return first
+
+
 def voxelize(points: np.ndarray, config: VoxelConfig) -> Voxels:
     """Group points (N, C >= 3, x y z first) into voxels of `config`."""
     points = np.asarray(points)
@@ -100,60 +145,90 @@ def voxelize(points: np.ndarray, config: VoxelConfig) -> Voxels:
         raise ValueError(f"points must have shape (N, C>=3) with x, y, z first; got {points.shape}")
     points = points.astype(np.float32, copy=False)
     nx, ny, nz = config.grid_size
-    num_input = len(points)
+    num_input, channels = points.shape
+    max_points = config.max_points_per_voxel
 
-    finite = np.isfinite(points).all(axis=1)
-    pts = points[finite]
-    # Index in float64 and test the index, not the coordinate: a point exactly on the upper edge (or rounding up to
-    # it) gets index == grid size and is dropped, so no out-of-range index can escape.
-    lower = np.asarray(config.point_cloud_range[:3], np.float64)
-    size = np.asarray(config.voxel_size, np.float64)
-    idx = np.floor((pts[:, :3].astype(np.float64) - lower) / size).astype(np.int64)
-    in_range = ((idx >= 0) & (idx < np.array([nx, ny, nz]))).all(axis=1)
-    pts, idx = pts[in_range], idx[in_range]
+    if np.isfinite(points).all():
+        finite = None
+        num_finite = num_input
+    else:
+        finite = np.isfinite(points[:, 0])
+        for c in range(1, channels):
+            finite &= np.isfinite(points[:, c])
+        num_finite = int(np.count_nonzero(finite))
 
-    linear = (idx[:, 2] * ny + idx[:, 1]) * nx + idx[:, 0]
-    unique_ids, first_index, inverse = np.unique(linear, return_index=True, return_inverse=True)
-    # Renumber voxels by first appearance so the result follows the input order, not the grid order.
-    order_of_unique = np.argsort(first_index, kind="stable")
-    rank_of_unique = np.empty_like(order_of_unique)
-    rank_of_unique[order_of_unique] = np.arange(len(order_of_unique))
-    voxel_of_point = rank_of_unique[inverse]
-    num_occupied = len(unique_ids)
+    # Grid position t = (p - lower) / size in float64, one axis at a time. A point is in range when 0 <= t < cells,
+    # which is the same as its index floor(t) lying in [0, cells): a point exactly on the upper edge (or rounding up
+    # to it) is dropped, so no out-of-range index can escape. NaN / inf never pass these comparisons.
+    lower, size = config.point_cloud_range[:3], config.voxel_size
+    positions = []
+    valid = finite
+    for axis, cells in enumerate((nx, ny, nz)):
+        t = points[:, axis].astype(np.float64)
+        t -= lower[axis]
+        t /= size[axis]
+        positions.append(t)
+        if valid is None:
+            valid = t >= 0
+        else:
+            valid &= t >= 0
+        valid &= t < cells
+    point_index = np.flatnonzero(valid)  # the points that get a cell, in input order
+    num_valid = len(point_index)
+
+    # Linear cell index (z, y, x order); truncation is floor here since every t >= 0.
+    cell = positions[2][point_index].astype(np.intp) if nz > 1 else np.zeros(num_valid, np.intp)
+    for axis, cells in ((1, ny), (0, nx)):
+        cell *= cells
+        cell += positions[axis][point_index].astype(np.intp)
+
+    # Voxels are numbered in order of their first point: a point that is its cell's first point opens the next voxel.
+    first = first_cell_mate(cell, nx * ny * nz)
+    opens_voxel = first == np.arange(num_valid)
+    first_points = np.flatnonzero(opens_voxel)
+    num_occupied = len(first_points)
     num_voxels = min(num_occupied, config.max_voxels)
+    voxel_of_point = (np.cumsum(opens_voxel) - 1)[first]
 
-    keep_voxel = voxel_of_point < num_voxels
-    dropped_voxel_cap = int((~keep_voxel).sum())
-    pts, voxel_of_point = pts[keep_voxel], voxel_of_point[keep_voxel]
+    if num_occupied > num_voxels:
+        kept = np.flatnonzero(voxel_of_point < num_voxels)
+        voxel_of_point, point_index = voxel_of_point[kept], point_index[kept]
+    dropped_voxel_cap = num_valid - len(point_index)
 
-    # Position of each point inside its voxel, in input order.
-    point_order = np.argsort(voxel_of_point, kind="stable")
-    sorted_voxels = voxel_of_point[point_order]
-    counts = np.bincount(sorted_voxels, minlength=num_voxels)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if num_voxels else np.zeros(0, np.int64)
-    slot_sorted = np.arange(len(sorted_voxels)) - starts[sorted_voxels] if len(sorted_voxels) else sorted_voxels
-    slot = np.empty_like(slot_sorted)
-    slot[point_order] = slot_sorted
-    fits = slot < config.max_points_per_voxel
+    # Position of each point inside its voxel, in input order: a stable sort by voxel keeps input order within one.
+    counts = np.bincount(voxel_of_point, minlength=num_voxels)
+    order = stable_argsort(voxel_of_point, num_voxels) if num_voxels else np.zeros(0, np.intp)
+    sorted_voxels = voxel_of_point[order]
+    starts = np.cumsum(counts) - counts
+    slot = np.arange(len(order)) - starts[sorted_voxels]
+    if num_voxels and counts.max() > max_points:
+        fits = np.flatnonzero(slot < max_points)
+        order, sorted_voxels, slot = order[fits], sorted_voxels[fits], slot[fits]
+    num_kept = len(order)
 
-    features = np.zeros((num_voxels, config.max_points_per_voxel, points.shape[1]), np.float32)
-    features[voxel_of_point[fits], slot[fits]] = pts[fits]
-    kept_linear = unique_ids[order_of_unique[:num_voxels]]
-    coords = np.stack([kept_linear // (nx * ny), (kept_linear // nx) % ny, kept_linear % nx], axis=1).astype(np.int32)
+    features = np.zeros((num_voxels, max_points, channels), np.float32)
+    rows = sorted_voxels * max_points
+    rows += slot
+    features.reshape(-1, channels)[rows] = points.take(point_index[order], axis=0)
+    kept_cells = cell[first_points[:num_voxels]]
+    coords = np.empty((num_voxels, 3), np.int32)
+    coords[:, 0] = kept_cells // (nx * ny)
+    coords[:, 1] = (kept_cells // nx) % ny
+    coords[:, 2] = kept_cells % nx
 
     report = VoxelizeReport(
         num_input_points=num_input,
-        dropped_nonfinite=int((~finite).sum()),
-        dropped_out_of_range=int((~in_range).sum()),
+        dropped_nonfinite=num_input - num_finite,
+        dropped_out_of_range=num_finite - num_valid,
         dropped_over_voxel_cap=dropped_voxel_cap,
-        dropped_over_point_cap=int((~fits).sum()),
+        dropped_over_point_cap=len(point_index) - num_kept,
         num_voxels=num_voxels,
         voxels_over_cap=num_occupied - num_voxels,
     )
     return Voxels(
         features=features,
-        coords=coords.reshape(-1, 3),
-        num_points=np.minimum(counts, config.max_points_per_voxel).astype(np.int32),
+        coords=coords,
+        num_points=np.minimum(counts, max_points).astype(np.int32),
         grid_size=(nx, ny, nz),
         report=report,
     )
