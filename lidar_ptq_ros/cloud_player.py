@@ -2,8 +2,8 @@
 
 Node `lidar_ptq_cloud_player`, for demos, tests and users without a robot. Publishes `points` (relative, so
 remappable) from `source`: a rosbag2 bag (its PointCloud2 topic), a folder of .bin / .pcd files (sorted by name), a
-single such file, or `sim` (the first `sim_frames` frames of the simulator's validation split, generated into the
-cache when missing). One cloud every 1/`rate` seconds, stamped with the current time and `frame_id`; after the last
+single such file, or `sim` (the first `sim_frames` frames of the simulator's `sim_split`, the validation split by
+default, generated into the cache when missing). One cloud every 1/`rate` seconds, stamped with the current time and `frame_id`; after the last
 cloud the node exits with status 0, or starts over with `loop`:
 
     cloud_player --ros-args -p source:=sim -p rate:=10.0 -p loop:=true
@@ -40,6 +40,7 @@ from .node_parameters import ParameterSpec, StartupError, declare_parameters, st
 
 NODE_NAME = "lidar_ptq_cloud_player"
 SIM_SOURCE = "sim"
+SIM_SPLITS = ("val", "calib", "train")
 POINT_FILE_SUFFIXES = (".bin", ".pcd")  # .bin: KITTI (.pcd.bin: nuScenes), .pcd: PCD
 PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
 ACK_TIMEOUT_S = 5.0  # once: how long the last clouds may take to be acknowledged by reliable subscribers
@@ -49,8 +50,15 @@ PARAMETERS = (
                   "What to play: 'sim' (the simulator's validation split), a rosbag2 bag (directory, .mcap or .db3), "
                   "a folder of .bin / .pcd point cloud files (sorted by name) or one such file.", read_only=True,
                   constraints="'sim', or an existing bag, folder or .bin/.pcd file"),
-    ParameterSpec("sim_frames", 20, "With source 'sim': how many frames of the validation split to play.",
+    ParameterSpec("sim_frames", 20, "With source 'sim': how many frames of the split to play.",
                   read_only=True, constraints=">= 1"),
+    ParameterSpec("sim_split", "val",
+                  "With source 'sim': the simulator split to play: 'val' (what the demo and the benchmarks evaluate "
+                  "on), 'calib' (scenes for recording a calibration bag) or 'train'; the splits never share a scene.",
+                  read_only=True, constraints="one of: " + ", ".join(SIM_SPLITS)),
+    ParameterSpec("sim_config", "default",
+                  "With source 'sim': simulator config, a name in config/sim (default, vlp32) or a YAML path.",
+                  read_only=True, constraints="non-empty"),
     ParameterSpec("bag_topic", "",
                   "With a bag source: its PointCloud2 topic to play; empty takes the bag's only PointCloud2 topic.",
                   read_only=True),
@@ -70,6 +78,8 @@ PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
 class Settings:
     source: str
     sim_frames: int
+    sim_split: str
+    sim_config: str
     bag_topic: str | None
     rate: float
     loop: bool
@@ -96,18 +106,25 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
     frame_id = values["frame_id"]
     if not isinstance(frame_id, str) or not frame_id.strip():
         raise ValueError(f"parameter 'frame_id' is {frame_id!r}; it must be a non-empty frame name")
+    sim_split = values["sim_split"]
+    if sim_split not in SIM_SPLITS:
+        raise ValueError(f"parameter 'sim_split' is {sim_split!r}; allowed: {', '.join(SIM_SPLITS)}")
+    sim_config = values["sim_config"]
+    if not isinstance(sim_config, str) or not sim_config.strip():
+        raise ValueError(f"parameter 'sim_config' is {sim_config!r}; it must name a simulator config")
     bag_topic = values["bag_topic"]
     if not isinstance(bag_topic, str):
         raise ValueError(f"parameter 'bag_topic' is {bag_topic!r}; it must be a topic name or empty")
-    return Settings(source.strip(), int(values["sim_frames"]), bag_topic.strip() or None, float(rate), loop,
-                    frame_id.strip(), int(values["wait_for_subscribers"]))
+    return Settings(source.strip(), int(values["sim_frames"]), sim_split, sim_config.strip(),
+                    bag_topic.strip() or None, float(rate), loop, frame_id.strip(), int(values["wait_for_subscribers"]))
 
 
 class FrameSource:
     """The clouds of a player source, in order; iterate again for another pass. The constructor checks the source
     (ValueError / FileNotFoundError with the reason) without reading every frame."""
 
-    def __init__(self, source: str, sim_frames: int = 20, bag_topic: str | None = None):
+    def __init__(self, source: str, sim_frames: int = 20, bag_topic: str | None = None, sim_split: str = "val",
+                 sim_config: str = "default"):
         self.source = source
         self._dataset = None
         self._files: list[Path] = []
@@ -116,8 +133,8 @@ class FrameSource:
             from lidar_ptq_core.sim import SimDataset, load_sim_config
 
             self.kind = "sim"
-            self._dataset = SimDataset("val", sim_frames, load_sim_config("default"))
-            self.description = f"{sim_frames} frames of the sim val split"
+            self._dataset = SimDataset(sim_split, sim_frames, load_sim_config(sim_config))
+            self.description = f"{sim_frames} frames of the sim {sim_split} split"
             return
         path = Path(source).expanduser()
         if not path.exists():
@@ -174,7 +191,8 @@ class CloudPlayer(Node):
         try:
             self.settings = declare_parameters(self, PARAMETERS, validate_settings)
             try:
-                self.frames = FrameSource(self.settings.source, self.settings.sim_frames, self.settings.bag_topic)
+                self.frames = FrameSource(self.settings.source, self.settings.sim_frames, self.settings.bag_topic,
+                                          self.settings.sim_split, self.settings.sim_config)
             except (OSError, ValueError) as exc:
                 raise StartupError(f"parameter 'source' is '{self.settings.source}': {exc}") from None
         except StartupError:

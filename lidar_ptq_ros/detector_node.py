@@ -41,8 +41,8 @@ from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
 
 NODE_NAME = "lidar_ptq_detector"
-BACKENDS = ("torch",)
-LATER_BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime")
+BUNDLE_SUFFIX = ".lptq"
 # What lidar drivers publish with; depth 1 so the middleware never queues old sweeps either.
 POINTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -51,12 +51,13 @@ LOG_THROTTLE_S = 5.0
 
 PARAMETERS = (
     ParameterSpec("model", "sim_pillar",
-                  "Checkpoint: a bundled name (checkpoints/<name>.safetensors, e.g. sim_pillar, sim_voxel) or a path "
-                  "to a .safetensors file, FP32 or INT8 fake-quant (from `lidar-ptq quantize`).", read_only=True,
-                  constraints="non-empty"),
+                  "Checkpoint: a bundled name (checkpoints/<name>.safetensors, e.g. sim_pillar, sim_voxel), a path "
+                  "to a .safetensors file, FP32 or INT8 fake-quant (from `lidar-ptq quantize`), or a .lptq bundle "
+                  "(from `lidar-ptq export`).", read_only=True, constraints="non-empty"),
     ParameterSpec("backend", "torch",
-                  "Inference backend. Only 'torch' (FP32 and INT8 fake-quant on CPU) for now; onnxruntime and tensorrt "
-                  "come with the INT8 engine.", read_only=True, constraints="one of: torch"),
+                  "Inference backend: 'torch' (FP32, or INT8 as fake-quant, on CPU; a bundle runs its checkpoint "
+                  "part) or 'onnxruntime' (a .lptq bundle only: the dense part as its ONNX graph). tensorrt is not "
+                  "installable on these machines.", read_only=True, constraints="one of: torch, onnxruntime"),
     ParameterSpec("score_threshold", 0.3,
                   "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",
                   constraints="0 <= x <= 1"),
@@ -67,7 +68,8 @@ PARAMETERS = (
                   "Multiplies the intensity field before detection: the bundled models expect 0..1, so a driver "
                   "publishing 0..255 needs 0.00392.", constraints="finite, > 0"),
     ParameterSpec("publish_markers", True, "Publish detection_markers (visualization_msgs/MarkerArray) for RViz."),
-    ParameterSpec("num_threads", 0, "torch CPU threads for inference; 0 keeps torch's default.", read_only=True,
+    ParameterSpec("num_threads", 0, "CPU threads for inference (torch, and onnxruntime's intra-op threads); 0 keeps "
+                  "the libraries' defaults.", read_only=True,
                   constraints=">= 0"),
     ParameterSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", read_only=True,
                   constraints="finite, > 0"),
@@ -106,8 +108,12 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
         raise ValueError(f"parameter 'model' is {model!r}; it must name a bundled checkpoint or a .safetensors path")
     backend = values["backend"]
     if backend not in BACKENDS:
-        later = f"; {', '.join(LATER_BACKENDS)} come with the INT8 engine" if backend in LATER_BACKENDS else ""
-        raise ValueError(f"parameter 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}{later}")
+        why = ("; tensorrt cannot be installed on these CPU machines (the bundle's dense.onnx is TensorRT-ready QDQ "
+               "ONNX)" if backend == "tensorrt" else "")
+        raise ValueError(f"parameter 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}{why}")
+    if backend == "onnxruntime" and isinstance(model, str) and not model.strip().endswith(BUNDLE_SUFFIX):
+        raise ValueError(f"parameter 'backend' is 'onnxruntime' but 'model' {model!r} is not a {BUNDLE_SUFFIX} bundle; "
+                         "onnxruntime runs the ONNX part of a bundle (`lidar-ptq export`), a checkpoint runs in torch")
     publish_markers = values["publish_markers"]
     if not isinstance(publish_markers, bool):
         raise ValueError(f"parameter 'publish_markers' is {publish_markers!r}; it must be true or false")
@@ -180,7 +186,7 @@ class DetectorNode(Node):
             from lidar_ptq_core.runtime import Detector
 
             try:
-                return Detector.from_checkpoint(self.settings.model)
+                return Detector.load(self.settings.model, self.settings.backend, self.settings.num_threads or None)
             except Exception as exc:  # missing file, not a checkpoint, config mismatch: one line, no traceback
                 raise StartupError(f"parameter 'model' is {self.settings.model!r}: cannot load it: {exc}") from None
 

@@ -435,8 +435,9 @@ VALID = {"model": "sim_pillar", "backend": "torch", "score_threshold": 0.3, "max
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("backend", "tensorrt", "come with the INT8 engine"),
-    ("backend", "cuda", "allowed: torch"),
+    ("backend", "tensorrt", "cannot be installed on these CPU machines"),
+    ("backend", "cuda", "allowed: torch, onnxruntime"),
+    ("backend", "onnxruntime", "not a .lptq bundle"),
     ("score_threshold", 1.5, "0 <= x <= 1"),
     ("score_threshold", "high", "must be a number"),
     ("max_points", -1, ">= 0"),
@@ -478,6 +479,25 @@ def test_shipped_parameter_file_and_the_bundled_model_on_a_sim_frame():
         expected = expected.select(expected.scores >= 0.5)
         assert_same_detections(msg, expected, expected.class_names)
         assert "Car" in {d.results[0].hypothesis.class_id for d in msg.detections}
+    finally:
+        h.close()
+
+
+def test_a_bundle_runs_on_onnxruntime_like_the_library(tiny_checkpoint, tmp_path):
+    """model:=<.lptq bundle> backend:=onnxruntime: the node publishes what Detector.from_bundle gives on the same
+    points (the bundle's dense part as its ONNX graph)."""
+    from lidar_ptq_core.export.export_bundle import export_bundle
+
+    bundle = export_bundle(tiny_checkpoint, tmp_path / "tiny.lptq")
+    assert validate_settings({**VALID, "model": str(bundle), "backend": "onnxruntime"}).backend == "onnxruntime"
+    h = Harness(overrides={"model": str(bundle), "backend": "onnxruntime", "score_threshold": 0.0, "max_points": 0,
+                           "num_threads": 1})
+    try:
+        assert type(h.node.detector.backend).__name__ == "OnnxRuntimeBackend"
+        points = sample_points(seed=11)
+        msg, _ = h.detect(xyzi_cloud(points))
+        expected = Detector.from_bundle(bundle, "onnxruntime", threads=1)
+        assert_same_detections(msg, expected.detect(points), expected.class_names)
     finally:
         h.close()
 

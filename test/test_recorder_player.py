@@ -194,10 +194,12 @@ def test_recorder_invalid_parameter_values(name, value, message):
     ("loop", "yes", "true or false"),
     ("frame_id", " ", "non-empty"),
     ("wait_for_subscribers", -1, "integer >= 0"),
+    ("sim_split", "test", "allowed: val, calib, train"),
+    ("sim_config", "", "simulator config"),
 ])
 def test_player_invalid_parameter_values(name, value, message):
-    valid = {"source": "sim", "sim_frames": 2, "bag_topic": "", "rate": 10.0, "loop": False, "frame_id": "lidar",
-             "wait_for_subscribers": 0}
+    valid = {"source": "sim", "sim_frames": 2, "sim_split": "val", "sim_config": "default", "bag_topic": "",
+             "rate": 10.0, "loop": False, "frame_id": "lidar", "wait_for_subscribers": 0}
     with pytest.raises(ValueError, match=f"parameter '{name}'") as error:
         cloud_player.validate_settings({**valid, name: value})
     assert message in str(error.value)
@@ -295,6 +297,18 @@ def test_frame_source_sim_plays_the_val_split():
     expected = SimDataset("val", 2, load_sim_config("default"))
     assert len(played) == 2 and played[0].fields == FIELDS
     assert all(same_cloud(p.points, expected[i].points) for i, p in enumerate(played))
+
+
+def test_frame_source_sim_plays_another_split():
+    from lidar_ptq_core.sim import SimDataset, load_sim_config
+
+    source = FrameSource("sim", sim_frames=2, sim_split="calib")
+    source.prepare()
+    played = list(source)
+    calib, val = (SimDataset(split, 2, load_sim_config("default")) for split in ("calib", "val"))
+    assert source.description == "2 frames of the sim calib split"
+    assert all(same_cloud(p.points, calib[i].points) for i, p in enumerate(played))
+    assert not any(same_cloud(p.points, v.points) for p in played for v in val), "calib and val share no scene"
 
 
 def test_frame_source_refuses_what_it_cannot_play(tmp_path):
