@@ -3,6 +3,10 @@
 A pillar is a voxel whose z extent covers the whole range (grid depth 1). Voxel coordinates are (z, y, x) grid
 indices, the order OpenPCDet and spconv use. Everything is vectorized numpy and deterministic: voxels are kept in
 order of their first point, points within a voxel in input order, so the same cloud always gives the same voxels.
+
+No general sort on the way: each point finds the first point of its cell through a table (np.maximum.at), which
+numbers the voxels, and one stable radix argsort by voxel number (uint16 keys, counting sort) gives each point its
+place in its voxel.
 """
 
 from __future__ import annotations
@@ -93,9 +97,12 @@ class Voxels:
         return len(self.coords)
 
 
-# Grids up to this many cells find each point's first cell-mate through a dense int32 table (allocated zeroed, so
-# only the pages of occupied cells are ever touched); larger grids sort the cell indices instead.
-DENSE_TABLE_MAX_CELLS = 1 << 24
+# How each point finds the first point of its cell (see first_cell_mate): "auto" takes a dense int32 table indexed by
+# cell for grids up to DENSE_TABLE_MAX_CELLS cells (pillar grids) and a hashed table of about 2 slots per point for
+# larger ones (3D voxel grids have millions of cells); "sorting" needs no table. Tests force each method.
+DENSE_TABLE_MAX_CELLS = 1 << 19
+FIRST_CELL_MATE_METHOD = "auto"
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplicative hashing spreads grid patterns
 
 
 def stable_argsort(keys: np.ndarray, upper: int) -> np.ndarray:
@@ -118,14 +125,18 @@ def stable_argsort(keys: np.ndarray, upper: int) -> np.ndarray:
             return order
 
 
-def first_cell_mate(cells: np.ndarray, num_cells: int) -> np.ndarray:
-    """For each point, the index of the first point (in input order) with the same cell index."""
+def _first_by_table(cells: np.ndarray, slots: np.ndarray, num_slots: int) -> np.ndarray:
+    """For each point, the first point (input order) of its slot: table[slot] = n - (smallest index in the slot),
+    the max of n - i over the slot's points; 0 marks an empty slot."""
     n = len(cells)
-    if num_cells <= DENSE_TABLE_MAX_CELLS:
-        # table[cell] = n - (first index in that cell): the max of n - i over the cell's points; 0 marks an empty cell.
-        table = np.zeros(num_cells, np.int32)
-        np.maximum.at(table, cells, np.arange(n, 0, -1, dtype=np.int32))
-        return n - table[cells].astype(np.intp)
+    table = np.zeros(num_slots, np.int32)
+    np.maximum.at(table, slots, np.arange(n, 0, -1, dtype=np.int32))
+    return n - table[slots].astype(np.intp)
+
+
+def _first_by_sorting(cells: np.ndarray, num_cells: int) -> np.ndarray:
+    """For each point, the first point (input order) of its cell, from a stable sort by cell."""
+    n = len(cells)
     order = stable_argsort(cells, num_cells)
     sorted_cells = cells[order]
     new_cell = np.empty(n, bool)
@@ -135,6 +146,28 @@ def first_cell_mate(cells: np.ndarray, num_cells: int) -> np.ndarray:
     # A stable sort keeps input order within a cell, so the first sorted point of a cell is its first point.
     first = np.empty(n, np.intp)
     first[order] = order[np.flatnonzero(new_cell)][group]
+    return first
+
+
+def first_cell_mate(cells: np.ndarray, num_cells: int, method: str | None = None) -> np.ndarray:
+    """For each point, the index of the first point (in input order) with the same cell index (< num_cells)."""
+    method = method or FIRST_CELL_MATE_METHOD
+    if method == "auto":
+        method = "dense" if num_cells <= DENSE_TABLE_MAX_CELLS else "hashed"
+    if method == "dense":
+        return _first_by_table(cells, cells, num_cells)
+    if method == "sorting" or len(cells) == 0:
+        return _first_by_sorting(cells, num_cells)
+    if method != "hashed":
+        raise ValueError(f"unknown first_cell_mate method {method!r}")
+    bits = max(8, int(2 * len(cells) - 1).bit_length())
+    slots = ((cells.astype(np.uint64) * _FIBONACCI) >> np.uint64(64 - bits)).astype(np.intp)
+    first = _first_by_table(cells, slots, 1 << bits)
+    # A slot's smallest index belongs to one of the cells hashed there, and that cell's points are done. The points
+    # of the other cells sharing the slot see a first point of another cell: all points of those cells, sorted apart.
+    lost = np.flatnonzero(cells[first] != cells)
+    if len(lost):
+        first[lost] = lost[_first_by_sorting(cells[lost], num_cells)]
     return first
 
 

@@ -132,7 +132,7 @@ import dataclasses  # noqa: E402
 import lidar_ptq_core.voxelize as voxelize_module  # noqa: E402
 from lidar_ptq_core.config_files import resolve_config  # noqa: E402
 from lidar_ptq_core.models.config import load_model_config  # noqa: E402
-from lidar_ptq_core.voxelize import stable_argsort  # noqa: E402
+from lidar_ptq_core.voxelize import first_cell_mate, stable_argsort  # noqa: E402
 
 
 def reference_voxelize(points, config):
@@ -235,13 +235,15 @@ EQUIVALENCE_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("path", ["default", "sorting"])
+FIRST_CELL_MATE_METHODS = ["auto", "hashed", "sorting"]  # auto: dense table for pillar grids, hashed for 3D grids
+
+
+@pytest.mark.parametrize("method", FIRST_CELL_MATE_METHODS)
 @pytest.mark.parametrize("name", list(EQUIVALENCE_CONFIGS))
-def test_same_output_as_reference(name, path, monkeypatch):
-    if path == "sorting":  # the path for grids too big for the dense first-point table
-        monkeypatch.setattr(voxelize_module, "DENSE_TABLE_MAX_CELLS", 0)
+def test_same_output_as_reference(name, method, monkeypatch):
+    monkeypatch.setattr(voxelize_module, "FIRST_CELL_MATE_METHOD", method)
     cfg = EQUIVALENCE_CONFIGS[name]
-    rng = np.random.default_rng([list(EQUIVALENCE_CONFIGS).index(name), path == "sorting"])
+    rng = np.random.default_rng([list(EQUIVALENCE_CONFIGS).index(name), FIRST_CELL_MATE_METHODS.index(method)])
     reports = []
     for n, channels, cells in ((3000, 4, None), (4000, 5, 30), (2500, 3, 4), (1, 4, None), (2, 4, 1)):
         reports.append(assert_same_as_reference(random_cloud(rng, cfg, n, channels, cells), cfg).report)
@@ -251,11 +253,10 @@ def test_same_output_as_reference(name, path, monkeypatch):
         assert sum(r.voxels_over_cap for r in reports) > 0 and sum(r.dropped_over_voxel_cap for r in reports) > 0
 
 
-@pytest.mark.parametrize("path", ["default", "sorting"])
+@pytest.mark.parametrize("method", FIRST_CELL_MATE_METHODS)
 @pytest.mark.parametrize("cfg", [PILLARS, VOXELS, SMALL_CAPS], ids=["pillars", "voxels", "small_caps"])
-def test_degenerate_clouds_same_as_reference(cfg, path, monkeypatch):
-    if path == "sorting":
-        monkeypatch.setattr(voxelize_module, "DENSE_TABLE_MAX_CELLS", 0)
+def test_degenerate_clouds_same_as_reference(cfg, method, monkeypatch):
+    monkeypatch.setattr(voxelize_module, "FIRST_CELL_MATE_METHOD", method)
     lo = np.array(cfg.point_cloud_range[:3], np.float32)
     clouds = [
         np.zeros((0, 4), np.float32),  # empty
@@ -297,3 +298,30 @@ def test_stable_argsort_matches_numpy(upper):
         if n:
             keys[0] = upper - 1
         np.testing.assert_array_equal(stable_argsort(keys, upper), np.argsort(keys, kind="stable"))
+
+
+@pytest.mark.parametrize("num_cells", [1, 7, 300, 80_000, 6_291_456, 82_944_000])
+def test_first_cell_mate_methods_agree(num_cells):
+    rng = np.random.default_rng(num_cells)
+    for n in (0, 1, 5, 3000):
+        cells = rng.integers(0, min(num_cells, 3 * n + 1), n).astype(np.intp)  # repeats, and slots shared by cells
+        cells[::3] = rng.integers(0, num_cells, len(cells[::3]))
+        _, first_of_unique, inverse = np.unique(cells, return_index=True, return_inverse=True)
+        expected = first_of_unique[inverse.reshape(-1)]
+        methods = ["hashed", "sorting"] + (["dense"] if num_cells <= 1 << 20 else [])
+        for method in methods:
+            np.testing.assert_array_equal(first_cell_mate(cells, num_cells, method), expected, err_msg=method)
+    with pytest.raises(ValueError, match="unknown first_cell_mate method"):
+        first_cell_mate(cells, num_cells, "bogus")
+
+
+def test_hashed_first_cell_mate_resolves_shared_slots():
+    """Cells sharing a hash slot: every point of the cells that lost the slot must still find its own first point."""
+    rng = np.random.default_rng(11)
+    cells = rng.integers(0, 1 << 40, 200).astype(np.intp).repeat(3)  # 200 cells, 600 points, 1024 slots
+    rng.shuffle(cells)
+    bits = int(2 * len(cells) - 1).bit_length()
+    slots = (cells.astype(np.uint64) * voxelize_module._FIBONACCI) >> np.uint64(64 - bits)
+    assert len(np.unique(slots)) < len(np.unique(cells)), "the test needs cells sharing a slot"
+    _, first_of_unique, inverse = np.unique(cells, return_index=True, return_inverse=True)
+    np.testing.assert_array_equal(first_cell_mate(cells, 1 << 40, "hashed"), first_of_unique[inverse.reshape(-1)])
