@@ -210,9 +210,10 @@ def voxelize(points: np.ndarray, config: VoxelConfig) -> Voxels:
     num_valid = len(point_index)
 
     # Linear cell index (z, y, x order); truncation is floor here since every t >= 0.
-    cell = positions[2][point_index].astype(np.intp) if nz > 1 else np.zeros(num_valid, np.intp)
-    for axis, cells in ((1, ny), (0, nx)):
-        cell *= cells
+    top = 2 if nz > 1 else 1  # pillars: z index always 0
+    cell = positions[top][point_index].astype(np.intp)
+    for axis in range(top - 1, -1, -1):
+        cell *= (nx, ny)[axis]
         cell += positions[axis][point_index].astype(np.intp)
 
     # Voxels are numbered in order of their first point: a point that is its cell's first point opens the next voxel.
@@ -221,7 +222,9 @@ def voxelize(points: np.ndarray, config: VoxelConfig) -> Voxels:
     first_points = np.flatnonzero(opens_voxel)
     num_occupied = len(first_points)
     num_voxels = min(num_occupied, config.max_voxels)
-    voxel_of_point = (np.cumsum(opens_voxel) - 1)[first]
+    voxel_number = np.cumsum(opens_voxel)
+    voxel_number -= 1
+    voxel_of_point = voxel_number[first]
 
     if num_occupied > num_voxels:
         kept = np.flatnonzero(voxel_of_point < num_voxels)
