@@ -2,9 +2,11 @@
 post-processing (voxelize, decode) are the Detector's and shared by all of them.
 
 - torch: the reference; FP32, or INT8 as fake quantization (FP32 kernels on INT8-exact values).
-- onnxruntime: the encoder (PFN + scatter, or the sparse backbone) in torch, the dense part as the bundle's ONNX
-  graph. With a QDQ graph onnxruntime computes the same numbers; it does not yet fuse it into integer kernels
-  (issue 7), so it is not faster yet.
+- onnxruntime: the encoder (PFN + scatter, or the sparse backbone) in torch, the dense part in onnxruntime. An FP32
+  model runs the bundle's dense.onnx. An INT8 model runs onnxruntime's integer graph, built at load time from the
+  model's own weights and scales (export/onnx_ort_int8.py): onnxruntime fuses it into QLinearConv (uint8 activations,
+  int8 weights). The bundle's dense.onnx stays TensorRT's QDQ graph (zero-point 0), which onnxruntime would only run
+  as FP32 kernels around the Q/DQ pairs; graph="given" runs it anyway, for comparison.
 - tensorrt: not installable on these machines; asking for it says so.
 """
 
@@ -22,28 +24,46 @@ class TorchBackend:
     def __init__(self, model):
         self.model = model
 
+    def dense(self, bev: torch.Tensor) -> list[dict]:
+        return self.model.dense(bev)
+
     def __call__(self, batch: dict) -> list[dict]:
         return self.model(batch)
+
+
+ORT_GRAPHS = ("auto", "given")
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model, onnx_bytes: bytes, threads: int | None = None):
+    def __init__(self, model, onnx_bytes: bytes | None = None, threads: int | None = None, graph: str = "auto"):
+        """`graph` "auto": for an INT8 model onnxruntime's integer graph built from the model (onnx_bytes, the
+        bundle's TensorRT QDQ graph, is not used), for an FP32 model `onnx_bytes` (exported here when None).
+        "given": run `onnx_bytes` as it is."""
         import onnxruntime as ort
 
-        from ..export.onnx_qdq import INPUT_NAME, output_names
+        from ..export.onnx_ort_int8 import dense_part_quantized, export_dense_ort_int8
+        from ..export.onnx_qdq import INPUT_NAME, export_dense_onnx, output_names
+        from .ort_profile import session_options
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        if graph not in ORT_GRAPHS:
+            raise ValueError(f"graph must be one of {ORT_GRAPHS}, got {graph!r}")
+        quantized = dense_part_quantized(model)
+        if graph == "auto" and quantized:
+            onnx_bytes, self.graph = export_dense_ort_int8(model), "ort-int8"
+        else:
+            if onnx_bytes is None:
+                onnx_bytes = export_dense_onnx(model)
+            self.graph = "qdq" if quantized else "fp32"
+        self.onnx_bytes = onnx_bytes
+        self.session = ort.InferenceSession(onnx_bytes, session_options(threads), providers=["CPUExecutionProvider"])
         self.model = model
         self.input_name = INPUT_NAME
         self.outputs = [name.split(".", 1) for name in output_names(model)]
 
-    def __call__(self, batch: dict) -> list[dict]:
-        bev = self.model.bev_features(batch).detach().cpu().numpy().astype(np.float32, copy=False)
+    def dense(self, bev: torch.Tensor) -> list[dict]:
+        bev = bev.detach().cpu().numpy().astype(np.float32, copy=False)
         results = [{} for _ in self.model.dense_head.heads_list]
         frames = []
         for frame in range(bev.shape[0]):  # the graph is exported for one frame
@@ -51,6 +71,9 @@ class OnnxRuntimeBackend:
         for index, (task, head) in enumerate(self.outputs):
             results[int(task)][head] = torch.from_numpy(np.concatenate([f[index] for f in frames]))
         return results
+
+    def __call__(self, batch: dict) -> list[dict]:
+        return self.dense(self.model.bev_features(batch))
 
 
 def tensorrt_unavailable() -> ValueError:
