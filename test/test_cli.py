@@ -60,6 +60,24 @@ def test_demo_runs_end_to_end_with_a_checkpoint(tmp_path, monkeypatch, capsys):
     assert cli.main(args + ["--method", "max"]) == 0
 
 
+def test_demo_without_ros_says_so_and_runs_as_library_calls(tmp_path, monkeypatch, capsys):
+    """Where the ROS layer does not import, the demo says why and runs the steps offline (the core never needs ROS)."""
+    from test_train import tiny_pillar_config
+
+    from lidar_ptq_core.commands import demo
+    from lidar_ptq_core.models.centerpoint import build_centerpoint
+    from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "ROS_CHAIN_MODULE", "lidar_ptq_no_such_ros_layer")
+    ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--frames", "1", "--checkpoint", str(ckpt), "--out", str(out), "--no-quantize"]) == 0
+    text = capsys.readouterr().out
+    assert "ROS 2 is not importable here (No module named 'lidar_ptq_no_such_ros_layer')" in text
+    assert "[4/4]" in text and (out / "eval.json").is_file() and not (out / "summary.json").exists()
+
+
 def test_import_openpcdet_command_round_trip(tmp_path, capsys):
     """An OpenPCDet-style {'model_state': ...} .pth becomes a checkpoint that detects exactly like the source model."""
     import torch
