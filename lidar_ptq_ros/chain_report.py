@@ -169,7 +169,8 @@ def format_latency_table(runs: list[NodeRun]) -> str:
     for run in runs:
         s = latency_summary(run)
         lat = s["latency_ms"]
-        model = run.model if len(run.model) <= 28 else "..." + run.model[-25:]
+        model = run.model.replace("\\", "/").rsplit("/", 1)[-1]  # a path shows as its file name
+        model = model if len(model) <= 28 else "..." + model[-25:]
         rows.append(f"  {run.label:<6} {model:<28} {run.backend:<12} {s['published']:>9} {s['answered']:>8} "
                     f"{s['dropped']:>7} {lat['p50']:>7.0f} {lat['p90']:>7.0f} {lat['p99']:>7.0f} "
                     f"{s['processing_ms_mean']:>8.0f}")
