@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant.modules import QuantConv2d, QuantConvTranspose2d, QuantLayer
+from ..quant.modules import QuantLayer
 from ..quant.quantizer import quantize_to_int
 from .onnx_qdq import INPUT_NAME, output_names
 
@@ -112,7 +112,8 @@ def _trace(model) -> tuple[list[_Op], list[tuple[str, str]]]:
     outputs = []
     for task, separate in enumerate(head.heads_list):
         for name in separate.head_names:
-            outputs.append((f"{task}.{name}", sequence(getattr(separate, name), shared, f"dense_head.heads_list.{task}.{name}")))
+            branch = sequence(getattr(separate, name), shared, f"dense_head.heads_list.{task}.{name}")
+            outputs.append((f"{task}.{name}", branch))
     names = output_names(model)
     if [n for n, _ in outputs] != names:
         raise ValueError(f"traced outputs {[n for n, _ in outputs]} differ from the model's {names}")
@@ -285,7 +286,8 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
     pixel_shuffle = 0
     if isinstance(conv, nn.ConvTranspose2d):
         if not _is_pixel_shuffle_transpose(conv):
-            raise ValueError(f"{op.name}: only ConvTranspose2d with kernel == stride (no padding, groups 1) is supported")
+            raise ValueError(f"{op.name}: only ConvTranspose2d with kernel == stride (no padding, groups 1) is "
+                             "supported")
         pixel_shuffle = conv.kernel_size[0]
         attributes = {"kernel_shape": [1, 1], "strides": [1, 1], "dilations": [1, 1], "group": 1,
                       "pads": [0, 0, 0, 0]}
@@ -338,7 +340,8 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
 
 
 def _weight_dq(b: _Builder, name: str, codes: np.ndarray, scales: np.ndarray) -> str:
-    """Per-output-channel int8 weights, zero-point 0, dequantized for the conv (onnxruntime folds it into QLinearConv)."""
+    """Per-output-channel int8 weights, zero-point 0, dequantized for the conv (folded into QLinearConv by
+    onnxruntime)."""
     return b.node("DequantizeLinear", [b.constant(codes.astype(np.int8), f"{name}.weight_int8"),
                                        b.constant(scales.astype(np.float32), f"{name}.weight_scale"),
                                        b.constant(np.zeros(len(scales), np.int8), f"{name}.weight_zp")],
