@@ -351,6 +351,37 @@ def test_quantization_resumes_from_its_stage_checkpoints(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
+def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monkeypatch):
+    import lidar_ptq_core.quant.api as api
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 4)
+    config = method_config("lidar-ptq", **{**FAST, "adaround_frames": 2, "adaround_check_frames": 2})
+    real = api.reconstruct_block
+    damaged = "dense_head.shared_conv"
+    weights_before = {}
+
+    def reconstruct(qmodel, module, members, *args, **kwargs):
+        record = real(qmodel, module, members, *args, **kwargs)
+        if module is qmodel.get_submodule(damaged):  # a reconstruction that ruins the block
+            layer = next(iter(members.values())).layer
+            weights_before["w"] = layer.weight.detach().clone()
+            with torch.no_grad():
+                layer.weight.mul_(-3.0)
+        return record
+
+    monkeypatch.setattr(api, "reconstruct_block", reconstruct)
+    qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False)
+    records = {r["block"]: r for r in (rec.get("reconstruction") for rec in report.layers.values()) if r}
+    assert records[damaged]["kept"] is False
+    assert records[damaged]["check_loss_after"] > records[damaged]["check_loss_rtn"]
+    assert all(isinstance(r["kept"], bool) for r in records.values())  # every block was checked
+    layer = qmodel.get_submodule(damaged)[0].layer
+    # Back to the state before reconstruction: FP32 weights that the weight quantizer rounds to nearest.
+    assert not torch.equal(layer.weight, weights_before["w"] * -3.0)
+    assert "*" in report.format()
+
+
 def test_quantize_is_deterministic_with_a_seed():
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model)

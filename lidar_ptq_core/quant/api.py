@@ -27,7 +27,8 @@ from ..io_utils import atomic_path, write_json_atomic
 from .calibrate import calibrate_activations, grid_search_clip_ratios, sensitivity
 from .config import QuantConfig, method_config
 from .prepare import QuantLayout, plan_layout, prepare
-from .reconstruct import TaskHook, assign_blocks, fp_references, learn_step_sizes, reconstruct_block
+from .reconstruct import (TaskHook, assign_blocks, fp_references, learn_step_sizes, network_loss,
+                          reconstruct_block)
 from .state import output_mse, quantizers_disabled, set_quantizers
 
 
@@ -68,7 +69,8 @@ class QuantReport:
             lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s")
         lines.append("grid: the layer's output MSE at clip ratio 1 -> at the chosen ratio; block: the reconstruction "
                      "block's output squared error with round-to-nearest -> after adaptive rounding (on the block's "
-                     "first layer); sens.: network output MSE with only this layer INT8")
+                     "first layer; * = worse on the held-out check frames, round-to-nearest kept); sens.: network "
+                     "output MSE with only this layer INT8")
         lines.append(f"{'layer':<44} {'max':>8} {'amax':>8} {'clip':>5} {'grid err':>19} {'block err':>19} "
                      f"{'sens.':>9}")
         for name, rec in self.layers.items():
@@ -78,7 +80,7 @@ class QuantReport:
                 f"{name:<44} {rec.get('max', float('nan')):8.3f} {rec.get('amax_final', float('nan')):8.3f} "
                 f"{grid.get('clip_ratio', float('nan')):5.2f} "
                 f"{_pair(grid.get('error_before'), grid.get('error_after')):>19} "
-                f"{_pair(recon.get('error_rtn'), recon.get('error_after')):>19} "
+                f"{_pair(recon.get('error_rtn'), recon.get('error_after')) + ('*' if recon.get('kept') is False else ''):>19} "
                 f"{_num(self.sensitivity.get(name)):>9}"
             )
         return "\n".join(lines)
@@ -216,11 +218,27 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
         pending = [(b, members) for b, members in groups if f"adaround:{b}" not in checkpoints.done]
         set_quantizers([wrappers[n] for _, members in pending for n in members], False)
         references = fp_references(qmodel, subset, forward, hook) if hook is not None and pending else None
+        # Held-out frames for the per-block check: the calibration frames after the reconstruction subset (the
+        # subset itself only when there are no others, which then checks fit, not generalisation).
+        check = batches[len(subset): len(subset) + config.adaround_check_frames] or subset[: config.adaround_check_frames]
+        check_references = (fp_references(qmodel, check, forward, target.task_hook)
+                            if config.adaround_check_frames and pending else None)
         for block, members in pending:
             def run(block=block, members=members):
                 module = qmodel.get_submodule(block)
-                rec = reconstruct_block(qmodel, module, {n: wrappers[n] for n in members}, subset, forward, config,
-                                        hook, references, progress)
+                block_wrappers = {n: wrappers[n] for n in members}
+                if check_references is not None:
+                    set_quantizers(block_wrappers.values(), True)
+                    loss_rtn = network_loss(qmodel, check, forward, target.task_hook, check_references)
+                    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                rec = reconstruct_block(qmodel, module, block_wrappers, subset, forward, config, hook, references,
+                                        progress)
+                if check_references is not None:
+                    loss_after = network_loss(qmodel, check, forward, target.task_hook, check_references)
+                    kept = loss_after <= loss_rtn
+                    if not kept:  # the reconstruction did not generalise: back to round-to-nearest
+                        module.load_state_dict(saved)
+                    rec.update(check_loss_rtn=loss_rtn, check_loss_after=loss_after, kept=kept)
                 report.layers[members[0]]["reconstruction"] = {"block": block, **rec}
                 return rec
             stage(f"adaround:{block}", run)

@@ -42,6 +42,9 @@ class QuantConfig:
     activation_drop_prob: float = 0.0  # QDrop: during reconstruction, keep this fraction of activations in FP32
     task_loss_every: int = 10  # add the task-loss hook's loss (TGPL) at the final output every N reconstruction steps
     task_loss_weight: float = 1.0
+    # Held-out check: each reconstructed block must lower the network's task loss (or, without a task hook, the output
+    # squared error) on this many calibration frames not used for reconstruction, else it keeps round-to-nearest.
+    adaround_check_frames: int = 8
     # -- report
     sensitivity_frames: int = 4
 
@@ -58,7 +61,8 @@ class QuantConfig:
         object.__setattr__(self, "adaround_beta", tuple(float(b) for b in self.adaround_beta))
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
-        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "adaround_steps", "task_loss_every"):
+        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "adaround_steps", "task_loss_every",
+                     "adaround_check_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -83,14 +87,15 @@ METHODS: dict[str, dict] = {
     "lidar-ptq": dict(),
     # The same stages with small budgets: minutes on a 2-core CPU (the demo's default); quality below the full run.
     "lidar-ptq-quick": dict(grid_search_frames=8, tgpl_steps=30, adaround_frames=8, adaround_steps=40,
-                            task_loss_every=10, sensitivity_frames=2),
+                            task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),
     "sparse-grid-tgpl": dict(adaround=False),
     # Reconstruction baselines: all-site MSE initialisation, block reconstruction, no TGPL.
-    "brecq": dict(active_sites_only=False, calibrator="mse", grid_search=False, tgpl=False, task_loss_every=0),
+    "brecq": dict(active_sites_only=False, calibrator="mse", grid_search=False, tgpl=False, task_loss_every=0,
+                  adaround_check_frames=0),
     "qdrop": dict(active_sites_only=False, calibrator="mse", grid_search=False, tgpl=False, task_loss_every=0,
-                  learn_activation_scales=True, activation_drop_prob=0.5),
+                  learn_activation_scales=True, activation_drop_prob=0.5, adaround_check_frames=0),
 }
 
 

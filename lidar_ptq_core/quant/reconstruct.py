@@ -40,6 +40,17 @@ def fp_references(model, batches, forward, hook: TaskHook | None):
     return references
 
 
+def network_loss(model, batches, forward, hook: TaskHook | None, references) -> float:
+    """Mean task loss (or, without a hook, output squared error) of the model as it is now against FP32
+    references from `fp_references`: the held-out check that a reconstructed block did not make the network worse."""
+    total = 0.0
+    with torch.no_grad():
+        for batch, (fp_out, targets) in zip(batches, references):
+            out = forward(model, batch)
+            total += float(hook.loss(out, fp_out, targets) if hook is not None else output_sse(out, fp_out))
+    return total / max(len(batches), 1)
+
+
 def _relative_lr_groups(quantizers, lr: float) -> list[dict]:
     # amax values span 0.1 .. 100: one absolute learning rate would freeze the large ones or blow up the small ones.
     return [{"params": [q.amax], "lr": lr * float(q.amax.detach().abs().max().clamp(min=1e-3))} for q in quantizers]
