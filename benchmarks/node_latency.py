@@ -6,7 +6,7 @@ sim val frames to it at --rate Hz; a collector node in this process takes every 
 Detection3DArray the node publishes. Per row: clouds published, answered and dropped (the node drops a cloud that
 arrives while it is busy, never queues), end-to-end latency p50 / p90 / p99 / max (cloud stamp -> detections
 received, so waiting in the node's one-slot mailbox counts), and the node's own processing time per frame from its
-/diagnostics. Rows run one after the other, never at the same time. DDS discovery on loopback (lidar_ptq_ros.demo_chain).
+/diagnostics. Rows run one after the other, never at the same time; DDS discovery on loopback (demo_chain).
 Rows:
   FP32 torch          the FP32 checkpoint (--checkpoint)
   INT8 onnxruntime    the INT8 bundle (--int8 exported with `lidar-ptq export`): the dense part as QDQ ONNX

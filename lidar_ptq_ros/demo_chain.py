@@ -49,6 +49,8 @@ DDS_PROFILE = Path("dds") / "fastdds_loopback_shm.xml"
 COLLECT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.RELIABLE)
 STARTUP_TIMEOUT_S = 180.0  # a node process importing torch and loading a model on a busy 2-core machine
 SETTLE_TIMEOUT_S = 60.0
+# A cloud not counted by the node this long after its stamp never reached it (best effort on a busy machine).
+DELIVERY_MARGIN_NS = 2_000_000_000
 _runs = itertools.count(1)
 
 
@@ -156,6 +158,7 @@ class Collector(Node):
         self.clouds: list[int] = []  # stamps in arrival order (the player's publishing order: reliable, one publisher)
         self.answers: list[tuple[int, int, Detection3DArray]] = []  # (stamp, arrival ns, message)
         self.counters: dict[str, str] = {}
+        self.counters_stamp_ns = 0  # when the node made its last report (its clock: system time, as the stamps)
         self._points = self.create_subscription(PointCloud2, "points", self._on_cloud, COLLECT_QOS, raw=True)
         self._detections = self.create_subscription(Detection3DArray, "detections", self._on_detections, COLLECT_QOS)
         self._diagnostics = self.create_subscription(DiagnosticArray, "diagnostics", self._on_diagnostics,
@@ -171,19 +174,23 @@ class Collector(Node):
         for status in msg.status:
             if status.name.startswith(DETECTOR_NODE_NAME):
                 self.counters = {kv.key: kv.value for kv in status.values}
+                self.counters_stamp_ns = _stamp_ns(msg.header.stamp)
 
     def detector_ready(self) -> bool:
         """The detector node's publishers are matched (it creates them once its model is loaded)."""
         return self._detections.get_publisher_count() > 0 and self._diagnostics.get_publisher_count() > 0
 
     def settled(self) -> bool:
-        """The detector's last report accounts for every cloud it received, and its answers have all arrived."""
+        """Call once the player is done. The detector's last report accounts for every cloud it received, its answers
+        have all arrived, and it has received every cloud published, or the report was made long enough after the
+        last one that a cloud still missing never reached the node."""
         c = self.counters
-        if not c:
+        if not c or not self.clouds:
             return False
         received, processed = int(c["frames_received"]), int(c["frames_processed"])
         handled = processed + sum(int(c[k]) for k in ("frames_dropped", "malformed_messages", "detector_failures"))
-        return received >= 1 and handled == received and len(self.answers) >= processed
+        complete = received == len(self.clouds) or self.counters_stamp_ns > self.clouds[-1] + DELIVERY_MARGIN_NS
+        return complete and handled == received and len(self.answers) >= processed
 
     def node_run(self, label: str, model: str, backend: str, rate: float, class_names) -> NodeRun:
         index = {stamp: i for i, stamp in enumerate(self.clouds)}
