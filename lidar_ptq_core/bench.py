@@ -1,0 +1,439 @@
+"""Engine speed: FP32 and INT8 CenterPoint on torch and onnxruntime (CPU), per stage and end to end, in one run
+(`lidar-ptq bench`, `benchmarks/bench_engine.py`).
+
+Every row detects the same frames, interleaved (frame by frame, the row order rotating), so a load change on a shared
+machine hits all rows alike. Per frame and row: voxelize (numpy), encode (PFN + scatter or the sparse backbone, torch
+in every row), dense (backbone_2d + head: the row's backend), decode; network = encode + dense; total = all four.
+Medians and p90 over frames x repeats, after one warm-up frame per row.
+
+Rows (keys for `rows=`):
+  fp32-torch            the FP32 model in torch
+  fp32-ort              the FP32 dense part as ONNX (export_dense_onnx) in onnxruntime
+  int8-torch            the INT8 model in torch (fake-quant: FP32 kernels on INT8-exact values; the reference)
+  int8-ort-qdq          the INT8 model's TensorRT QDQ graph (the bundle's dense.onnx) in onnxruntime as is
+  int8-ort              onnxruntime's integer graph of the INT8 model (export/onnx_ort_int8.py: QLinearConv)
+  ort-quantize-static   onnxruntime's own quantize_static of the FP32 dense part (QDQ, uint8 activations, int8
+                        per-channel weights, MinMax) calibrated on calibration frames: a peer, not our model
+
+Besides the times: accuracy (mAP) of every row where the frames have ground truth, agreement of every INT8 row with
+FP32 (share of confident FP32 boxes reproduced, mAP with FP32's boxes as ground truth), the integer graph's output
+difference from the fake-quant model, and which kernels onnxruntime ran (its own profile) per onnxruntime row.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decode import decode_batch
+from .detections import Detections, GroundTruth
+from .voxelize import voxelize_clouds
+
+ROWS = {
+    "fp32-torch": "fp32 torch",
+    "fp32-ort": "fp32 onnxruntime",
+    "int8-torch": "int8 torch fake-quant",
+    "int8-ort-qdq": "int8 ort QDQ (TensorRT graph)",
+    "int8-ort": "int8 ort integer (ours)",
+    "ort-quantize-static": "ort quantize_static (peer)",
+}
+INT8_ROWS = ("int8-torch", "int8-ort-qdq", "int8-ort")
+STAGES = ("voxelize", "encode", "dense", "decode")
+COLUMNS = (*STAGES, "network", "total")
+AGREEMENT_MIN_SCORE = 0.3  # FP32 boxes at or above this score are the reference for INT8-vs-FP32 agreement
+AGREEMENT_DISTANCE_M = 1.0  # an INT8 box agrees with an FP32 box of its class whose BEV centre is this close
+# Networks with no trained weights, built with random initialisation from a model config: timing only.
+RANDOM_MODELS = {"waymo-pillar-random": "waymo_centerpoint_pillar_1x"}
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except (OSError, AttributeError):
+        return "n/a"
+
+
+def parse_rows(text: str | None) -> list[str]:
+    """'fp32-torch,int8-ort' -> row keys (all rows for None or 'all'), in the table's order."""
+    if text is None or text == "all":
+        return list(ROWS)
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown or not keys:
+        raise ValueError(f"unknown rows {unknown or text!r}; expected a comma-separated subset of {list(ROWS)}")
+    return [k for k in ROWS if k in keys]
+
+
+def fit_point_features(points: np.ndarray, count: int) -> np.ndarray:
+    """Points with at least `count` columns: missing ones (e.g. Waymo's elongation for x, y, z, intensity frames)
+    are zeros."""
+    points = np.asarray(points, np.float32)
+    if points.shape[1] >= count:
+        return points
+    return np.concatenate([points, np.zeros((len(points), count - points.shape[1]), np.float32)], axis=1)
+
+
+def random_model(name: str, seed: int = 0):
+    """A network of RANDOM_MODELS built from its config with random weights (eval mode)."""
+    from .config_files import resolve_config
+    from .models.centerpoint import build_centerpoint
+
+    if name not in RANDOM_MODELS:
+        raise ValueError(f"unknown random model {name!r}; expected one of {list(RANDOM_MODELS)}")
+    torch.manual_seed(seed)
+    return build_centerpoint(resolve_config(RANDOM_MODELS[name], "models")).eval()
+
+
+def quantize_for_bench(model, clouds: list[np.ndarray], method: str = "max"):
+    """An INT8 fake-quant copy of `model` calibrated on `clouds` with a cheap method (no sensitivity analysis)."""
+    from .quant import method_config
+    from .recipes.centerpoint import quantize_centerpoint
+
+    config = model.config
+    batches = [voxelize_clouds([fit_point_features(c, config.num_point_features)], config.voxelization,
+                               config.num_point_features)[0] for c in clouds]
+    qmodel, _ = quantize_centerpoint(model, batches, method, method_config(method, sensitivity_frames=0),
+                                     progress=False)
+    return qmodel.eval()
+
+
+def ort_quantize_static(fp32_model, calib_bevs: list[np.ndarray]) -> bytes:
+    """onnxruntime.quantization.quantize_static of the FP32 dense graph: QDQ, u8 activations, s8 per-channel weights,
+    MinMax calibration over `calib_bevs` (BEV feature maps, one frame each)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    from .export.onnx_qdq import INPUT_NAME, export_dense_onnx
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{INPUT_NAME: bev} for bev in calib_bevs])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(prefix="lidar_ptq_qs_") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(export_dense_onnx(fp32_model))
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+        return dst.read_bytes()
+
+
+@dataclass
+class BenchRow:
+    key: str
+    model: torch.nn.Module
+    backend: object
+
+    @property
+    def label(self) -> str:
+        return ROWS[self.key]
+
+
+def build_rows(fp32, int8, keys: list[str], threads: int | None = None,
+               calib_clouds: list[np.ndarray] | None = None) -> list[BenchRow]:
+    """The rows `keys` over the FP32 and INT8 models (int8 may be None when no INT8 row is asked for);
+    `calib_clouds` calibrate onnxruntime's quantize_static (the peer row)."""
+    from .runtime.backends import OnnxRuntimeBackend, TorchBackend
+
+    if int8 is None and any(k in INT8_ROWS for k in keys):
+        raise ValueError(f"rows {[k for k in keys if k in INT8_ROWS]} need an INT8 model")
+    if int8 is not None and int8.config.voxelization != fp32.config.voxelization:
+        raise ValueError("the FP32 and INT8 models must share the voxelization")
+    rows = []
+    for key in keys:
+        if key == "fp32-torch":
+            rows.append(BenchRow(key, fp32, TorchBackend(fp32)))
+        elif key == "fp32-ort":
+            rows.append(BenchRow(key, fp32, OnnxRuntimeBackend(fp32, threads=threads)))
+        elif key == "int8-torch":
+            rows.append(BenchRow(key, int8, TorchBackend(int8)))
+        elif key == "int8-ort-qdq":
+            rows.append(BenchRow(key, int8, OnnxRuntimeBackend(int8, threads=threads, graph="given")))
+        elif key == "int8-ort":
+            rows.append(BenchRow(key, int8, OnnxRuntimeBackend(int8, threads=threads)))
+        elif key == "ort-quantize-static":
+            if not calib_clouds:
+                raise ValueError("the quantize_static row needs calibration frames")
+            config = fp32.config
+            with torch.inference_mode():
+                bevs = [fp32.bev_features(voxelize_clouds([fit_point_features(c, config.num_point_features)],
+                                                          config.voxelization, config.num_point_features)[0]).numpy()
+                        for c in calib_clouds]
+            rows.append(BenchRow(key, fp32, OnnxRuntimeBackend(fp32, ort_quantize_static(fp32, bevs), threads=threads,
+                                                               graph="given")))
+        else:
+            raise ValueError(f"unknown row {key!r}")
+    return rows
+
+
+def percentile_row(values_ms) -> dict:
+    v = np.asarray(values_ms, np.float64)
+    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "n": int(v.size)}
+
+
+def count_agreeing(reference: Detections, other: Detections, max_distance: float = AGREEMENT_DISTANCE_M) -> int:
+    """Greedy one-to-one matches of `other`'s boxes (by descending score) to the closest free `reference` box of the
+    same class with its BEV centre within max_distance."""
+    matched = 0
+    for label in np.intersect1d(reference.labels, other.labels):
+        centres = reference.boxes[reference.labels == label, :2]
+        mine = other.select(other.labels == label)
+        free = np.ones(len(centres), bool)
+        for centre in mine.boxes[np.argsort(-mine.scores, kind="stable"), :2]:
+            distance = np.where(free, np.linalg.norm(centres - centre, axis=1), np.inf)
+            best = int(np.argmin(distance))
+            if distance[best] <= max_distance:
+                free[best] = False
+                matched += 1
+    return matched
+
+
+def detection_agreement(reference: list[Detections], other: list[Detections], class_names,
+                        min_score: float = AGREEMENT_MIN_SCORE) -> dict:
+    """How closely `other` follows `reference` frame by frame: the share of reference boxes (score >= min_score)
+    that `other` reproduces (same class, centre within 1 m), the share of `other`'s boxes with such a reference box,
+    and `other`'s centre-distance mAP (%) with the reference's confident boxes as ground truth."""
+    from .evaluate import evaluate
+
+    confident = [(r.select(r.scores >= min_score), o.select(o.scores >= min_score)) for r, o in zip(reference, other)]
+    result = {"frames": len(confident), "min_score": min_score,
+              "reference_boxes": sum(len(r) for r, _ in confident), "other_boxes": sum(len(o) for _, o in confident)}
+    result["matched"] = sum(count_agreeing(r, o) for r, o in confident)
+    nan = float("nan")
+    result["reference_recall"] = result["matched"] / result["reference_boxes"] if result["reference_boxes"] else nan
+    result["other_precision"] = result["matched"] / result["other_boxes"] if result["other_boxes"] else nan
+    result["map_vs_reference"] = nan
+    if result["reference_boxes"]:
+        pseudo = [GroundTruth(r.boxes, r.labels, r.class_names) for r, _ in confident]
+        result["map_vs_reference"] = 100 * evaluate(list(other), pseudo, list(class_names)).distance_map["all"]
+    return result
+
+
+def _output_difference(ours: list[dict], reference: list[dict], into: dict) -> None:
+    for task_ours, task_ref in zip(ours, reference):
+        for head, value in task_ours.items():
+            if head == "hm":
+                diff = (value.sigmoid() - task_ref[head].sigmoid()).abs()
+                into["hm_prob_max_abs"] = max(into["hm_prob_max_abs"], float(diff.max()))
+                into["hm_prob_mean_abs"].append(float(diff.mean()))
+            else:
+                into["box_max_abs"] = max(into["box_max_abs"], float((value - task_ref[head]).abs().max()))
+
+
+@dataclass
+class BenchResult:
+    rows: dict[str, str]  # key -> label, in table order
+    frames: int
+    repeats: int
+    threads: int | None
+    ms: dict[str, dict[str, dict]]  # row -> column -> {"median", "p90", "n"}
+    accuracy: dict[str, dict] | None  # row -> {"mAP", "bev_iou_mAP"} (%), None without ground truth
+    agreement: dict[str, dict]  # INT8 row -> detection_agreement against the FP32 reference row
+    agreement_reference: str | None
+    output_difference: dict | None  # int8 ort integer vs int8 torch fake-quant, raw head outputs
+    kernels: dict[str, object] = field(default_factory=dict)  # onnxruntime row -> KernelProfile
+    wall_s: float = 0.0
+    load_average_start: str = "n/a"
+    load_average_end: str = "n/a"
+    header: list[str] = field(default_factory=list)
+
+    def speedups(self) -> dict[str, float]:
+        """The integer graph against the FP32 rows (medians), where those rows ran."""
+        ms, result = self.ms, {}
+        if "int8-ort" not in ms:
+            return result
+        ours = ms["int8-ort"]
+        fp32 = [k for k in ("fp32-torch", "fp32-ort") if k in ms]
+        if fp32:
+            result["dense_speedup_vs_fastest_fp32"] = min(ms[k]["dense"]["median"] for k in fp32) / ours["dense"][
+                "median"]
+            result["network_speedup_vs_fastest_fp32"] = min(ms[k]["network"]["median"] for k in fp32) / ours[
+                "network"]["median"]
+        for key, name in (("fp32-torch", "fp32_torch"), ("fp32-ort", "fp32_onnxruntime")):
+            if key in ms:
+                result[f"end_to_end_speedup_vs_{name}"] = ms[key]["total"]["median"] / ours["total"]["median"]
+        return result
+
+    def to_json(self) -> dict:
+        return {
+            "header": self.header, "rows": self.rows, "frames": self.frames, "repeats": self.repeats,
+            "threads": self.threads, "wall_s": self.wall_s, "load_average_start": self.load_average_start,
+            "load_average_end": self.load_average_end, "stages": list(COLUMNS), "ms": self.ms,
+            "accuracy": self.accuracy, "agreement_reference": self.agreement_reference, "agreement": self.agreement,
+            "output_difference": self.output_difference, "targets": self.speedups(),
+            "kernels": {key: profile.by_op for key, profile in self.kernels.items()},
+        }
+
+    def format(self) -> str:
+        lines = [*self.header, "", "milliseconds per frame, median (p90):"]
+        title = f"{'row':<32}" + "".join(f"{c:>17}" for c in COLUMNS)
+        if self.accuracy is not None:
+            title += f"{'mAP':>7}{'IoU mAP':>9}"
+        lines.append(title)
+        for key, label in self.rows.items():
+            line = f"{label:<32}" + "".join(
+                f"{self.ms[key][c]['median']:>9.1f} ({self.ms[key][c]['p90']:>5.1f})" for c in COLUMNS)
+            if self.accuracy is not None:
+                line += f"{self.accuracy[key]['mAP']:>7.1f}{self.accuracy[key]['bev_iou_mAP']:>9.1f}"
+            lines.append(line)
+        speedups = self.speedups()
+        if speedups:
+            parts = []
+            if "dense_speedup_vs_fastest_fp32" in speedups:
+                parts.append(f"dense part {speedups['dense_speedup_vs_fastest_fp32']:.2f}x and network (encode + "
+                             f"dense) {speedups['network_speedup_vs_fastest_fp32']:.2f}x vs the fastest FP32 row")
+            for name, label in (("fp32_torch", "FP32 torch"), ("fp32_onnxruntime", "FP32 onnxruntime")):
+                if f"end_to_end_speedup_vs_{name}" in speedups:
+                    parts.append(f"end to end {speedups[f'end_to_end_speedup_vs_{name}']:.2f}x vs {label}")
+            lines += ["", "int8 ort integer (median): " + "; ".join(parts)]
+        if self.agreement:
+            lines += ["", f"INT8 vs FP32 ({ROWS[self.agreement_reference]}) on the same frames: FP32 boxes with score "
+                      f">= {AGREEMENT_MIN_SCORE} reproduced (same class, centre within {AGREEMENT_DISTANCE_M:g} m), "
+                      "INT8 boxes with such an FP32 box, mAP with FP32's boxes as ground truth:"]
+            for key, a in self.agreement.items():
+                lines.append(f"  {ROWS[key]:<30} {a['matched']}/{a['reference_boxes']} FP32 boxes "
+                             f"({_pct(a['reference_recall'])}), {a['matched']}/{a['other_boxes']} INT8 boxes "
+                             f"({_pct(a['other_precision'])}), mAP vs FP32 {a['map_vs_reference']:.1f}")
+        if self.output_difference is not None:
+            d = self.output_difference
+            lines += ["", f"int8 ort integer vs int8 torch fake-quant, raw outputs on the same frames: heatmap "
+                      f"probability max |diff| {d['hm_prob_max_abs']:.4f} (mean {d['hm_prob_mean_abs']:.6f}), box "
+                      f"regression max |diff| {d['box_max_abs']:.4f}"]
+        for key, profile in self.kernels.items():
+            lines += ["", f"onnxruntime kernels, {ROWS[key]} (its profile, one frame, mean of {profile.runs} runs):",
+                      profile.table()]
+        return "\n".join(lines) + "\n"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f} %"
+
+
+def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
+              ground_truths: list[GroundTruth] | None = None, threads: int | None = None, profile_runs: int = 3,
+              progress: bool = False) -> BenchResult:
+    """Time `rows` on `clouds` (interleaved, rotating order) `repeats` times; accuracy against `ground_truths` when
+    given; agreement; onnxruntime kernel profiles of one frame (`profile_runs` runs; 0: none)."""
+    from .evaluate import evaluate
+    from .runtime.backends import OnnxRuntimeBackend
+    from .runtime.ort_profile import profile_session
+
+    if not rows:
+        raise ValueError("no rows to benchmark")
+    if not clouds:
+        raise ValueError("no frames to benchmark")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    config = rows[0].model.config
+    features = config.num_point_features
+    clouds = [fit_point_features(c, features) for c in clouds]
+    geometry, post = config.head_geometry(), config.post_processing
+    load_start, started = load_average(), time.perf_counter()
+    keys = [row.key for row in rows]
+    by_key = {row.key: row for row in rows}
+    times = {key: {c: [] for c in COLUMNS} for key in keys}
+    predictions = {key: [] for key in keys}
+    difference = ({"hm_prob_max_abs": 0.0, "hm_prob_mean_abs": [], "box_max_abs": 0.0}
+                  if {"int8-ort", "int8-torch"} <= set(keys) else None)
+
+    def run_row(row: BenchRow, points):
+        t0 = time.perf_counter()
+        batch, _ = voxelize_clouds([points], config.voxelization, features)
+        t1 = time.perf_counter()
+        bev = row.model.bev_features(batch)
+        t2 = time.perf_counter()
+        outputs = row.backend.dense(bev)
+        t3 = time.perf_counter()
+        detections = decode_batch(outputs, geometry, post)[0]
+        t4 = time.perf_counter()
+        stage_ms = dict(zip(STAGES, (1000 * np.diff([t0, t1, t2, t3, t4])).tolist()))
+        stage_ms["network"] = stage_ms["encode"] + stage_ms["dense"]
+        stage_ms["total"] = 1000 * (t4 - t0)
+        return stage_ms, outputs, detections
+
+    total_steps = repeats * len(clouds)
+    with torch.inference_mode():
+        for row in rows:  # warm-up: first-run allocations, lazy initialisation
+            run_row(row, clouds[0])
+        step = 0
+        for repeat in range(repeats):
+            for i, points in enumerate(clouds):
+                shift = (i + repeat) % len(keys)
+                outputs = {}
+                for key in keys[shift:] + keys[:shift]:
+                    stage_ms, outputs[key], detections = run_row(by_key[key], points)
+                    for column, ms in stage_ms.items():
+                        times[key][column].append(ms)
+                    if repeat == 0:
+                        predictions[key].append(detections)
+                if repeat == 0 and difference is not None:
+                    _output_difference(outputs["int8-ort"], outputs["int8-torch"], difference)
+                step += 1
+                if progress:
+                    print(f"bench: frame {step}/{total_steps}", flush=True)
+    if difference is not None:
+        difference["hm_prob_mean_abs"] = float(np.mean(difference["hm_prob_mean_abs"]))
+    wall_s = time.perf_counter() - started
+
+    accuracy = None
+    if ground_truths is not None:
+        pcr = config.voxelization.point_cloud_range
+        region = (pcr[0], pcr[1], pcr[3], pcr[4])
+        accuracy = {}
+        for key in keys:
+            result = evaluate(predictions[key], ground_truths[: len(clouds)], class_names=geometry.class_names,
+                              region=region)
+            accuracy[key] = {"mAP": 100 * result.distance_map["all"], "bev_iou_mAP": 100 * result.iou_map["all"]}
+
+    reference = next((k for k in ("fp32-torch", "fp32-ort") if k in keys), None)
+    agreement = {}
+    if reference is not None:
+        for key in keys:
+            if key not in ("fp32-torch", "fp32-ort"):
+                agreement[key] = detection_agreement(predictions[reference], predictions[key], geometry.class_names)
+
+    kernels = {}
+    if profile_runs > 0:
+        with torch.inference_mode():
+            batch = voxelize_clouds([clouds[0]], config.voxelization, features)[0]
+            bevs = {}
+            for row in rows:
+                if isinstance(row.backend, OnnxRuntimeBackend):
+                    model_id = id(row.model)
+                    if model_id not in bevs:
+                        bevs[model_id] = row.model.bev_features(batch).numpy()
+                    kernels[row.key] = profile_session(row.backend.onnx_bytes, {row.backend.input_name: bevs[model_id]},
+                                                       runs=profile_runs, threads=threads)
+    return BenchResult(rows={k: ROWS[k] for k in keys}, frames=len(clouds), repeats=repeats, threads=threads,
+                       ms={k: {c: percentile_row(v) for c, v in times[k].items()} for k in keys}, accuracy=accuracy,
+                       agreement=agreement, agreement_reference=reference, output_difference=difference,
+                       kernels=kernels, wall_s=wall_s, load_average_start=load_start, load_average_end=load_average())
+
+
+def machine_line(threads: int | None) -> str:
+    import onnxruntime
+
+    return (f"{threads or 'default'} threads (torch and onnxruntime); {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def write_result(result: BenchResult, stem: str | Path) -> tuple[Path, Path]:
+    """STEM.txt (the table) and STEM.json, each written atomically."""
+    from .io_utils import write_bytes_atomic, write_json_atomic
+
+    stem = Path(stem)
+    if stem.suffix in (".txt", ".json"):
+        stem = stem.with_suffix("")
+    txt, js = stem.with_name(stem.name + ".txt"), stem.with_name(stem.name + ".json")
+    write_bytes_atomic(txt, result.format().encode())
+    write_json_atomic(js, result.to_json())
+    return txt, js
