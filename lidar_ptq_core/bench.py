@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .decode import decode_batch
-from .detections import Detections, GroundTruth
-from .voxelize import voxelize_clouds
+# torch and the model code are imported where used: `lidar-ptq --help` and the other commands' parsers import this
+# module (for ROWS) and should not pay for torch.
 
 ROWS = {
     "fp32-torch": "fp32 torch",
@@ -82,6 +80,8 @@ def fit_point_features(points: np.ndarray, count: int) -> np.ndarray:
 
 def random_model(name: str, seed: int = 0):
     """A network of RANDOM_MODELS built from its config with random weights (eval mode)."""
+    import torch
+
     from .config_files import resolve_config
     from .models.centerpoint import build_centerpoint
 
@@ -95,6 +95,7 @@ def quantize_for_bench(model, clouds: list[np.ndarray], method: str = "max"):
     """An INT8 fake-quant copy of `model` calibrated on `clouds` with a cheap method (no sensitivity analysis)."""
     from .quant import method_config
     from .recipes.centerpoint import quantize_centerpoint
+    from .voxelize import voxelize_clouds
 
     config = model.config
     batches = [voxelize_clouds([fit_point_features(c, config.num_point_features)], config.voxelization,
@@ -130,7 +131,7 @@ def ort_quantize_static(fp32_model, calib_bevs: list[np.ndarray]) -> bytes:
 @dataclass
 class BenchRow:
     key: str
-    model: torch.nn.Module
+    model: object  # a CenterPoint (FP32 or INT8 fake-quant)
     backend: object
 
     @property
@@ -142,7 +143,10 @@ def build_rows(fp32, int8, keys: list[str], threads: int | None = None,
                calib_clouds: list[np.ndarray] | None = None) -> list[BenchRow]:
     """The rows `keys` over the FP32 and INT8 models (int8 may be None when no INT8 row is asked for);
     `calib_clouds` calibrate onnxruntime's quantize_static (the peer row)."""
+    import torch
+
     from .runtime.backends import OnnxRuntimeBackend, TorchBackend
+    from .voxelize import voxelize_clouds
 
     if int8 is None and any(k in INT8_ROWS for k in keys):
         raise ValueError(f"rows {[k for k in keys if k in INT8_ROWS]} need an INT8 model")
@@ -180,7 +184,7 @@ def percentile_row(values_ms) -> dict:
     return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "n": int(v.size)}
 
 
-def count_agreeing(reference: Detections, other: Detections, max_distance: float = AGREEMENT_DISTANCE_M) -> int:
+def count_agreeing(reference, other, max_distance: float = AGREEMENT_DISTANCE_M) -> int:
     """Greedy one-to-one matches of `other`'s boxes (by descending score) to the closest free `reference` box of the
     same class with its BEV centre within max_distance."""
     matched = 0
@@ -197,11 +201,12 @@ def count_agreeing(reference: Detections, other: Detections, max_distance: float
     return matched
 
 
-def detection_agreement(reference: list[Detections], other: list[Detections], class_names,
+def detection_agreement(reference: list, other: list, class_names,
                         min_score: float = AGREEMENT_MIN_SCORE) -> dict:
     """How closely `other` follows `reference` frame by frame: the share of reference boxes (score >= min_score)
     that `other` reproduces (same class, centre within 1 m), the share of `other`'s boxes with such a reference box,
     and `other`'s centre-distance mAP (%) with the reference's confident boxes as ground truth."""
+    from .detections import GroundTruth
     from .evaluate import evaluate
 
     confident = [(r.select(r.scores >= min_score), o.select(o.scores >= min_score)) for r, o in zip(reference, other)]
@@ -319,13 +324,17 @@ def _pct(value: float) -> str:
 
 
 def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
-              ground_truths: list[GroundTruth] | None = None, threads: int | None = None, profile_runs: int = 3,
+              ground_truths: list | None = None, threads: int | None = None, profile_runs: int = 3,
               progress: bool = False) -> BenchResult:
     """Time `rows` on `clouds` (interleaved, rotating order) `repeats` times; accuracy against `ground_truths` when
     given; agreement; onnxruntime kernel profiles of one frame (`profile_runs` runs; 0: none)."""
+    import torch
+
+    from .decode import decode_batch
     from .evaluate import evaluate
     from .runtime.backends import OnnxRuntimeBackend
     from .runtime.ort_profile import profile_session
+    from .voxelize import voxelize_clouds
 
     if not rows:
         raise ValueError("no rows to benchmark")
@@ -421,6 +430,7 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
 
 def machine_line(threads: int | None) -> str:
     import onnxruntime
+    import torch
 
     return (f"{threads or 'default'} threads (torch and onnxruntime); {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
