@@ -24,6 +24,9 @@ setup(
     + [(f"share/{PACKAGE}/{folder}", glob(f"{folder}/*.yaml")) for folder in sorted(glob("config/*/"))],
     python_requires=">=3.10",
     install_requires=["numpy", "PyYAML", "safetensors", "tqdm", "rosbags", "matplotlib", "scipy"],
+    # TensorRT backend (runtime/tensorrt_backend.py, `lidar-ptq build-engine`): an NVIDIA GPU machine only; never
+    # installed or run on the project's CPU machines. On a Jetson, JetPack's TensorRT takes the place of the wheel.
+    extras_require={"tensorrt": ["tensorrt>=10", "polygraphy>=0.49"]},
     zip_safe=True,
     maintainer="lidar-ptq",
     maintainer_email="dev@lidar-ptq.invalid",

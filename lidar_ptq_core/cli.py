@@ -19,6 +19,7 @@ COMMANDS = {
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "inspect": "Show what a .lptq bundle holds (model, classes, decoding, quantization, parts) after checking it.",
+    "build-engine": "Build (and cache) the TensorRT engine of a bundle's dense part; --check validates its ONNX.",
     "bench": "Engine speed: FP32 and INT8 on torch and onnxruntime side by side, per stage (medians, p90).",
     "demo": "The embedded default job: drive -> calibration bag -> INT8 -> bundle -> detector node, FP32 vs INT8.",
 }

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from .bundle import BundleManifest, read_bundle, write_bundle
-from .onnx_qdq import INPUT_NAME, OPSET, check_onnx, export_dense_onnx, output_names
+from .onnx_qdq import INPUT_NAME, OPSET, export_dense_onnx, output_names
+from .validate import validate_tensorrt_onnx
 
 CHECKPOINT_PART = "model.safetensors"
 DENSE_PART = "dense.onnx"
@@ -25,7 +26,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
         quantization = {"method": model.quantization.get("method", "unknown"), "summary": summary,
                         "config": model.quantization}
     dense = export_dense_onnx(model)
-    check_onnx(dense)
+    validate_tensorrt_onnx(dense, DENSE_PART)  # onnx checker, polygraphy, TensorRT's Q/DQ rules
     manifest = BundleManifest.for_model(model.config, quantization)
     parts = {CHECKPOINT_PART: checkpoint.read_bytes(), DENSE_PART: dense}
     return write_bundle(out, manifest, parts)

@@ -7,7 +7,9 @@ post-processing (voxelize, decode) are the Detector's and shared by all of them.
   model's own weights and scales (export/onnx_ort_int8.py): onnxruntime fuses it into QLinearConv (uint8 activations,
   int8 weights). The bundle's dense.onnx stays TensorRT's QDQ graph (zero-point 0), which onnxruntime would only run
   as FP32 kernels around the Q/DQ pairs; graph="given" runs it anyway, for comparison.
-- tensorrt: not installable on these machines; asking for it says so.
+- tensorrt (runtime/tensorrt_backend.py, UNVERIFIED: TensorRT is not installable on these machines, so it has never
+  run): the encoder in torch on the GPU, the bundle's QDQ dense.onnx as a cached TensorRT engine (INT8 + FP16). Where
+  tensorrt is not importable, asking for it raises one clear error (TensorRTUnavailable, a ValueError).
 """
 
 from __future__ import annotations
@@ -76,11 +78,27 @@ class OnnxRuntimeBackend:
         return self.dense(self.model.bev_features(batch))
 
 
-def tensorrt_unavailable() -> ValueError:
+def tensorrt_unavailable() -> ValueError | None:
+    """The error that asking for backend 'tensorrt' raises here (tensorrt not importable, or no CUDA GPU), or None
+    where both are present."""
+    import torch
+
+    from .tensorrt_backend import TensorRTUnavailable, import_tensorrt
+
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return ValueError("backend 'tensorrt' needs the tensorrt Python package, which is not importable here (it "
-                          "cannot be installed on these CPU machines); use 'onnxruntime' or 'torch'")
-    return ValueError("backend 'tensorrt': engine building is not implemented yet (issue 7); the bundle's dense.onnx "
-                      "is TensorRT-ready QDQ ONNX for trtexec --int8 --fp16")
+        import_tensorrt()
+    except TensorRTUnavailable as exc:
+        return exc
+    if not torch.cuda.is_available():
+        return TensorRTUnavailable("backend 'tensorrt' needs a CUDA GPU, and torch sees none "
+                                   "(torch.cuda.is_available() is False)")
+    return None
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' -> 'tensorrt' where tensorrt imports and a CUDA GPU is present, else 'onnxruntime'; others as given."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "tensorrt" if tensorrt_unavailable() is None else "onnxruntime"
+    return backend

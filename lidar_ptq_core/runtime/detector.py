@@ -1,5 +1,5 @@
-"""`Detector`: a checkpoint plus its config, `detect(points) -> Detections`. The FP32 torch backend; INT8 engines
-(onnxruntime, TensorRT) plug in behind the same call later."""
+"""`Detector`: a checkpoint plus its config, `detect(points) -> Detections`. Backends (runtime/backends.py: torch,
+onnxruntime, and TensorRT in runtime/tensorrt_backend.py, unverified here) run the network behind the same call."""
 
 from __future__ import annotations
 
@@ -46,15 +46,23 @@ class Detector:
         return cls(load_any_checkpoint(bundled_checkpoint(str(checkpoint)), device=device))
 
     @classmethod
-    def from_bundle(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> "Detector":
-        """A `.lptq` bundle on a backend: auto (onnxruntime), onnxruntime, torch or tensorrt."""
+    def from_bundle(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
+                    engine_cache: str | Path | None = None) -> "Detector":
+        """A `.lptq` bundle on a backend: onnxruntime, torch, tensorrt (UNVERIFIED here: needs TensorRT and a CUDA
+        GPU; the engine is built on first use and cached in `engine_cache`, default ~/.cache/lidar_ptq/engines), or
+        auto: tensorrt where tensorrt imports and CUDA is available, else onnxruntime."""
         from ..export.export_bundle import DENSE_PART, load_bundle_model
-        from .backends import BACKENDS, OnnxRuntimeBackend, tensorrt_unavailable
+        from .backends import OnnxRuntimeBackend, resolve_backend, tensorrt_unavailable
 
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = resolve_backend(backend)
         if backend == "tensorrt":
-            raise tensorrt_unavailable()
+            error = tensorrt_unavailable()
+            if error is not None:
+                raise error
+            from .tensorrt_backend import TensorRTBackend
+
+            model, bundle = load_bundle_model(path, device="cuda")
+            return cls(model, TensorRTBackend(model, bundle.read_part(DENSE_PART), cache_dir=engine_cache))
         model, bundle = load_bundle_model(path)
         if backend == "torch":
             return cls(model)
