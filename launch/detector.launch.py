@@ -1,6 +1,7 @@
 """The detector, optionally fed by the cloud player and watched in RViz.
 
     ros2 launch lidar_ptq_ros detector.launch.py points_topic:=/lidar/points model:=/path/int8.safetensors
+    ros2 launch lidar_ptq_ros detector.launch.py model:=/path/int8.lptq backend:=onnxruntime   # an exported bundle
     ros2 launch lidar_ptq_ros detector.launch.py use_player:=true use_rviz:=true          # simulated sweeps
     ros2 launch lidar_ptq_ros detector.launch.py use_player:=true player_source:=calib_bag player_rate:=5.0
 
@@ -29,9 +30,12 @@ def generate_launch_description():
                               description="PointCloud2 topic the detector subscribes (and the player publishes)"),
         DeclareLaunchArgument("model", default_value="sim_pillar",
                               description="checkpoint: a bundled name (sim_pillar, sim_voxel) or a .safetensors path, "
-                                          "FP32 or INT8 (lidar-ptq quantize)"),
+                                          "FP32 or INT8 (lidar-ptq quantize), or a .lptq bundle (lidar-ptq export)"),
+        DeclareLaunchArgument("backend", default_value="torch",
+                              description="torch, or onnxruntime for a .lptq bundle (its dense part as ONNX)"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "detector.yaml"]),
-                              description="detector parameters (ros__parameters YAML); `model` overrides its model"),
+                              description="detector parameters (ros__parameters YAML); `model` and `backend` "
+                                          "override its own"),
         DeclareLaunchArgument("use_player", default_value="false",
                               description="also start cloud_player publishing on points_topic"),
         DeclareLaunchArgument("player_source", default_value="sim",
@@ -62,7 +66,8 @@ def generate_launch_description():
     detector = Node(
         package=PACKAGE, executable="detector_node", name="lidar_ptq_detector", output="screen",
         parameters=[LaunchConfiguration("params_file"),
-                    {"model": ParameterValue(LaunchConfiguration("model"), value_type=str)}],
+                    {"model": ParameterValue(LaunchConfiguration("model"), value_type=str),
+                     "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str)}],
         remappings=[("points", points_topic)],
     )
     player = Node(

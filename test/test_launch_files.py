@@ -309,6 +309,13 @@ def test_detector_launch_model_and_rviz(monkeypatch):
     nodes = {n.arg("executable"): n for n in of_kind(desc, "Node")}
     inline = next(p for p in nodes["detector_node"].arg("parameters") if isinstance(p, dict))
     assert evaluate(inline["model"], desc) == "sim_pillar" and inline["model"].arg("value_type") is str
+    assert evaluate(inline["backend"], desc) == "torch" and inline["backend"].arg("value_type") is str
+    bundle = {"model": "q.lptq", "backend": "onnxruntime"}
+    from lidar_ptq_ros.detector_node import validate_settings
+
+    shipped = yaml.safe_load((REPO / "config" / "detector.yaml").read_text())["lidar_ptq_detector"]["ros__parameters"]
+    launched = {**shipped, **{k: evaluate(inline[k], desc, overrides=bundle) for k in inline}}
+    assert validate_settings(launched).backend == "onnxruntime", "a bundle from calibrate.launch.py runs as launched"
     rviz = nodes["rviz2"]
     assert rviz.arg("condition").arg("predicate_expression", 0).arg("variable_name", 0) == "use_rviz"
     flag, config = rviz.arg("arguments")
