@@ -247,6 +247,7 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
                             "score_threshold": float(score_threshold), "diagnostics_period": 0.5,
                             "publish_markers": True},
                            {"__ns": ns, "/diagnostics": f"{ns}/diagnostics"}, env)
+    player = None
     try:
         wait_until(collector.detector_ready, "detector node up (model loaded, topics matched)", STARTUP_TIMEOUT_S,
                    detector)
@@ -265,6 +266,8 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
             raise ChainError(f"cloud_player published {published} clouds but the collector saw "
                              f"{len(collector.clouds)}; frames cannot be told apart")
     finally:
+        if player is not None:
+            player.stop()  # already exited, unless something failed or the demo was interrupted
         status = detector.stop()
         executor.shutdown()
         spinner.join(timeout=10)
@@ -289,6 +292,7 @@ def record_calibration_bag(bag: Path, frames: int, *, env: dict, log_dir: Path, 
         status = recorder.wait(timeout=STARTUP_TIMEOUT_S + 3.0 * frames / rate)
     finally:
         player.stop()
+        recorder.stop()  # already exited, unless the demo was interrupted
     if status != 0:
         raise recorder.fail(f"exited with status {status}")
 
