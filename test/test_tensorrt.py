@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from lidar_ptq_core.export.validate import validate_tensorrt_onnx
 from lidar_ptq_core.runtime.tensorrt_backend import (

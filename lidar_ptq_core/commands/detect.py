@@ -10,7 +10,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default="sim_pillar", help="bundled name or .safetensors path (FP32 or INT8)")
     parser.add_argument("--bundle", default=None, help="a .lptq bundle instead of --checkpoint (lidar-ptq export)")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                        help="network backend for a bundle (default auto: onnxruntime); checkpoints run in torch")
+                        help="network backend for a bundle (default auto: tensorrt where it imports and CUDA is "
+                             "available, else onnxruntime; tensorrt is unverified here); checkpoints run in torch")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
     parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of the first frame's points and boxes")
     parser.add_argument("--out", default=None,

@@ -49,7 +49,8 @@ class OnnxValidation:
         inputs = ", ".join(f"{name} {shape}" for name, shape in self.inputs.items())
         checked = "onnx checker, " + ("polygraphy inspection" if self.polygraphy is not None
                                       else "polygraphy not installed") + ", TensorRT Q/DQ rules"
-        return f"{kind}; opset {self.opset}; input {inputs}; {len(self.outputs)} outputs; {self.nodes} nodes ({checked})"
+        return (f"{kind}; opset {self.opset}; input {inputs}; {len(self.outputs)} outputs; {self.nodes} nodes "
+                f"({checked})")
 
 
 def _constants(graph) -> dict:
@@ -94,14 +95,14 @@ def _check_qdq_node(node, constants: dict) -> None:
         if zero_point is None:
             raise ValueError(f"{node.op_type} {node.name!r}: zero-point is not a constant")
         if zero_point.dtype != np.int8:
-            raise ValueError(f"{node.op_type} {node.name!r}: zero-point is {zero_point.dtype}; TensorRT INT8 needs int8 "
-                             "(uint8 means asymmetric quantization, which TensorRT does not support)")
+            raise ValueError(f"{node.op_type} {node.name!r}: zero-point is {zero_point.dtype}; TensorRT INT8 needs "
+                             "int8 (uint8 means asymmetric quantization, which TensorRT does not support)")
         if zero_point.any():
             raise ValueError(f"{node.op_type} {node.name!r}: zero-point must be 0 for TensorRT (symmetric INT8), "
                              f"got {zero_point.ravel()[:4].tolist()}")
 
 
-def _check_conv(node, producers: dict, consumers: dict, constants: dict) -> bool:
+def _check_conv(node, producers: dict, constants: dict) -> bool:
     """True for an INT8 conv, False for an FP32 one; ValueError for anything half-way."""
     data_dq, weight_dq = producers.get(node.input[0]), producers.get(node.input[1])
     data_int8 = data_dq is not None and data_dq.op_type == "DequantizeLinear"
@@ -196,6 +197,6 @@ def _validate(model) -> OnnxValidation:
                 raise ValueError(f"DequantizeLinear {node.name!r} is not fed by a QuantizeLinear (a lone DQ)")
     for node in graph.node:
         if node.op_type in CONV_OPS:
-            (report.int8_convs if _check_conv(node, producers, consumers, constants) else report.fp32_convs).append(
+            (report.int8_convs if _check_conv(node, producers, constants) else report.fp32_convs).append(
                 node.name)
     return report
