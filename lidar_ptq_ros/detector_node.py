@@ -57,7 +57,8 @@ PARAMETERS = (
     ParameterSpec("backend", "torch",
                   "Inference backend: 'torch' (FP32, or INT8 as fake-quant, on CPU; a bundle runs its checkpoint "
                   "part) or 'onnxruntime' (a .lptq bundle only: the dense part in onnxruntime, an INT8 one as its "
-                  "integer graph). tensorrt is not installable on these machines.", read_only=True, constraints="one of: torch, onnxruntime"),
+                  "integer graph). tensorrt is not installable on these machines.", read_only=True,
+                  constraints="one of: torch, onnxruntime"),
     ParameterSpec("score_threshold", 0.3,
                   "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",
                   constraints="0 <= x <= 1"),
