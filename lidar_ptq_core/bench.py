@@ -325,9 +325,10 @@ def _pct(value: float) -> str:
 
 def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
               ground_truths: list | None = None, threads: int | None = None, profile_runs: int = 3,
-              progress: bool = False) -> BenchResult:
+              progress: bool = False, agreement: bool = True) -> BenchResult:
     """Time `rows` on `clouds` (interleaved, rotating order) `repeats` times; accuracy against `ground_truths` when
-    given; agreement; onnxruntime kernel profiles of one frame (`profile_runs` runs; 0: none)."""
+    given; INT8-vs-FP32 detection agreement (unless `agreement` is False: random weights); onnxruntime kernel
+    profiles of one frame (`profile_runs` runs; 0: none)."""
     import torch
 
     from .decode import decode_batch
@@ -403,12 +404,12 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
                               region=region)
             accuracy[key] = {"mAP": 100 * result.distance_map["all"], "bev_iou_mAP": 100 * result.iou_map["all"]}
 
-    reference = next((k for k in ("fp32-torch", "fp32-ort") if k in keys), None)
-    agreement = {}
+    reference = next((k for k in ("fp32-torch", "fp32-ort") if k in keys), None) if agreement else None
+    agreements = {}
     if reference is not None:
         for key in keys:
             if key not in ("fp32-torch", "fp32-ort"):
-                agreement[key] = detection_agreement(predictions[reference], predictions[key], geometry.class_names)
+                agreements[key] = detection_agreement(predictions[reference], predictions[key], geometry.class_names)
 
     kernels = {}
     if profile_runs > 0:
@@ -424,7 +425,7 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
                                                        runs=profile_runs, threads=threads)
     return BenchResult(rows={k: ROWS[k] for k in keys}, frames=len(clouds), repeats=repeats, threads=threads,
                        ms={k: {c: percentile_row(v) for c, v in times[k].items()} for k in keys}, accuracy=accuracy,
-                       agreement=agreement, agreement_reference=reference, output_difference=difference,
+                       agreement=agreements, agreement_reference=reference, output_difference=difference,
                        kernels=kernels, wall_s=wall_s, load_average_start=load_start, load_average_end=load_average())
 
 

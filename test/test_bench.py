@@ -102,8 +102,10 @@ def test_bench_random_network_mode_is_timing_only(tmp_path, frames_dir, monkeypa
                      "fp32-torch,int8-ort", "--profile-runs", "0", "--out", str(tmp_path / "r"), "--quiet"]) == 0
     text = (tmp_path / "r.txt").read_text()
     assert "RANDOM weights" in text and "TIMING ONLY" in text and "missing columns are zeros" in text
-    assert "quantized here with 'max'" in text
-    _check_times(json.loads((tmp_path / "r.json").read_text())["ms"], ["fp32-torch", "int8-ort"])
+    assert "quantized here with 'max'" in text and "no INT8-vs-FP32 box agreement" in text
+    result = json.loads((tmp_path / "r.json").read_text())
+    _check_times(result["ms"], ["fp32-torch", "int8-ort"])
+    assert result["agreement"] == {} and result["accuracy"] is None
 
 
 def test_run_bench_reports_map_only_with_ground_truth():

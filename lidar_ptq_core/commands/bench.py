@@ -145,7 +145,7 @@ def run(args) -> int:
         print(f"bench: {len(rows)} rows ready in {setup_s:.0f} s; timing {len(clouds)} frames x {args.repeats}",
               flush=True)
     result = run_bench(rows, clouds, repeats=args.repeats, ground_truths=ground_truths, threads=args.threads,
-                       profile_runs=args.profile_runs, progress=not args.quiet)
+                       profile_runs=args.profile_runs, progress=not args.quiet, agreement=trained)
     grid = fp32.config.voxelization.grid_size
     result.header = [
         f"engine speed: FP32 {fp32_name} / INT8 {int8_name} ({fp32.config.name}, BEV grid {grid[0]} x {grid[1]}), "
@@ -155,9 +155,10 @@ def run(args) -> int:
         f"wall {time.perf_counter() - started:.0f} s (models, graphs and quantize_static {setup_s:.0f} s)",
         *notes,
     ]
-    if ground_truths is None:
-        result.header.append("no ground truth for these frames (or random weights): no mAP; INT8-vs-FP32 agreement "
-                             "only")
+    if not trained:
+        result.header.append("random weights: no mAP and no INT8-vs-FP32 box agreement (timing only)")
+    elif ground_truths is None:
+        result.header.append("no ground truth for these frames: no mAP; INT8-vs-FP32 agreement only")
     print(result.format(), end="")
     if args.out:
         txt, js = write_result(result, args.out)
