@@ -16,8 +16,9 @@ raised where tensorrt is not importable.
   does not match, or that TensorRT refuses to deserialize (another TensorRT or driver), is rebuilt with a warning,
   never a crash. Writes are atomic (a temporary file renamed into place).
 - Run: the encoder (PFN + scatter, or the spconv sparse backbone of the voxel model) stays in torch on the GPU; its
-  BEV map is handed to the engine by device pointer, the engine is enqueued on torch's current CUDA stream
-  (`execute_async_v3`) and its outputs stay on the GPU, so nothing waits until decoding reads them.
+  BEV map is handed to the engine by device pointer, the engine is enqueued (`execute_async_v3`) on a CUDA stream of
+  its own, ordered against torch's current stream by events, and its outputs stay on the GPU: the host waits only
+  when decoding reads them.
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ class TensorRTBackend:
             raise ValueError(f"TensorRTBackend: the model is on {self.device}; load it on the GPU (device='cuda')")
         trt = toolkit.trt
         self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(self.device)  # execute_async_v3 wants a stream other than the default
         self.input_name = INPUT_NAME
         self.outputs = [name.split(".", 1) for name in output_names(model)]
         dtypes = {trt.float32: torch.float32, trt.float16: torch.float16}
@@ -280,20 +282,29 @@ class TensorRTBackend:
             raise ValueError(f"TensorRTBackend: the engine lacks the tensors {sorted(missing)}")
 
     def dense(self, bev):
+        """Enqueues the engine on the backend's own CUDA stream, ordered after the caller's stream (which made
+        `bev`) and before it again (which reads the outputs): no host synchronization here."""
         import torch
 
-        stream = torch.cuda.current_stream(self.device)
+        caller = torch.cuda.current_stream(self.device)
         bev = bev.to(self.device, torch.float32)
-        results = [{} for _ in self.model.dense_head.heads_list]
+        self.stream.wait_stream(caller)  # bev is complete before the engine reads it
+        bev.record_stream(self.stream)
         frames = []
-        for frame in range(bev.shape[0]):  # the engine is built for one frame, like the ONNX graph
-            self.buffers[self.input_name].copy_(bev[frame:frame + 1])  # enqueued on `stream`, like everything here
-            if not self.context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("TensorRT: execute_async_v3 failed")
-            # Copies enqueued on the same stream: ordered after the engine, and the buffers can be reused next frame.
-            frames.append([self.buffers[f"{task}.{head}"].float().clone() for task, head in self.outputs])
+        with torch.cuda.stream(self.stream):
+            for frame in range(bev.shape[0]):  # the engine is built for one frame, like the ONNX graph
+                self.buffers[self.input_name].copy_(bev[frame:frame + 1])
+                if not self.context.execute_async_v3(self.stream.cuda_stream):
+                    raise RuntimeError("TensorRT: execute_async_v3 failed")
+                # Copies on the same stream: after the engine, and before the next frame overwrites the buffers.
+                frames.append([self.buffers[f"{task}.{head}"].float().clone() for task, head in self.outputs])
+        caller.wait_stream(self.stream)  # whatever the caller enqueues next sees the outputs
+        results = [{} for _ in self.model.dense_head.heads_list]
         for index, (task, head) in enumerate(self.outputs):
-            results[int(task)][head] = torch.cat([f[index] for f in frames])
+            parts = [f[index] for f in frames]
+            for part in parts:
+                part.record_stream(caller)  # allocated on self.stream, used on the caller's
+            results[int(task)][head] = torch.cat(parts)
         return results
 
     def __call__(self, batch: dict) -> list[dict]:
