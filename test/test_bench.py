@@ -141,3 +141,18 @@ def test_bench_on_real_kitti_frames(tmp_path, kitti_frames):
     _check_times(result.ms, ["fp32-ort", "int8-ort"])
     txt, js = bench.write_result(result, tmp_path / "kitti.json")
     assert txt.name == "kitti.txt" and json.loads(js.read_text())["agreement"]["int8-ort"]["frames"] == 1
+
+
+def test_bench_command_reads_a_bag(tmp_path, fp32_checkpoint):
+    """A rosbag2 bag as the source (frames spread over the recording, as `lidar-ptq quantize` reads it)."""
+    from lidar_ptq_core.pointcloud import PointCloud, write_bag_frames
+
+    bag = tmp_path / "bag"
+    clouds = [PointCloud(random_frame(seed, 600), ("x", "y", "z", "intensity")) for seed in range(3)]
+    write_bag_frames(bag, [(1_000 + k, "lidar", c) for k, c in enumerate(clouds)])
+    assert cli.main(["bench", "--fp32", str(fp32_checkpoint), "--source", str(bag), "--frames", "2", "--repeats",
+                     "1", "--threads", "1", "--rows", "fp32-torch,fp32-ort", "--profile-runs", "0", "--out",
+                     str(tmp_path / "b"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["frames"] == 2 and "2 of 3 messages of bag" in result["header"][0]
+    _check_times(result["ms"], ["fp32-torch", "fp32-ort"])
