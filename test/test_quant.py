@@ -379,6 +379,7 @@ def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monke
     layer = qmodel.get_submodule(damaged)[0].layer
     # Back to the state before reconstruction: FP32 weights that the weight quantizer rounds to nearest.
     assert not torch.equal(layer.weight, weights_before["w"] * -3.0)
+    assert torch.equal(qmodel.get_submodule(damaged)[0].quantized_weight(), layer.weight)  # on the INT8 grid
     assert "*" in report.format()
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from ..io_utils import atomic_path, write_json_atomic
 from .calibrate import calibrate_activations, grid_search_clip_ratios, sensitivity
 from .config import QuantConfig, method_config
+from .modules import QuantLayer
 from .prepare import QuantLayout, plan_layout, prepare
 from .reconstruct import (TaskHook, assign_blocks, fp_references, learn_step_sizes, network_loss,
                           reconstruct_block)
@@ -236,8 +237,12 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
                 if check_references is not None:
                     loss_after = network_loss(qmodel, check, forward, target.task_hook, check_references)
                     kept = loss_after <= loss_rtn
-                    if not kept:  # the reconstruction did not generalise: back to round-to-nearest
-                        module.load_state_dict(saved)
+                    if not kept:  # the reconstruction did not generalise: back to round-to-nearest, baked so
+                        module.load_state_dict(saved)  # that every reconstructed block's weights are INT8 codes
+                        with torch.no_grad():
+                            for wrapper in block_wrappers.values():
+                                if isinstance(wrapper, QuantLayer):
+                                    wrapper.layer.weight.copy_(wrapper.quantized_weight())
                     rec.update(check_loss_rtn=loss_rtn, check_loss_after=loss_after, kept=kept)
                 report.layers[members[0]]["reconstruction"] = {"block": block, **rec}
                 return rec
