@@ -224,18 +224,27 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
         check = batches[len(subset): len(subset) + config.adaround_check_frames] or subset[: config.adaround_check_frames]
         check_references = (fp_references(qmodel, check, forward, target.task_hook)
                             if config.adaround_check_frames and pending else None)
-        for block, members in pending:
-            def run(block=block, members=members):
+        def deployed_loss(later):
+            """The task loss of the whole INT8 network (later blocks at round-to-nearest) on the check frames."""
+            set_quantizers(later, True)
+            try:
+                return network_loss(qmodel, check, forward, target.task_hook, check_references)
+            finally:
+                set_quantizers(later, False)
+
+        for index, (block, members) in enumerate(pending):
+            def run(block=block, members=members, index=index):
                 module = qmodel.get_submodule(block)
                 block_wrappers = {n: wrappers[n] for n in members}
+                later = [wrappers[n] for _, others in pending[index + 1:] for n in others]
                 if check_references is not None:
                     set_quantizers(block_wrappers.values(), True)
-                    loss_rtn = network_loss(qmodel, check, forward, target.task_hook, check_references)
+                    loss_rtn = deployed_loss(later)
                     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 rec = reconstruct_block(qmodel, module, block_wrappers, subset, forward, config, hook, references,
                                         progress)
                 if check_references is not None:
-                    loss_after = network_loss(qmodel, check, forward, target.task_hook, check_references)
+                    loss_after = deployed_loss(later)
                     kept = loss_after <= loss_rtn
                     if not kept:  # the reconstruction did not generalise: back to round-to-nearest, baked so
                         module.load_state_dict(saved)  # that every reconstructed block's weights are INT8 codes
