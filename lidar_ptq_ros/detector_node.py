@@ -15,6 +15,8 @@ The node converts messages and calls lidar_ptq_core's Detector, nothing more.
 
 from __future__ import annotations
 
+import importlib.util
+
 import math
 import sys
 import threading
@@ -41,7 +43,7 @@ from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
 
 NODE_NAME = "lidar_ptq_detector"
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BUNDLE_SUFFIX = ".lptq"
 # What lidar drivers publish with; depth 1 so the middleware never queues old sweeps either.
 POINTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -57,8 +59,9 @@ PARAMETERS = (
     ParameterSpec("backend", "torch",
                   "Inference backend: 'torch' (FP32, or INT8 as fake-quant, on CPU; a bundle runs its checkpoint "
                   "part) or 'onnxruntime' (a .lptq bundle only: the dense part in onnxruntime, an INT8 one as its "
-                  "integer graph). tensorrt is not installable on these machines.", read_only=True,
-                  constraints="one of: torch, onnxruntime"),
+                  "integer graph) or 'tensorrt' (a .lptq bundle on a GPU with TensorRT 10: written, unverified; "
+                  "not installable on these CPU machines).", read_only=True,
+                  constraints="one of: torch, onnxruntime, tensorrt"),
     ParameterSpec("score_threshold", 0.3,
                   "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",
                   constraints="0 <= x <= 1"),
@@ -108,13 +111,15 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"parameter 'model' is {model!r}; it must name a bundled checkpoint or a .safetensors path")
     backend = values["backend"]
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise ValueError("parameter 'backend' is 'tensorrt' but the tensorrt package is not importable here (it cannot "
+                         "be installed on these CPU machines); on a GPU machine with TensorRT 10 it runs a .lptq "
+                         "bundle's engine (`lidar-ptq build-engine`, unverified)")
     if backend not in BACKENDS:
-        why = ("; tensorrt cannot be installed on these CPU machines (the bundle's dense.onnx is TensorRT-ready QDQ "
-               "ONNX)" if backend == "tensorrt" else "")
-        raise ValueError(f"parameter 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}{why}")
-    if backend == "onnxruntime" and isinstance(model, str) and not model.strip().endswith(BUNDLE_SUFFIX):
-        raise ValueError(f"parameter 'backend' is 'onnxruntime' but 'model' {model!r} is not a {BUNDLE_SUFFIX} bundle; "
-                         "onnxruntime runs the ONNX part of a bundle (`lidar-ptq export`), a checkpoint runs in torch")
+        raise ValueError(f"parameter 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend in ("onnxruntime", "tensorrt") and isinstance(model, str) and not model.strip().endswith(BUNDLE_SUFFIX):
+        raise ValueError(f"parameter 'backend' is {backend!r} but 'model' {model!r} is not a {BUNDLE_SUFFIX} bundle; "
+                         f"{backend} runs the ONNX part of a bundle (`lidar-ptq export`), a checkpoint runs in torch")
     publish_markers = values["publish_markers"]
     if not isinstance(publish_markers, bool):
         raise ValueError(f"parameter 'publish_markers' is {publish_markers!r}; it must be true or false")
