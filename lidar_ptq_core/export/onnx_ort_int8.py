@@ -325,6 +325,10 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
             tensors[op.name, grid] = part
         return
     # FP32 output (the network outputs, or a float layer): DequantizeLinear -> Conv, what the model computes.
+    if in_form is not FP32 and forms == {FP32} and not op.relu and not pixel_shuffle and _narrow_conv(conv):
+        y = _conv_as_taps(b, op, b.dequantize(x, in_form, op.name), codes, scales, bias, attributes)
+        tensors[op.name, FP32] = y
+        return
     if in_form is FP32:
         x_float, w_float = x, b.constant(weight.astype(np.float32), f"{op.name}.weight")
     else:
@@ -337,6 +341,42 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
         y = b.node("Relu", [y], f"{op.name}/relu")
     for form in forms:
         tensors[op.name, form] = y if form is FP32 else b.quantize(y, form, op.name)
+
+
+TAPS_MAX_OUT_CHANNELS = 2
+
+
+def _narrow_conv(conv: nn.Module) -> bool:
+    """A k x k conv with 1-2 output channels, stride 1, no dilation or groups (the head's output convs): onnxruntime's
+    FP32 Conv takes about as long for 1 output channel as for 16 there, so such convs are computed as taps (below)."""
+    return (isinstance(conv, nn.Conv2d) and conv.out_channels <= TAPS_MAX_OUT_CHANNELS and conv.groups == 1
+            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.kernel_size[0] > 1)
+
+
+def _conv_as_taps(b: _Builder, op: _Op, x: str, codes: np.ndarray, scales: np.ndarray, bias: np.ndarray,
+                  attributes: dict) -> str:
+    """The same k x k conv as one 1 x 1 conv into k*k*C channels (one C-channel slice per tap: a plain GEMM), then
+    the k*k slices of its zero-padded output shifted into place and added, plus the bias. Exact up to the order of
+    the FP32 sums. Weights are the INT8 codes times their per-channel scales, as DequantizeLinear would give."""
+    weight = codes.astype(np.float32) * scales.astype(np.float32).reshape(-1, 1, 1, 1)
+    out_channels, _, kh, kw = weight.shape
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    stacked = np.concatenate([weight[:, :, i, j][:, :, None, None] for i, j in taps])
+    t = b.node("Conv", [x, b.constant(stacked, f"{op.name}.taps_weight")], f"{op.name}/taps", kernel_shape=[1, 1])
+    ph, pw = attributes["pads"][0], attributes["pads"][1]
+    t = b.node("Pad", [t, b.constant(np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64), "taps_pads")],
+               f"{op.name}/pad")
+    big = np.iinfo(np.int64).max
+    total = None
+    for index, (i, j) in enumerate(taps):
+        starts = [index * out_channels, i, j]
+        ends = [(index + 1) * out_channels, -(kh - 1 - i) or big, -(kw - 1 - j) or big]
+        part = b.node("Slice", [t, b.constant(np.array(starts, np.int64), "taps_starts"),
+                                b.constant(np.array(ends, np.int64), "taps_ends"),
+                                b.constant(np.array([1, 2, 3], np.int64), "taps_axes")], f"{op.name}/tap{index}")
+        total = part if total is None else b.node("Add", [total, part], f"{op.name}/sum")
+    return b.node("Add", [total, b.constant(bias.astype(np.float32).reshape(1, -1, 1, 1), f"{op.name}.bias")],
+                  f"{op.name}/bias")
 
 
 def _weight_dq(b: _Builder, name: str, codes: np.ndarray, scales: np.ndarray) -> str:
