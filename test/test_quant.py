@@ -351,6 +351,38 @@ def test_quantization_resumes_from_its_stage_checkpoints(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
+def test_changing_only_reconstruction_settings_resumes_after_the_early_stages(tmp_path, monkeypatch):
+    import lidar_ptq_core.quant.api as api
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model)
+    quantize_centerpoint(model, batches, "lidar-ptq", method_config("lidar-ptq", **FAST), progress=False,
+                         work_dir=tmp_path)
+    changed = method_config("lidar-ptq", **{**FAST, "adaround_steps": 2, "adaround_lr": 5e-3})
+    fresh, _ = quantize_centerpoint(model, batches, "lidar-ptq", changed, progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("an early stage with unchanged settings ran again")
+
+    for stage in ("calibrate_activations", "grid_search_clip_ratios", "learn_step_sizes"):
+        monkeypatch.setattr(api, stage, fail)
+    ran = []
+    real = api.reconstruct_block
+    monkeypatch.setattr(api, "reconstruct_block", lambda *a, **k: ran.append(1) or real(*a, **k))
+    resumed, report = quantize_centerpoint(model, batches, "lidar-ptq", changed, progress=False, work_dir=tmp_path)
+    assert ran and list(report.stages)[:3] == ["calibration", "grid_search", "tgpl"]
+    for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    # A changed calibration setting invalidates everything after it.
+    monkeypatch.undo()
+    calibrated = []
+    real_calibrate = api.calibrate_activations
+    monkeypatch.setattr(api, "calibrate_activations", lambda *a, **k: calibrated.append(1) or real_calibrate(*a, **k))
+    other = method_config("lidar-ptq", **{**FAST, "calibrator": "percentile"})
+    quantize_centerpoint(model, batches, "lidar-ptq", other, progress=False, work_dir=tmp_path)
+    assert calibrated == [1]
+
+
 def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monkeypatch):
     import lidar_ptq_core.quant.api as api
 

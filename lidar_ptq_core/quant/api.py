@@ -95,13 +95,25 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-class _Checkpointer:
-    """Saves the quantized model's state after each stage to work_dir; on a rerun with the same settings and
-    calibration data, restores the last saved state and tells which stages are done."""
+# The settings each early stage depends on (with those of the stages before it). A rerun that changes only later
+# settings (for example the adaptive rounding's) restarts from the last early stage whose settings are unchanged.
+EARLY_STAGES = ("calibration", "grid_search", "tgpl")
+_STAGE_SETTINGS = {
+    "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
+                    "input_channel_scaling"),
+    "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
+    "tgpl": ("tgpl", "tgpl_steps", "tgpl_lr", "tgpl_weight", "output_mse_weight", "adaround_frames"),
+}
 
-    def __init__(self, work_dir, fingerprint: str):
+
+class _Checkpointer:
+    """Saves the quantized model's state after each stage to work_dir (and a copy after each early stage); on a rerun
+    with the same calibration data, restores the last state whose settings are unchanged and tells which stages are
+    done: everything with identical settings, up to the last unchanged early stage otherwise."""
+
+    def __init__(self, work_dir, fingerprints: dict[str, str]):
         self.dir = Path(work_dir) if work_dir else None
-        self.fingerprint = fingerprint
+        self.fingerprints = fingerprints
         self.done: list[str] = []
         self.report: dict = {}
         if self.dir is not None:
@@ -110,13 +122,27 @@ class _Checkpointer:
     def restore(self, model: nn.Module) -> None:
         if self.dir is None or not (self.dir / "progress.json").is_file():
             return
-        progress = json.loads((self.dir / "progress.json").read_text())
-        if progress.get("fingerprint") != self.fingerprint:
-            return  # other settings or data: start over (the files are overwritten stage by stage)
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(self.dir / "state.safetensors")), strict=True)
-        self.done, self.report = progress["done"], progress["report"]
+        progress = json.loads((self.dir / "progress.json").read_text())
+        saved = progress.get("fingerprints", {})
+        if saved.get("all") == self.fingerprints["all"]:
+            model.load_state_dict(load_file(str(self.dir / "state.safetensors")), strict=True)
+            self.done, self.report = progress["done"], progress["report"]
+            return
+        for stage in reversed(EARLY_STAGES):
+            path = self.dir / f"state_{stage}.safetensors"
+            if stage in progress.get("done", []) and saved.get(stage) == self.fingerprints[stage] and path.is_file():
+                model.load_state_dict(load_file(str(path)), strict=True)
+                self.done = progress["done"][: progress["done"].index(stage) + 1]
+                report = progress["report"]
+                report["stages"] = {k: v for k, v in report.get("stages", {}).items() if k in self.done}
+                report["sensitivity"] = {}
+                for record in report.get("layers", {}).values():
+                    record.pop("reconstruction", None)
+                self.report = report
+                return
+        # other data or calibration settings: start over (the files are overwritten stage by stage)
 
     def save(self, model: nn.Module, stage: str, report: QuantReport) -> None:
         self.done.append(stage)
@@ -125,22 +151,38 @@ class _Checkpointer:
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(self.dir / "state.safetensors") as tmp:
-            save_file(state, str(tmp))
+        targets = ["state.safetensors"] + ([f"state_{stage}.safetensors"] if stage in EARLY_STAGES else [])
+        for name in targets:
+            with atomic_path(self.dir / name) as tmp:
+                save_file(state, str(tmp))
         write_json_atomic(self.dir / "progress.json",
-                          {"fingerprint": self.fingerprint, "done": self.done, "report": report.to_dict()})
+                          {"fingerprints": self.fingerprints, "done": self.done, "report": report.to_dict()})
 
 
-def _fingerprint(model: nn.Module, batches, config: QuantConfig) -> str:
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+def _fingerprints(model: nn.Module, batches, config: QuantConfig) -> dict[str, str]:
+    """Per early stage: a hash of the FP32 model, the calibration data and the settings up to that stage; 'all':
+    with every setting."""
+    data = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().float().numpy().tobytes()[:4096])
+        data.update(key.encode())
+        data.update(value.detach().cpu().float().numpy().tobytes()[:4096])
     for batch in batches:
         for value in (batch.values() if isinstance(batch, dict) else [batch]):
             if isinstance(value, torch.Tensor):
-                digest.update(value.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+                data.update(value.detach().cpu().numpy().tobytes())
+    settings = config.to_dict()
+
+    def digest(keys) -> str:
+        h = data.copy()
+        h.update(json.dumps({k: settings[k] for k in keys}, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    result, keys = {}, []
+    for stage in EARLY_STAGES:
+        keys += list(_STAGE_SETTINGS[stage])
+        result[stage] = digest(keys)
+    result["all"] = digest(sorted(settings))
+    return result
 
 
 def quantize(model: nn.Module, calibration_batches: Sequence, method: str = "lidar-ptq",
@@ -175,7 +217,7 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
         float((a - b).abs().max()) for a, b in zip(_flat(folded), _flat(reference))
     )
 
-    checkpoints = _Checkpointer(work_dir, _fingerprint(model, batches, config))
+    checkpoints = _Checkpointer(work_dir, _fingerprints(model, batches, config))
     checkpoints.restore(qmodel)
     if checkpoints.report:
         for key in ("layers", "stages", "sensitivity"):
