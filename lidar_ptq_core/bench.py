@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .agreement import AGREEMENT_DISTANCE_M, AGREEMENT_MIN_SCORE, detection_agreement
+
 # torch and the model code are imported where used: `lidar-ptq --help` and the other commands' parsers import this
 # module (for ROWS) and should not pay for torch.
 
@@ -45,8 +47,6 @@ ROWS = {
 INT8_ROWS = ("int8-torch", "int8-ort-qdq", "int8-ort")
 STAGES = ("voxelize", "encode", "dense", "decode")
 COLUMNS = (*STAGES, "network", "total")
-AGREEMENT_MIN_SCORE = 0.3  # FP32 boxes at or above this score are the reference for INT8-vs-FP32 agreement
-AGREEMENT_DISTANCE_M = 1.0  # an INT8 box agrees with an FP32 box of its class whose BEV centre is this close
 # Networks with no trained weights, built with random initialisation from a model config: timing only.
 RANDOM_MODELS = {"waymo-pillar-random": "waymo_centerpoint_pillar_1x"}
 
@@ -182,45 +182,6 @@ def build_rows(fp32, int8, keys: list[str], threads: int | None = None,
 def percentile_row(values_ms) -> dict:
     v = np.asarray(values_ms, np.float64)
     return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "n": int(v.size)}
-
-
-def count_agreeing(reference, other, max_distance: float = AGREEMENT_DISTANCE_M) -> int:
-    """Greedy one-to-one matches of `other`'s boxes (by descending score) to the closest free `reference` box of the
-    same class with its BEV centre within max_distance."""
-    matched = 0
-    for label in np.intersect1d(reference.labels, other.labels):
-        centres = reference.boxes[reference.labels == label, :2]
-        mine = other.select(other.labels == label)
-        free = np.ones(len(centres), bool)
-        for centre in mine.boxes[np.argsort(-mine.scores, kind="stable"), :2]:
-            distance = np.where(free, np.linalg.norm(centres - centre, axis=1), np.inf)
-            best = int(np.argmin(distance))
-            if distance[best] <= max_distance:
-                free[best] = False
-                matched += 1
-    return matched
-
-
-def detection_agreement(reference: list, other: list, class_names,
-                        min_score: float = AGREEMENT_MIN_SCORE) -> dict:
-    """How closely `other` follows `reference` frame by frame: the share of reference boxes (score >= min_score)
-    that `other` reproduces (same class, centre within 1 m), the share of `other`'s boxes with such a reference box,
-    and `other`'s centre-distance mAP (%) with the reference's confident boxes as ground truth."""
-    from .detections import GroundTruth
-    from .evaluate import evaluate
-
-    confident = [(r.select(r.scores >= min_score), o.select(o.scores >= min_score)) for r, o in zip(reference, other)]
-    result = {"frames": len(confident), "min_score": min_score,
-              "reference_boxes": sum(len(r) for r, _ in confident), "other_boxes": sum(len(o) for _, o in confident)}
-    result["matched"] = sum(count_agreeing(r, o) for r, o in confident)
-    nan = float("nan")
-    result["reference_recall"] = result["matched"] / result["reference_boxes"] if result["reference_boxes"] else nan
-    result["other_precision"] = result["matched"] / result["other_boxes"] if result["other_boxes"] else nan
-    result["map_vs_reference"] = nan
-    if result["reference_boxes"]:
-        pseudo = [GroundTruth(r.boxes, r.labels, r.class_names) for r, _ in confident]
-        result["map_vs_reference"] = 100 * evaluate(list(other), pseudo, list(class_names)).distance_map["all"]
-    return result
 
 
 def _output_difference(ours: list[dict], reference: list[dict], into: dict) -> None:

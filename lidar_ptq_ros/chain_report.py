@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lidar_ptq_core.detections import Detections, GroundTruth
+from lidar_ptq_core.agreement import detection_agreement
+from lidar_ptq_core.detections import Detections
 
 PERCENTILES = (50, 90, 99)
 SHOWN_MIN_SCORE = 0.3  # per-frame lines, the picture and the agreement count boxes at or above this score
-AGREEMENT_DISTANCE_M = 1.0  # an INT8 box agrees with an FP32 box of its class whose centre is this close (BEV)
 
 
 @dataclass
@@ -83,53 +83,12 @@ def latency_summary(run: NodeRun) -> dict:
     }
 
 
-def as_ground_truth(detections: Detections, min_score: float = SHOWN_MIN_SCORE) -> GroundTruth:
-    """Confident detections as pseudo ground truth (for INT8 vs FP32 agreement)."""
-    kept = detections.select(detections.scores >= min_score)
-    return GroundTruth(kept.boxes, kept.labels, kept.class_names)
-
-
-def count_agreeing(reference: Detections, other: Detections, max_distance: float = AGREEMENT_DISTANCE_M) -> int:
-    """Greedy one-to-one matches of `other`'s boxes (by descending score) to the closest unmatched `reference` box of
-    the same class whose BEV centre lies within max_distance."""
-    matched = 0
-    for label in np.intersect1d(reference.labels, other.labels):
-        ref = reference.boxes[reference.labels == label, :2]
-        mine = other.select(other.labels == label)
-        order = np.argsort(-mine.scores, kind="stable")
-        free = np.ones(len(ref), bool)
-        for box in mine.boxes[order, :2]:
-            distance = np.where(free, np.linalg.norm(ref - box, axis=1), np.inf)
-            best = int(np.argmin(distance))
-            if distance[best] <= max_distance:
-                free[best] = False
-                matched += 1
-    return matched
-
-
 def agreement(reference: NodeRun, other: NodeRun, class_names, min_score: float = SHOWN_MIN_SCORE) -> dict:
-    """How closely `other`'s published boxes follow `reference`'s on the frames both answered: the share of reference
-    boxes (score >= min_score) that `other` reproduces (same class, centre within 1 m), the share of `other`'s boxes
-    that have such a reference box, and `other`'s centre-distance mAP with the reference's boxes as ground truth."""
-    from lidar_ptq_core.evaluate import evaluate
-
+    """How closely `other`'s published boxes follow `reference`'s on the frames both answered
+    (lidar_ptq_core.agreement.detection_agreement; map_vs_reference in %)."""
     ours = {f.index: f.detections for f in other.answered}
     pairs = [(f.detections, ours[f.index]) for f in reference.answered if f.index in ours]
-    result = {"frames": len(pairs), "reference_boxes": 0, "other_boxes": 0, "matched": 0,
-              "reference_recall": float("nan"), "other_precision": float("nan"), "map_vs_reference": float("nan")}
-    if not pairs:
-        return result
-    confident = [(r.select(r.scores >= min_score), o.select(o.scores >= min_score)) for r, o in pairs]
-    result["reference_boxes"] = sum(len(r) for r, _ in confident)
-    result["other_boxes"] = sum(len(o) for _, o in confident)
-    result["matched"] = sum(count_agreeing(r, o) for r, o in confident)
-    if result["reference_boxes"]:
-        result["reference_recall"] = result["matched"] / result["reference_boxes"]
-    if result["other_boxes"]:
-        result["other_precision"] = result["matched"] / result["other_boxes"]
-    evaluated = evaluate([o for _, o in pairs], [as_ground_truth(r, min_score) for r, _ in pairs], list(class_names))
-    result["map_vs_reference"] = evaluated.distance_map["all"]
-    return result
+    return detection_agreement([r for r, _ in pairs], [o for _, o in pairs], class_names, min_score)
 
 
 def accuracy(run: NodeRun, ground_truths, class_names, region, indices=None):

@@ -415,7 +415,7 @@ def run_demo(args) -> int:
               f"of {agree['reference_boxes']} FP32 boxes ({100 * agree['reference_recall']:.0f}%; score >= "
               f"{SHOWN_MIN_SCORE}, same class, centre within 1 m); {100 * agree['other_precision']:.0f}% of its "
               f"{agree['other_boxes']} boxes have an FP32 match; mAP of INT8 with FP32 as ground truth "
-              f"{100 * agree['map_vs_reference']:.1f}")
+              f"{agree['map_vs_reference']:.1f}")
         if all(both.values()):
             summary["map_on_int8_frames"] = {k: {"distance": v.distance_map["all"], "bev_iou": v.iou_map["all"]}
                                              for k, v in both.items()}

@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
+from lidar_ptq_core.agreement import count_agreeing
 from lidar_ptq_core.detections import Detections
 from lidar_ptq_ros.chain_report import (
     FrameResult,
     NodeRun,
     agreement,
-    count_agreeing,
     keep_up_sentence,
     latency_summary,
     percentiles,
@@ -75,9 +75,9 @@ def test_agreement_on_the_frames_both_answered():
     # Boxes under 0.3 are left out: FP32 has 2, INT8 2 (the 0.1 one is not counted); one pair agrees.
     assert (a["reference_boxes"], a["other_boxes"], a["matched"]) == (2, 2, 1)
     assert a["reference_recall"] == 0.5 and a["other_precision"] == 0.5
-    assert 0.0 < a["map_vs_reference"] < 1.0
+    assert 0.0 < a["map_vs_reference"] < 100.0
     same = agreement(fp32, fp32, CLASSES)
-    assert same["reference_recall"] == same["other_precision"] == 1.0 and same["map_vs_reference"] == 1.0
+    assert same["reference_recall"] == same["other_precision"] == 1.0 and same["map_vs_reference"] == 100.0
 
 
 # -- the chain across processes ----------------------------------------------------------------------------------
