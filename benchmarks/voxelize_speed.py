@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lidar_ptq_core.bench import load_average
 from lidar_ptq_core.config_files import resolve_config
 from lidar_ptq_core.io_utils import write_bytes_atomic
 from lidar_ptq_core.models.config import load_model_config
@@ -57,10 +58,7 @@ def sim_frames(count: int, num_points: int) -> tuple[list[np.ndarray], list[int]
 
 
 def load() -> str:
-    try:
-        return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "load average unknown"
+    return f"load average {load_average()}"
 
 
 def main() -> None:
