@@ -134,3 +134,12 @@ def test_parse_profile_sums_kernel_events_per_op_and_node(tmp_path):
     assert profile.by_op["QLinearConv"] == {"calls": 3, "ms": 0.9}
     assert profile.by_node["conv_a"] == {"op": "QLinearConv", "calls": 2, "ms": 0.8}
     assert profile.ms_per_run("Conv") == pytest.approx(0.1) and profile.ms_per_run("Gemm") == 0.0
+
+
+def test_session_options_keep_worker_threads_from_spinning():
+    # Spinning workers steal the cores from the torch encoder and decode that run between sessions.
+    from lidar_ptq_core.runtime.ort_profile import session_options
+
+    options = session_options(threads=2)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
