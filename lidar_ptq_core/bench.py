@@ -3,7 +3,7 @@
 
 Every row detects the same frames, interleaved (frame by frame, the row order rotating), so a load change on a shared
 machine hits all rows alike. Per frame and row: voxelize (numpy), encode (PFN + scatter or the sparse backbone, torch
-in every row), dense (backbone_2d + head: the row's backend), decode; network = encode + dense; total = all four.
+in every row; the integer graph's row scatters uint8 codes: backend.bev_input), dense (backbone_2d + head: the row's backend), decode; network = encode + dense; total = all four.
 Medians and p90 over frames x repeats, after one warm-up frame per row.
 
 Rows (keys for `rows=`):
@@ -320,7 +320,7 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
         t0 = time.perf_counter()
         batch, _ = voxelize_clouds([points], config.voxelization, features)
         t1 = time.perf_counter()
-        bev = row.model.bev_features(batch)
+        bev = row.backend.bev_input(batch)
         t2 = time.perf_counter()
         outputs = row.backend.dense(bev)
         t3 = time.perf_counter()
@@ -376,13 +376,10 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
     if profile_runs > 0:
         with torch.inference_mode():
             batch = voxelize_clouds([clouds[0]], config.voxelization, features)[0]
-            bevs = {}
             for row in rows:
                 if isinstance(row.backend, OnnxRuntimeBackend):
-                    model_id = id(row.model)
-                    if model_id not in bevs:
-                        bevs[model_id] = row.model.bev_features(batch).numpy()
-                    kernels[row.key] = profile_session(row.backend.onnx_bytes, {row.backend.input_name: bevs[model_id]},
+                    bev = row.backend.bev_input(batch).numpy()
+                    kernels[row.key] = profile_session(row.backend.onnx_bytes, {row.backend.input_name: bev},
                                                        runs=profile_runs, threads=threads)
     return BenchResult(rows={k: ROWS[k] for k in keys}, frames=len(clouds), repeats=repeats, threads=threads,
                        ms={k: {c: percentile_row(v) for c, v in times[k].items()} for k in keys}, accuracy=accuracy,

@@ -35,6 +35,7 @@ def quantized():
         quantizer = qmodel.get_submodule(name).input_quantizer
         quantizer.set_amax(quantizer.amax.detach() * factor)
     bev = qmodel.bev_features(batches[2]).detach()
+    qmodel.test_batch = batches[2]
     return qmodel, bev
 
 
@@ -111,6 +112,46 @@ def test_onnxruntime_backend_builds_the_integer_graph_for_an_int8_model(quantize
     assert qdq.graph == "qdq"
     with pytest.raises(ValueError, match="graph must be one of"):
         OnnxRuntimeBackend(qmodel, graph="tensorrt")
+
+
+def test_integer_graph_takes_the_pillar_map_as_uint8_codes_scattered_from_quantized_pillars(quantized):
+    # Quantizing the pillar features before the scatter is exact: the empty cells hold the code of 0 (128).
+    from lidar_ptq_core.export.onnx_ort_int8 import ZERO_POINT, input_code_scale, to_input_codes
+    from lidar_ptq_core.runtime.backends import OnnxRuntimeBackend
+
+    qmodel, bev = quantized
+    scale = input_code_scale(qmodel)
+    assert scale == pytest.approx(float(qmodel.backbone_2d.blocks[0][1].input_quantizer.scale))
+    backend = OnnxRuntimeBackend(qmodel)
+    assert backend.code_scale == scale
+    codes = backend.bev_input(qmodel.test_batch)
+    assert codes.dtype == torch.uint8 and codes.shape == bev.shape
+    assert torch.equal(codes, to_input_codes(bev, scale))
+    assert (codes == ZERO_POINT).float().mean() > 0.5  # mostly empty cells
+    # the codes are the model's own input quantization: dequantized, they equal its fake-quantized input
+    fake = qmodel.backbone_2d.blocks[0][1].input_quantizer(bev)
+    assert torch.allclose((codes.float() - ZERO_POINT) * scale, fake, atol=1e-6)
+    from_codes, from_float = backend.dense(codes), backend.dense(bev)
+    for head in from_codes[0]:
+        assert torch.equal(from_codes[0][head], from_float[0][head])
+    graph_input = __import__("onnx").load_from_string(backend.onnx_bytes).graph.input[0]
+    assert graph_input.type.tensor_type.elem_type == __import__("onnx").TensorProto.UINT8
+
+
+def test_integer_graph_keeps_an_fp32_input_when_the_first_conv_is_kept_in_float():
+    from lidar_ptq_core.export.onnx_ort_int8 import input_code_scale
+    from lidar_ptq_core.runtime.backends import OnnxRuntimeBackend
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 2)
+    config = method_config("max", keep_float=("backbone_2d.blocks.0.1",), **FAST)
+    qmodel, _ = quantize_centerpoint(model, batches[:1], "max", config, progress=False)
+    assert input_code_scale(qmodel) is None
+    with pytest.raises(ValueError, match="cannot be given as codes"):
+        export_dense_ort_int8(qmodel, input_codes=True)
+    backend = OnnxRuntimeBackend(qmodel)
+    assert backend.code_scale is None and backend.bev_input(batches[1]).dtype == torch.float32
+    assert backend(batches[1])[0]["hm"].shape == qmodel(batches[1])[0]["hm"].shape
 
 
 def test_integer_graph_refuses_an_fp32_model():

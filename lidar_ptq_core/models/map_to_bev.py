@@ -16,12 +16,14 @@ class PointPillarScatter(nn.Module):
         if nz != 1:
             raise ValueError(f"PointPillarScatter needs a grid one voxel deep, got {grid_size}")
 
-    def forward(self, pillar_features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def forward(self, pillar_features: torch.Tensor, coords: torch.Tensor, batch_size: int,
+                background: float = 0) -> torch.Tensor:
         """pillar_features (M, C), coords (M, 4) as (batch, z, y, x). batch_size comes from the batch, not from the
-        coords, so trailing empty frames keep their (empty) canvas."""
+        coords, so trailing empty frames keep their (empty) canvas. `background` fills the empty cells: 0, or the
+        code of 0 when the features are integer codes with a zero-point."""
         coords = coords.long()
         cell = coords[:, 2] * self.nx + coords[:, 3]
-        canvas = pillar_features.new_zeros(batch_size, self.num_bev_features, self.ny * self.nx)
+        canvas = pillar_features.new_full((batch_size, self.num_bev_features, self.ny * self.nx), background)
         # Written straight into (B, C, cells): no transposed copy of the whole canvas afterwards.
         canvas[coords[:, 0], :, cell] = pillar_features
         return canvas.view(batch_size, self.num_bev_features, self.ny, self.nx)

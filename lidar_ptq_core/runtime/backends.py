@@ -5,7 +5,9 @@ post-processing (voxelize, decode) are the Detector's and shared by all of them.
 - onnxruntime: the encoder (PFN + scatter, or the sparse backbone) in torch, the dense part in onnxruntime. An FP32
   model runs the bundle's dense.onnx. An INT8 model runs onnxruntime's integer graph, built at load time from the
   model's own weights and scales (export/onnx_ort_int8.py): onnxruntime fuses it into QLinearConv (uint8 activations,
-  int8 weights). The bundle's dense.onnx stays TensorRT's QDQ graph (zero-point 0), which onnxruntime would only run
+  int8 weights). Its input is the BEV map as uint8 codes: a pillar model's features are quantized with the first
+  conv's input scale before the scatter (exact: the empty cells hold the code of 0), so neither the FP32 map nor a
+  QuantizeLinear over it is ever made. The bundle's dense.onnx stays TensorRT's QDQ graph (zero-point 0), which onnxruntime would only run
   as FP32 kernels around the Q/DQ pairs; graph="given" runs it anyway, for comparison.
 - tensorrt (runtime/tensorrt_backend.py, UNVERIFIED: TensorRT is not installable on these machines, so it has never
   run): the encoder in torch on the GPU, the bundle's QDQ dense.onnx as a cached TensorRT engine (INT8 + FP16). Where
@@ -26,6 +28,10 @@ class TorchBackend:
     def __init__(self, model):
         self.model = model
 
+    def bev_input(self, batch: dict) -> torch.Tensor:
+        """What `dense` takes: the BEV map."""
+        return self.model.bev_features(batch)
+
     def dense(self, bev: torch.Tensor) -> list[dict]:
         return self.model.dense(bev)
 
@@ -45,15 +51,18 @@ class OnnxRuntimeBackend:
         "given": run `onnx_bytes` as it is."""
         import onnxruntime as ort
 
-        from ..export.onnx_ort_int8 import dense_part_quantized, export_dense_ort_int8
+        from ..export.onnx_ort_int8 import dense_part_quantized, export_dense_ort_int8, input_code_scale
         from ..export.onnx_qdq import INPUT_NAME, export_dense_onnx, output_names
         from .ort_profile import session_options
 
         if graph not in ORT_GRAPHS:
             raise ValueError(f"graph must be one of {ORT_GRAPHS}, got {graph!r}")
         quantized = dense_part_quantized(model)
+        self.code_scale = None  # the input's uint8 grid when the graph takes codes
         if graph == "auto" and quantized:
-            onnx_bytes, self.graph = export_dense_ort_int8(model), "ort-int8"
+            self.code_scale = input_code_scale(model)
+            onnx_bytes = export_dense_ort_int8(model, input_codes=self.code_scale is not None)
+            self.graph = "ort-int8"
         else:
             if onnx_bytes is None:
                 onnx_bytes = export_dense_onnx(model)
@@ -64,8 +73,29 @@ class OnnxRuntimeBackend:
         self.input_name = INPUT_NAME
         self.outputs = [name.split(".", 1) for name in output_names(model)]
 
+    def bev_input(self, batch: dict) -> torch.Tensor:
+        """What `dense` takes: the BEV map, FP32 or, for the integer graph, uint8 codes."""
+        if self.code_scale is None:
+            return self.model.bev_features(batch)
+        from ..export.onnx_ort_int8 import ZERO_POINT, to_input_codes
+        from ..models.map_to_bev import PointPillarScatter
+
+        encoded = self.model.encode(batch)
+        if isinstance(self.model.map_to_bev_module, PointPillarScatter):
+            return self.model.map_to_bev_module(to_input_codes(encoded, self.code_scale), batch["voxel_coords"],
+                                                int(batch["batch_size"]), background=ZERO_POINT)
+        return to_input_codes(self.model.to_bev(encoded, batch), self.code_scale)
+
     def dense(self, bev: torch.Tensor) -> list[dict]:
-        bev = bev.detach().cpu().numpy().astype(np.float32, copy=False)
+        """Head outputs of a BEV map: FP32, or uint8 codes from bev_input (an FP32 map is quantized here when the
+        graph takes codes)."""
+        if self.code_scale is not None and bev.dtype != torch.uint8:
+            from ..export.onnx_ort_int8 import to_input_codes
+
+            bev = to_input_codes(bev, self.code_scale)
+        bev = bev.detach().cpu().numpy()
+        if bev.dtype != np.uint8:
+            bev = bev.astype(np.float32, copy=False)
         results = [{} for _ in self.model.dense_head.heads_list]
         frames = []
         for frame in range(bev.shape[0]):  # the graph is exported for one frame
@@ -75,7 +105,7 @@ class OnnxRuntimeBackend:
         return results
 
     def __call__(self, batch: dict) -> list[dict]:
-        return self.dense(self.model.bev_features(batch))
+        return self.dense(self.bev_input(batch))
 
 
 def tensorrt_unavailable() -> ValueError | None:

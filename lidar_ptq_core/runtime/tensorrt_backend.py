@@ -307,5 +307,9 @@ class TensorRTBackend:
             results[int(task)][head] = torch.cat(parts)
         return results
 
+    def bev_input(self, batch: dict):
+        """What `dense` takes: the FP32 BEV map (the QDQ engine quantizes it itself)."""
+        return self.model.bev_features(batch)
+
     def __call__(self, batch: dict) -> list[dict]:
-        return self.dense(self.model.bev_features(batch))
+        return self.dense(self.bev_input(batch))
