@@ -52,12 +52,11 @@ def test_integer_graph_runs_qlinearconv_and_fp32_conv_only_for_the_output_convs(
     profile = profile_session(export_dense_ort_int8(qmodel), {"bev": bev.numpy()}, runs=2, threads=1)
     assert profile.by_op["QLinearConv"]["calls"] == 2 * len(integer)
     fp32_convs = {node: v for node, v in profile.by_node.items() if v["op"] in FP32_CONV_KERNELS}
-    # Node names are the layer names the graph was built with: the FP32 convs are exactly the output convs; those
-    # with 1-2 output channels run as one 1x1 conv over their taps (`/taps`), the wider ones as a k x k conv.
+    # Node names are the layer names the graph was built with: the FP32 convs are exactly the output convs, each as
+    # a 1x1 conv (`/gemm`) whose columns Col2Im adds up.
     names = {node.split("#")[0] for node in fp32_convs}
-    assert sorted(n.removesuffix("/taps") for n in names) == sorted(outputs)
-    narrow = {n for n in outputs if qmodel.get_submodule(n).layer.out_channels <= 2}
-    assert narrow and {n for n in names if n.endswith("/taps")} == {n + "/taps" for n in narrow}
+    assert sorted(names) == sorted(n + "/gemm" for n in outputs)
+    assert profile.by_op["Col2Im"]["calls"] == 2 * len(outputs)
     assert "QLinearConv" in profile.table()
 
 

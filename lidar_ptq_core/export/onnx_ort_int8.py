@@ -24,9 +24,10 @@ onnxruntime fuses into QLinearConv:
   and bias multiplied by S / s_j for the one output scale S, so each copy holds round(y / s_j), exactly the codes
   the model makes; a Split hands each consumer its copy. (Requantizing one uint8 output to another grid would round
   twice.) The repeated channels cost MACs: k grids, k times the conv.
-- Only the head's last convs, whose FP32 outputs are the network's outputs, keep an FP32 Conv: DequantizeLinear on
-  their INT8 input and weights, then onnxruntime's FP32 kernel (an integer kernel would round the outputs to 8 bits;
-  ConvInteger, which would not, is far slower on CPU). `int8_layer_report` says for each layer which way it runs.
+- Only the head's last convs, whose FP32 outputs are the network's outputs, compute in FP32: DequantizeLinear on
+  their INT8 input, weights that are the INT8 codes times their scales (an integer kernel would round the outputs to
+  8 bits; ConvInteger and MatMulInteger, which would not, measured slower here). With their 1-4 output channels
+  they run as a 1x1 conv (a GEMM) into C*k*k channels followed by Col2Im, not as onnxruntime's k x k FP32 Conv. `int8_layer_report` says for each layer which way it runs.
 
 Numbers agree with the torch fake-quant model up to accumulation order and the requantization's own rounding
 (onnxruntime rounds the bias to int32 at scale s_x * s_w and requantizes in FP32): a code may differ by one step
@@ -45,7 +46,7 @@ from ..quant.modules import QuantLayer
 from ..quant.quantizer import quantize_to_int
 from .onnx_qdq import INPUT_NAME, output_names
 
-OPSET = 17
+OPSET = 18  # Col2Im
 ZERO_POINT = 128  # uint8 zero-point: symmetric int8 code q <-> uint8 code q + 128
 FP32 = None  # the "form" of a value needed in FP32; a float scale names a uint8 grid
 
@@ -350,8 +351,9 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
             tensors[op.name, grid] = part
         return
     # FP32 output (the network outputs, or a float layer): DequantizeLinear -> Conv, what the model computes.
-    if in_form is not FP32 and forms == {FP32} and not op.relu and not pixel_shuffle and _narrow_conv(conv):
-        y = _conv_as_taps(b, op, b.dequantize(x, in_form, op.name), codes, scales, bias, attributes)
+    if in_form is not FP32 and forms == {FP32} and not op.relu and not pixel_shuffle and _output_conv_as_gemm(conv,
+                                                                                                          op.pad):
+        y = _output_conv_gemm_col2im(b, op, b.dequantize(x, in_form, op.name), codes, scales, bias)
         tensors[op.name, FP32] = y
         return
     if in_form is FP32:
@@ -368,39 +370,38 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
         tensors[op.name, form] = y if form is FP32 else b.quantize(y, form, op.name)
 
 
-TAPS_MAX_OUT_CHANNELS = 2
+OUTPUT_CONV_MAX_CHANNELS = 16
 
 
-def _narrow_conv(conv: nn.Module) -> bool:
-    """A k x k conv with 1-2 output channels, stride 1, no dilation or groups (the head's output convs): onnxruntime's
-    FP32 Conv takes about as long for 1 output channel as for 16 there, so such convs are computed as taps (below)."""
-    return (isinstance(conv, nn.Conv2d) and conv.out_channels <= TAPS_MAX_OUT_CHANNELS and conv.groups == 1
-            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.kernel_size[0] > 1)
+def _output_conv_as_gemm(conv: nn.Module, pad: int) -> bool:
+    """A k x k "same" conv with few output channels, stride 1, no dilation or groups (the head's output convs).
+    onnxruntime's FP32 Conv costs about as much for 1-4 output channels as for 16, and needs its input reordered to
+    its blocked layout, so these run as a GEMM plus Col2Im (below)."""
+    k = conv.kernel_size if isinstance(conv, nn.Conv2d) else (0, 0)
+    return (isinstance(conv, nn.Conv2d) and conv.out_channels <= OUTPUT_CONV_MAX_CHANNELS and conv.groups == 1
+            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and k[0] == k[1] > 1
+            and k[0] % 2 == 1 and pad == 0 and tuple(conv.padding) == ((k[0] - 1) // 2,) * 2)
 
 
-def _conv_as_taps(b: _Builder, op: _Op, x: str, codes: np.ndarray, scales: np.ndarray, bias: np.ndarray,
-                  attributes: dict) -> str:
-    """The same k x k conv as one 1 x 1 conv into k*k*C channels (one C-channel slice per tap: a plain GEMM), then
-    the k*k slices of its zero-padded output shifted into place and added, plus the bias. Exact up to the order of
-    the FP32 sums. Weights are the INT8 codes times their per-channel scales, as DequantizeLinear would give."""
+def _output_conv_gemm_col2im(b: _Builder, op: _Op, x: str, codes: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> str:
+    """The same k x k conv as one 1 x 1 conv into C*k*k channels (a plain GEMM: every input pixel's contribution
+    to each of the k*k output pixels it reaches), then Col2Im, which adds those contributions where they land, plus
+    the bias. Exact up to the order of the FP32 sums. Col2Im's block (i, j) of input pixel p lands on output pixel
+    p - (i, j) + pad, so the block holds the conv's tap (k-1-i, k-1-j): the kernel flipped. Weights are the INT8
+    codes times their per-channel scales, as DequantizeLinear would give."""
     weight = codes.astype(np.float32) * scales.astype(np.float32).reshape(-1, 1, 1, 1)
-    out_channels, _, kh, kw = weight.shape
-    taps = [(i, j) for i in range(kh) for j in range(kw)]
-    stacked = np.concatenate([weight[:, :, i, j][:, :, None, None] for i, j in taps])
-    t = b.node("Conv", [x, b.constant(stacked, f"{op.name}.taps_weight")], f"{op.name}/taps", kernel_shape=[1, 1])
-    ph, pw = attributes["pads"][0], attributes["pads"][1]
-    t = b.node("Pad", [t, b.constant(np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64), "taps_pads")],
-               f"{op.name}/pad")
-    big = np.iinfo(np.int64).max
-    total = None
-    for index, (i, j) in enumerate(taps):
-        starts = [index * out_channels, i, j]
-        ends = [(index + 1) * out_channels, -(kh - 1 - i) or big, -(kw - 1 - j) or big]
-        part = b.node("Slice", [t, b.constant(np.array(starts, np.int64), "taps_starts"),
-                                b.constant(np.array(ends, np.int64), "taps_ends"),
-                                b.constant(np.array([1, 2, 3], np.int64), "taps_axes")], f"{op.name}/tap{index}")
-        total = part if total is None else b.node("Add", [total, part], f"{op.name}/sum")
-    return b.node("Add", [total, b.constant(bias.astype(np.float32).reshape(1, -1, 1, 1), f"{op.name}.bias")],
+    out_channels, in_channels, k, _ = weight.shape
+    # (C, Cin, k, k) flipped -> (C * k * k, Cin, 1, 1), row c * k * k + i * k + j (Col2Im's channel order)
+    flipped = weight[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(out_channels * k * k, in_channels, 1, 1)
+    t = b.node("Conv", [x, b.constant(np.ascontiguousarray(flipped), f"{op.name}.gemm_weight")], f"{op.name}/gemm",
+               kernel_shape=[1, 1])
+    shape = b.node("Shape", [x], f"{op.name}/shape", start=2)  # (H, W) of the input, also the output's
+    columns = b.node("Reshape", [t, b.constant(np.array([1, out_channels * k * k, -1], np.int64), "col_shape")],
+                     f"{op.name}/columns")
+    pad = (k - 1) // 2
+    y = b.node("Col2Im", [columns, shape, b.constant(np.array([k, k], np.int64), "col_block")], f"{op.name}/col2im",
+               pads=[pad, pad, pad, pad])
+    return b.node("Add", [y, b.constant(bias.astype(np.float32).reshape(1, -1, 1, 1), f"{op.name}.bias")],
                   f"{op.name}/bias")
 
 
