@@ -52,10 +52,11 @@ def test_integer_graph_runs_qlinearconv_and_fp32_conv_only_for_the_output_convs(
     profile = profile_session(export_dense_ort_int8(qmodel), {"bev": bev.numpy()}, runs=2, threads=1)
     assert profile.by_op["QLinearConv"]["calls"] == 2 * len(integer)
     fp32_convs = {node: v for node, v in profile.by_node.items() if v["op"] in FP32_CONV_KERNELS}
-    # Node names are the layer names the graph was built with: the FP32 convs are exactly the output convs, each as
-    # a 1x1 conv (`/gemm`) whose columns Col2Im adds up.
-    names = {node.split("#")[0] for node in fp32_convs}
-    assert sorted(names) == sorted(n + "/gemm" for n in outputs)
+    # Node names are the layer names the graph was built with: no FP32 conv is left; the output convs each run as
+    # a MatMul (`/gemm`) whose columns Col2Im adds up.
+    assert not fp32_convs
+    gemms = {node.split("#")[0] for node, v in profile.by_node.items() if v["op"] == "MatMul"}
+    assert sorted(gemms) == sorted(n + "/gemm" for n in outputs)
     assert profile.by_op["Col2Im"]["calls"] == 2 * len(outputs)
     assert "QLinearConv" in profile.table()
 

@@ -27,7 +27,8 @@ onnxruntime fuses into QLinearConv:
 - Only the head's last convs, whose FP32 outputs are the network's outputs, compute in FP32: DequantizeLinear on
   their INT8 input, weights that are the INT8 codes times their scales (an integer kernel would round the outputs to
   8 bits; ConvInteger and MatMulInteger, which would not, measured slower here). With their 1-4 output channels
-  they run as a 1x1 conv (a GEMM) into C*k*k channels followed by Col2Im, not as onnxruntime's k x k FP32 Conv. `int8_layer_report` says for each layer which way it runs.
+  they run as a MatMul (one SGEMM) into C*k*k rows per pixel followed by Col2Im, not as onnxruntime's k x k FP32
+  Conv, which costs as much for 4 output channels as for 16 and reorders its input and output. `int8_layer_report` says for each layer which way it runs.
 
 Numbers agree with the torch fake-quant model up to accumulation order and the requantization's own rounding
 (onnxruntime rounds the bias to int32 at scale s_x * s_w and requantizes in FP32): a code may differ by one step
@@ -383,21 +384,24 @@ def _output_conv_as_gemm(conv: nn.Module, pad: int) -> bool:
             and k[0] % 2 == 1 and pad == 0 and tuple(conv.padding) == ((k[0] - 1) // 2,) * 2)
 
 
-def _output_conv_gemm_col2im(b: _Builder, op: _Op, x: str, codes: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> str:
-    """The same k x k conv as one 1 x 1 conv into C*k*k channels (a plain GEMM: every input pixel's contribution
+def _output_conv_gemm_col2im(b: _Builder, op: _Op, x: str, codes: np.ndarray, scales: np.ndarray,
+                             bias: np.ndarray) -> str:
+    """The same k x k conv as one GEMM into C*k*k rows per pixel (every input pixel's contribution
     to each of the k*k output pixels it reaches), then Col2Im, which adds those contributions where they land, plus
     the bias. Exact up to the order of the FP32 sums. Col2Im's block (i, j) of input pixel p lands on output pixel
     p - (i, j) + pad, so the block holds the conv's tap (k-1-i, k-1-j): the kernel flipped. Weights are the INT8
     codes times their per-channel scales, as DequantizeLinear would give."""
     weight = codes.astype(np.float32) * scales.astype(np.float32).reshape(-1, 1, 1, 1)
     out_channels, in_channels, k, _ = weight.shape
-    # (C, Cin, k, k) flipped -> (C * k * k, Cin, 1, 1), row c * k * k + i * k + j (Col2Im's channel order)
-    flipped = weight[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(out_channels * k * k, in_channels, 1, 1)
-    t = b.node("Conv", [x, b.constant(np.ascontiguousarray(flipped), f"{op.name}.gemm_weight")], f"{op.name}/gemm",
-               kernel_shape=[1, 1])
+    # (C, Cin, k, k) flipped -> (C * k * k, Cin), row c * k * k + i * k + j (Col2Im's channel order)
+    flipped = weight[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(out_channels * k * k, in_channels)
+    # As MatMul on the NCHW map seen as (Cin, H*W): the result is already Col2Im's (C*k*k, H*W) layout, and
+    # onnxruntime runs it as one SGEMM without the blocked-layout reorders a 1x1 Conv gets.
     shape = b.node("Shape", [x], f"{op.name}/shape", start=2)  # (H, W) of the input, also the output's
-    columns = b.node("Reshape", [t, b.constant(np.array([1, out_channels * k * k, -1], np.int64), "col_shape")],
-                     f"{op.name}/columns")
+    rows = b.node("Reshape", [x, b.constant(np.array([1, in_channels, -1], np.int64), "gemm_rows")],
+                  f"{op.name}/rows")
+    columns = b.node("MatMul", [b.constant(np.ascontiguousarray(flipped), f"{op.name}.gemm_weight"), rows],
+                     f"{op.name}/gemm")
     pad = (k - 1) // 2
     y = b.node("Col2Im", [columns, shape, b.constant(np.array([k, k], np.int64), "col_block")], f"{op.name}/col2im",
                pads=[pad, pad, pad, pad])
