@@ -11,7 +11,7 @@ from torch import nn
 from lidar_ptq_core.models.centerpoint import CenterPoint, sparse_conv_algo_for
 from lidar_ptq_core.models.checkpoint import save_checkpoint
 from lidar_ptq_core.models.config import CenterPointConfig
-from lidar_ptq_core.quant import METHODS, QuantConfig, method_config, quant_wrappers, quantize
+from lidar_ptq_core.quant import METHODS, QuantConfig, QuantLayout, method_config, quant_wrappers, quantize
 from lidar_ptq_core.quant.adaround import attach, bake
 from lidar_ptq_core.quant.calibrate import apply_input_channel_scaling
 from lidar_ptq_core.quant.calibrators import (
@@ -477,3 +477,40 @@ def test_full_size_configs_go_through_quantize(name):
     assert report.fold_max_abs_error < 1e-3 * max(scale, 1.0)
     assert len(outputs) == len(config.dense_head.class_names_each_head)
     assert all(torch.isfinite(t).all() for out in outputs for t in out.values())
+
+
+def test_layers_reading_one_tensor_share_one_input_scale_chosen_jointly():
+    # The head's branches all read the shared conv's output: with share_input_quantizers they end on one amax
+    # (grid search and TGPL choose it jointly), recorded in the layout; without it the grid search picks per layer.
+    from lidar_ptq_core.quant.share import find_shared_inputs
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 3)
+    shared, report = quantize_centerpoint(model, batches, "lidar-ptq", method_config("lidar-ptq", **FAST),
+                                          progress=False)
+    groups = report.layout["shared_inputs"]
+    branches = sorted(n for n in quant_wrappers(shared) if n.startswith("dense_head.heads_list.0.") and
+                      n.count(".") == 5 and n.endswith(".0.0"))
+    assert len(branches) >= 2 and any(set(branches) <= set(g) for g in groups), (groups, branches)
+    for members in groups:
+        values = {float(shared.get_submodule(n).input_quantizer.amax) for n in members}
+        assert len(values) == 1, (members, values)
+        # each member keeps its own quantizer module (the state_dict is unchanged), holding the shared value
+        assert len({id(shared.get_submodule(n).input_quantizer) for n in members}) == len(members)
+        ratios = {report.layers[n]["grid"]["clip_ratio"] for n in members}
+        assert len(ratios) == 1
+    # the layout survives the checkpoint; groups are found again the same way
+    assert QuantLayout.from_dict(report.layout).shared_inputs == groups
+    from lidar_ptq_core.quant.prepare import prepare
+    from lidar_ptq_core.recipes.centerpoint import centerpoint_target
+
+    fresh = tiny_model(TINY_PILLAR)
+    target = centerpoint_target(fresh)
+    wrappers = prepare(fresh, QuantLayout.from_dict(report.layout), tuple(target.add_types))
+    assert find_shared_inputs(fresh, wrappers, batches[0], target.forward) == groups
+    # the integer onnxruntime graph then makes the shared conv's output once, not once per branch grid
+    from lidar_ptq_core.export.onnx_ort_int8 import int8_layer_report
+
+    assert int8_layer_report(shared)["dense_head.shared_conv.0"] == "integer"
+    with pytest.raises(ValueError, match="share_input_quantizers does not support"):
+        method_config("qdrop", share_input_quantizers=True)

@@ -6,6 +6,7 @@ which module types are residual adds, which layers see raw sensor inputs (channe
 blocks, and the task-loss hook (TGPL). Stages, each a config switch:
   fold + wrap -> channel scaling of first layers -> activation calibration -> grid search of clip ratios
   -> learned step sizes with TGPL -> block reconstruction with adaptive rounding -> sensitivity table
+With `share_input_quantizers`, layers that read one tensor get one input scale, chosen jointly (quant/share.py).
 With `work_dir`, the state after every stage (and every reconstructed block) is saved, and a rerun with the same
 settings resumes from there.
 """
@@ -30,6 +31,7 @@ from .modules import QuantLayer
 from .prepare import QuantLayout, plan_layout, prepare
 from .reconstruct import (TaskHook, assign_blocks, fp_references, learn_step_sizes, network_loss,
                           reconstruct_block)
+from .share import find_shared_inputs, tied_input_quantizers, unify_amax
 from .state import output_mse, quantizers_disabled, set_quantizers
 
 
@@ -100,7 +102,7 @@ def _num(value) -> str:
 EARLY_STAGES = ("calibration", "grid_search", "tgpl")
 _STAGE_SETTINGS = {
     "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
-                    "input_channel_scaling"),
+                    "input_channel_scaling", "share_input_quantizers"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_lr", "tgpl_weight", "output_mse_weight", "adaround_frames"),
 }
@@ -209,6 +211,9 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
     with torch.no_grad():
         reference = forward(model.eval(), batches[0])
     wrappers = prepare(qmodel, layout, tuple(target.add_types))
+    if config.share_input_quantizers:
+        layout.shared_inputs = find_shared_inputs(qmodel, wrappers, batches[0], forward)
+    shared = layout.shared_inputs
     report = QuantReport(method=config.method, config=config.to_dict(), layout=layout.to_dict(),
                          layers={n: {} for n in wrappers}, calibration_frames=len(batches))
     with torch.no_grad(), quantizers_disabled(qmodel):
@@ -234,17 +239,19 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
     def calibration():
         for name, rec in calibrate_activations(qmodel, wrappers, batches, forward, config, progress).items():
             report.layers[name].update(rec)
+        unify_amax(wrappers, shared)
 
     def grid():
         subset = batches[: config.grid_search_frames or len(batches)]
         for name, rec in grid_search_clip_ratios(qmodel, wrappers, subset, forward, config.grid_ratios,
-                                                 progress).items():
+                                                 progress, groups=shared).items():
             report.layers[name]["grid"] = rec
 
     def tgpl():
         subset = batches[: config.adaround_frames or len(batches)]
-        return learn_step_sizes(qmodel, wrappers, subset, forward, target.task_hook, config.tgpl_steps,
-                                config.tgpl_lr, config.tgpl_weight, config.output_mse_weight, progress)
+        with tied_input_quantizers(wrappers, shared):
+            return learn_step_sizes(qmodel, wrappers, subset, forward, target.task_hook, config.tgpl_steps,
+                                    config.tgpl_lr, config.tgpl_weight, config.output_mse_weight, progress)
 
     stage("calibration", calibration)
     set_quantizers(wrappers.values(), True)

@@ -120,9 +120,10 @@ class _GridSearch:
 
 
 def grid_search_clip_ratios(model, wrappers: dict, batches: Sequence, forward: Forward, ratios: Sequence[float],
-                            progress: bool = True) -> dict[str, dict]:
+                            progress: bool = True, groups: Sequence[Sequence[str]] = ()) -> dict[str, dict]:
     """LiDAR-PTQ's light grid search: each layer's amax becomes ratio x (its calibrated amax), the ratio minimising
-    that layer's output error with its input and weights quantized, measured on FP32 inputs."""
+    that layer's output error with its input and weights quantized, measured on FP32 inputs. Layers of one group
+    (reading one tensor, see quant/share.py) get the one ratio minimising the sum of their errors."""
     search = _GridSearch(wrappers, ratios)
     handles = [w.register_forward_hook(search.hook(n)) for n, w in wrappers.items()]
     try:
@@ -135,9 +136,14 @@ def grid_search_clip_ratios(model, wrappers: dict, batches: Sequence, forward: F
     records = {}
     ratios = list(ratios)
     unit = ratios.index(1.0) if 1.0 in ratios else int(np.argmax(ratios))
+    joint = {}
+    for members in groups:
+        total = sum(search.errors[n] for n in members)
+        for name in members:
+            joint[name] = int(np.argmin(total))
     for name, wrapper in wrappers.items():
         errors = search.errors[name]
-        best = int(np.argmin(errors))
+        best = joint.get(name, int(np.argmin(errors)))
         wrapper.input_quantizer.set_amax(search.base[name] * ratios[best])
         records[name] = dict(clip_ratio=ratios[best], error_before=float(errors[unit]) / max(len(batches), 1),
                              error_after=float(errors[best]) / max(len(batches), 1),

@@ -20,6 +20,9 @@ class QuantConfig:
     active_sites_only: bool = True  # sparsity-based: statistics over non-empty sites only
     samples_per_batch: int = 20000  # |x| values kept per batch and quantizer for the histogram calibrators
     input_channel_scaling: bool = True  # per-channel input scales folded into the first layers (the first-layer trap)
+    # One input scale for all layers that read the same tensor (quant/share.py): the integer engine then makes that
+    # tensor once instead of once per consumer's grid. Grid search and TGPL choose the shared scale jointly.
+    share_input_quantizers: bool = False
     # -- grid search of clip ratios (LiDAR-PTQ): per layer, the ratio of amax minimising the layer's output error
     grid_search: bool = True
     grid_ratios: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
@@ -59,6 +62,9 @@ class QuantConfig:
         object.__setattr__(self, "grid_ratios", ratios)
         object.__setattr__(self, "keep_float", tuple(str(n) for n in self.keep_float))
         object.__setattr__(self, "adaround_beta", tuple(float(b) for b in self.adaround_beta))
+        if self.share_input_quantizers and self.learn_activation_scales:
+            raise ValueError("share_input_quantizers does not support learn_activation_scales (per-block learning "
+                             "would move a scale that other blocks read)")
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
         for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "adaround_steps", "task_loss_every",
@@ -84,9 +90,9 @@ METHODS: dict[str, dict] = {
     "entropy": dict(_NAIVE, calibrator="entropy"),
     "mse": dict(_NAIVE, calibrator="mse"),
     # LiDAR-PTQ and its ablation steps.
-    "lidar-ptq": dict(),
+    "lidar-ptq": dict(share_input_quantizers=True),
     # The same stages with small budgets: minutes on a 2-core CPU (the demo's default); quality below the full run.
-    "lidar-ptq-quick": dict(grid_search_frames=8, tgpl_steps=30, adaround_frames=8, adaround_steps=40,
+    "lidar-ptq-quick": dict(share_input_quantizers=True, grid_search_frames=8, tgpl_steps=30, adaround_frames=8, adaround_steps=40,
                             task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),

@@ -21,6 +21,7 @@ class QuantLayout:
     quantized: list[str] = field(default_factory=list)  # wrapped module names, in module order
     input_scaled: list[str] = field(default_factory=list)  # layers with per-channel input scaling
     kept_float: list[str] = field(default_factory=list)  # quantizable layers left in FP32
+    shared_inputs: list[list[str]] = field(default_factory=list)  # layers reading one tensor, one input scale each group
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,6 +33,7 @@ class QuantLayout:
             quantized=list(data["quantized"]),
             input_scaled=list(data["input_scaled"]),
             kept_float=list(data["kept_float"]),
+            shared_inputs=[list(g) for g in data.get("shared_inputs", [])],  # absent in older checkpoints
         )
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from . import adaround
 from .calibrate import _progress
 from .modules import QuantLayer
+from .share import unique_quantizers
 from .state import quantizers_disabled, set_quantizers, tensors_of
 
 
@@ -59,7 +60,7 @@ def _relative_lr_groups(quantizers, lr: float) -> list[dict]:
 def learn_step_sizes(model, wrappers: dict, batches: Sequence, forward, hook: TaskHook | None, steps: int, lr: float,
                      task_weight: float, output_weight: float, progress: bool = True) -> dict:
     """All quantizers on; the activation amax of every layer is learned against output error + task loss."""
-    quantizers = [w.input_quantizer for w in wrappers.values()]
+    quantizers = unique_quantizers(w.input_quantizer for w in wrappers.values())  # tied ones once (quant/share.py)
     references = fp_references(model, batches, forward, hook)
     set_quantizers(wrappers.values(), True)
     for q in quantizers:
