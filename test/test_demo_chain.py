@@ -63,6 +63,10 @@ def test_latency_summary_counts_dropped_and_never_received_frames():
     assert np.isnan(percentiles([])["p50"])
     sentence = keep_up_sentence(run)
     assert "does not keep up at 10 Hz" in sentence and "2.5x" in sentence and "answered 3 of 5" in sentence
+    run.counters["mean_processing_ms"] = "95.0"  # under the 100 ms period: the drops are from slow frames
+    sentence = keep_up_sentence(run)
+    assert "keeps up on average at 10 Hz" in sentence and "0.95x" in sentence and "2 of 5" in sentence
+    assert "about 6.0 Hz" in sentence  # 3 of 5 answered at 10 Hz
 
 
 def test_agreement_on_the_frames_both_answered():
