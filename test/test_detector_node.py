@@ -483,6 +483,31 @@ def test_shipped_parameter_file_and_the_bundled_model_on_a_sim_frame():
         h.close()
 
 
+def test_real_kitti_sweeps_get_the_library_detections(kitti_frames):
+    """Real 64-beam sweeps (../shared/data) through the node with the bundled sim model: every field of the published
+    boxes equals Detector.detect on the points the node decoded, with the cloud's header (the harness stamps it)."""
+    from std_msgs.msg import Header
+
+    from lidar_ptq_core.pointcloud import read_points
+    from lidar_ptq_ros.conversions import pointcloud_to_msg
+
+    h = Harness(overrides={"model": "sim_pillar", "score_threshold": 0.3, "max_points": 0})
+    try:
+        library = Detector.from_checkpoint("sim_pillar")
+        for index, path in enumerate(kitti_frames[:2]):
+            header = Header(frame_id="velodyne")
+            msg = pointcloud_to_msg(read_points(path), header)
+            got, markers = h.detect(msg)
+            assert got.header == msg.header and markers.markers[0].header.frame_id == msg.header.frame_id
+            points = msg_to_detector_input(msg).points
+            assert len(points) > 10_000, "a real sweep"
+            expected = library.detect(points)
+            expected = expected.select(expected.scores >= 0.3)
+            assert_same_detections(got, expected, library.class_names)
+    finally:
+        h.close()
+
+
 def test_a_bundle_runs_on_onnxruntime_like_the_library(tiny_checkpoint, tmp_path):
     """model:=<.lptq bundle> backend:=onnxruntime: the node publishes what Detector.from_bundle gives on the same
     points (the bundle's dense part as its ONNX graph)."""
