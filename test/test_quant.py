@@ -22,7 +22,7 @@ from lidar_ptq_core.quant.calibrators import (
     compute_amax,
 )
 from lidar_ptq_core.quant.fold import fold_batch_norms, find_sequential_pairs
-from lidar_ptq_core.quant.modules import QuantConv2d, QuantLinear
+from lidar_ptq_core.quant.modules import QuantConv2d, QuantLayer, QuantLinear
 from lidar_ptq_core.quant.quantizer import (
     ACTIVATION_RANGE,
     WEIGHT_RANGE,
@@ -514,3 +514,32 @@ def test_layers_reading_one_tensor_share_one_input_scale_chosen_jointly():
     assert int8_layer_report(shared)["dense_head.shared_conv.0"] == "integer"
     with pytest.raises(ValueError, match="share_input_quantizers does not support"):
         method_config("qdrop", share_input_quantizers=True)
+
+
+def test_biases_end_on_the_int32_grid_of_integer_kernels():
+    # Integer kernels add the bias in int32, in steps of s_x * s_w: the fake-quant model must compute the same.
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 2)
+    qmodel, report = quantize_centerpoint(model, batches[:1], "sparse-max", method_config("sparse-max", **FAST),
+                                          progress=False)
+    checked = 0
+    for name, wrapper in quant_wrappers(qmodel).items():
+        if isinstance(wrapper, QuantLayer) and wrapper.layer.bias is not None:
+            steps = wrapper.layer.bias / (wrapper.input_quantizer.scale * wrapper.weight_quantizer.scale).reshape(
+                wrapper.layer.bias.shape)
+            assert torch.allclose(steps, torch.round(steps), atol=1e-3), name
+            assert 0 <= report.layers[name]["bias"]["bias_change_max_steps"] <= 0.5 + 1e-6
+            checked += 1
+    assert checked >= 5 and report.stages["int32_bias"]["layers"] == checked
+    plain, _ = quantize_centerpoint(model, batches[:1], "sparse-max",
+                                    method_config("sparse-max", int32_bias=False, **FAST), progress=False)
+    off_grid = 0
+    for name, wrapper in quant_wrappers(plain).items():
+        if isinstance(wrapper, QuantLayer) and wrapper.layer.bias is not None:
+            step = (wrapper.input_quantizer.scale * wrapper.weight_quantizer.scale).reshape(wrapper.layer.bias.shape)
+            steps = wrapper.layer.bias / step
+            off_grid += int(((steps - torch.round(steps)).abs() > 0.01).any())
+            # the two models differ by at most half a grid step per bias
+            rounded = qmodel.get_submodule(name).layer.bias
+            assert ((rounded - wrapper.layer.bias).abs() / step).max() <= 0.5 + 1e-4, name
+    assert off_grid > 0, "without the stage the biases are off the grid"

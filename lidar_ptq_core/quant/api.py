@@ -5,7 +5,8 @@ cannot know by itself: how to run a batch, which BatchNorms fold into which laye
 which module types are residual adds, which layers see raw sensor inputs (channel scaling), the reconstruction
 blocks, and the task-loss hook (TGPL). Stages, each a config switch:
   fold + wrap -> channel scaling of first layers -> activation calibration -> grid search of clip ratios
-  -> learned step sizes with TGPL -> block reconstruction with adaptive rounding -> sensitivity table
+  -> learned step sizes with TGPL -> block reconstruction with adaptive rounding -> biases on the int32 grid
+  -> sensitivity table
 With `share_input_quantizers`, layers that read one tensor get one input scale, chosen jointly (quant/share.py).
 With `work_dir`, the state after every stage (and every reconstructed block) is saved, and a rerun with the same
 settings resumes from there.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..io_utils import atomic_path, write_json_atomic
+from .bias import round_biases_to_int32_grid
 from .calibrate import calibrate_activations, grid_search_clip_ratios, sensitivity
 from .config import QuantConfig, method_config
 from .modules import QuantLayer
@@ -306,6 +308,14 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
                 return rec
             stage(f"adaround:{block}", run)
     set_quantizers(wrappers.values(), True)
+    if config.int32_bias:
+        def int32_bias():
+            records = round_biases_to_int32_grid(wrappers)
+            for name, rec in records.items():
+                report.layers[name]["bias"] = rec
+            return {"layers": len(records),
+                    "max_change_steps": max((r["bias_change_max_steps"] for r in records.values()), default=0.0)}
+        stage("int32_bias", int32_bias)
     if config.sensitivity_frames:
         stage("sensitivity", lambda: report.sensitivity.update(
             sensitivity(qmodel, wrappers, batches[: config.sensitivity_frames], forward, progress)))

@@ -48,6 +48,8 @@ class QuantConfig:
     # Held-out check: each reconstructed block must lower the network's task loss (or, without a task hook, the output
     # squared error) on this many calibration frames not used for reconstruction, else it keeps round-to-nearest.
     adaround_check_frames: int = 8
+    # -- last: every bias on its int32 grid s_x * s_w, as integer kernels add it (quant/bias.py)
+    int32_bias: bool = True
     # -- report
     sensitivity_frames: int = 4
 
