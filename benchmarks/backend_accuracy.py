@@ -6,10 +6,10 @@ Rows: the FP32 checkpoint in torch (for scale), the INT8 checkpoint in torch fak
 tables use), the INT8 dense part in onnxruntime's integer graph (what the node runs), and its TensorRT QDQ graph run
 by onnxruntime as is, and a control: the same torch fake-quant model on one thread instead of two, which changes only
 the order of FP32 sums, and the same fake-quant model computed in float64: onnxruntime's integer kernels sum exactly
-(int32), torch's FP32 convolutions round, and a float64 reference shows which of the two a rounding tie follows. Per row: centre-distance
-mAP, BEV IoU mAP and mAP by range on --frames val frames, plus the difference to the reference. The issue's bar: the
-integer graph within 0.1 mAP of torch fake-quant. Rows already in the output JSON (same checkpoints and frames) are
-kept, not recomputed, unless --force.
+(int32), torch's FP32 convolutions round, and a float64 reference shows which of the two a rounding tie follows.
+Per row: centre-distance mAP, BEV IoU mAP and mAP by range on --frames val frames, plus the difference to the
+reference. The issue's bar: the integer graph within 0.1 mAP of torch fake-quant. Rows already in the output JSON
+(same checkpoints and frames) are kept, not recomputed, unless --force.
 
     ./dev run python benchmarks/backend_accuracy.py --int8 sim_pillar_int8 --frames 500
 

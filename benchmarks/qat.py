@@ -7,7 +7,8 @@ calib split; quantizer ranges then stay fixed) and trains its weights through th
 rounding) with the FP32 training loss and ground truth. Every `--eval-every` steps it is evaluated on the first
 `--check-frames` val frames, beside the LiDAR-PTQ checkpoint on the same frames; it stops when it matches that
 checkpoint's centre-distance mAP and (unless --no-match-iou) its BEV IoU mAP, the box precision, or when the training
-time reaches `--time-cap-min`. The first check reaching each is reported. The final QAT model is evaluated on `--val-frames` frames and its row
+time reaches `--time-cap-min`. The first check reaching each is reported. The final QAT model is evaluated on
+`--val-frames` frames and its row
 (method "qat", quantization time = init + training, evaluations excluded) lands in docs/benchmarks/qat_<model>.json
 and .txt beside the FP32, init and LiDAR-PTQ rows. Training resumes from runs/qat/<model>/ when interrupted.
 
@@ -160,7 +161,8 @@ def main() -> int:
         qat_model.load_state_dict(state["model"])
     qat_model.eval()
     done = reached(history[-1])
-    first_map, first_iou = first_reaching(history, "mAP", target_map), first_reaching(history, "bev_iou_mAP", target_iou)
+    first_map = first_reaching(history, "mAP", target_map)
+    first_iou = first_reaching(history, "bev_iou_mAP", target_iou)
     result, run = evaluate_network(qat_model, val)
     row = row_of("qat", result, len(batches), init_seconds + history[-1]["train_seconds"], run.median_ms)
     row.update(qat_steps=history[-1]["step"], qat_reached_target=done, qat_target_mAP_check=target_map,
@@ -179,13 +181,13 @@ def main() -> int:
     table = format_rows(rows, header)
     write_bytes_atomic(docs / f"qat_{args.model}.txt", table.encode())
     print(table)
-    for key, first, label in (("mAP", first_map, "mAP"), ("bev_iou_mAP", first_iou, "BEV IoU mAP")):
+    for first, label in ((first_map, "mAP"), (first_iou, "BEV IoU mAP")):
         print(f"QAT {'first reached' if first else 'did NOT reach'} the LiDAR-PTQ {label} on {len(check)} frames"
               + (f" after {first['step']} steps, {first['train_seconds'] / 60:.1f} min of training (+ "
                  f"{init_seconds / 60:.1f} min init)" if first else f" in {history[-1]['train_seconds'] / 60:.1f} min"))
     table_lines = [f"{'step':>6} {'train min':>10} {'mAP':>6} {'BEV IoU':>8}"]
-    table_lines += [f"{h['step']:>6} {h['train_seconds'] / 60:>10.1f} {100 * h['mAP']:>6.1f} {100 * h['bev_iou_mAP']:>8.1f}"
-                    for h in history]
+    table_lines += [f"{h['step']:>6} {h['train_seconds'] / 60:>10.1f} {100 * h['mAP']:>6.1f} "
+                    f"{100 * h['bev_iou_mAP']:>8.1f}" for h in history]
     write_bytes_atomic(docs / f"qat_{args.model}_history.txt",
                        (f"QAT checks on {len(check)} val frames (LiDAR-PTQ there: mAP {100 * target_map:.1f}, BEV IoU "
                         f"mAP {100 * target_iou:.1f}); init {args.init} {init_seconds:.0f} s\n"

@@ -3,7 +3,8 @@
 
 Every row detects the same frames, interleaved (frame by frame, the row order rotating), so a load change on a shared
 machine hits all rows alike. Per frame and row: voxelize (numpy), encode (PFN + scatter or the sparse backbone, torch
-in every row; the integer graph's row scatters uint8 codes: backend.bev_input), dense (backbone_2d + head: the row's backend), decode; network = encode + dense; total = all four.
+in every row; the integer graph's row scatters uint8 codes: backend.bev_input), dense (backbone_2d + head: the row's
+backend), decode; network = encode + dense; total = all four.
 Medians and p90 over frames x repeats, after one warm-up frame per row.
 
 Rows (keys for `rows=`):

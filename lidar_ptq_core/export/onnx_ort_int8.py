@@ -28,7 +28,8 @@ onnxruntime fuses into QLinearConv:
   their INT8 input, weights that are the INT8 codes times their scales (an integer kernel would round the outputs to
   8 bits; ConvInteger and MatMulInteger, which would not, measured slower here). With their 1-4 output channels
   they run as a MatMul (one SGEMM) into C*k*k rows per pixel followed by Col2Im, not as onnxruntime's k x k FP32
-  Conv, which costs as much for 4 output channels as for 16 and reorders its input and output. `int8_layer_report` says for each layer which way it runs.
+  Conv, which costs as much for 4 output channels as for 16 and reorders its input and output.
+  `int8_layer_report` says for each layer which way it runs.
 
 Numbers agree with the torch fake-quant model up to accumulation order and the requantization's own rounding
 (onnxruntime rounds the bias to int32 at scale s_x * s_w and requantizes in FP32): a code may differ by one step
@@ -243,8 +244,11 @@ def input_code_scale(model) -> float | None:
     features before the scatter, a few thousand rows instead of the whole map, and a 4x smaller canvas."""
     if not dense_part_quantized(model):
         return None
-    _, _, wants = _plan(model)
-    forms = wants[INPUT_NAME]
+    return _single_grid(_plan(model)[2][INPUT_NAME])
+
+
+def _single_grid(forms: set) -> float | None:
+    """The scale when a value is read on exactly one uint8 grid (and not in FP32), else None."""
     return next(iter(forms)) if len(forms) == 1 and FP32 not in forms else None
 
 
@@ -263,10 +267,10 @@ def export_dense_ort_int8(model, input_codes: bool = False) -> bytes:
 
     if not dense_part_quantized(model):
         raise ValueError("the onnxruntime INT8 graph needs a quantized model; an FP32 model uses export_dense_onnx")
-    code_scale = input_code_scale(model) if input_codes else None
+    ops, outputs, wants = _plan(model)
+    code_scale = _single_grid(wants[INPUT_NAME]) if input_codes else None
     if input_codes and code_scale is None:
         raise ValueError("this model's dense input is not read on one uint8 grid, so it cannot be given as codes")
-    ops, outputs, wants = _plan(model)
     b = _Builder()
     tensors: dict[tuple[str, object], str] = {}  # (op name, form) -> tensor name
 

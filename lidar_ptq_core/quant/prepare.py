@@ -21,7 +21,7 @@ class QuantLayout:
     quantized: list[str] = field(default_factory=list)  # wrapped module names, in module order
     input_scaled: list[str] = field(default_factory=list)  # layers with per-channel input scaling
     kept_float: list[str] = field(default_factory=list)  # quantizable layers left in FP32
-    shared_inputs: list[list[str]] = field(default_factory=list)  # layers reading one tensor, one input scale each group
+    shared_inputs: list[list[str]] = field(default_factory=list)  # groups of layers reading one tensor: one scale
 
     def to_dict(self) -> dict:
         return asdict(self)
