@@ -36,6 +36,25 @@ DEFAULT_METHODS = ["fp32", "max", "percentile", "entropy", "mse", "sparse-max", 
                    "lidar-ptq", "brecq", "qdrop"]
 
 
+def parse_method_spec(spec: str) -> tuple[str, dict]:
+    """'lidar-ptq' or 'lidar-ptq:tgpl_steps=400,tgpl_schedule=cosine' -> (preset, overrides of its settings); the
+    whole spec names the row, so variants of a preset are rows of their own."""
+    import yaml
+
+    method, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"bad setting {item!r} in {spec!r}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return method, overrides
+
+
+def file_stem(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
+
+
 def calibration_batches(config, calib) -> list[dict]:
     """One collated batch per calibration frame, as every PTQ row of the benchmarks uses them."""
     return [voxelize_clouds([calib[i].points], config.voxelization, config.num_point_features)[0]
@@ -66,11 +85,12 @@ def row_of(method: str, result, calib_frames: int, quant_seconds: float, median_
 def format_rows(rows: list[dict], header: str) -> str:
     ranges = list(rows[0]["mAP_by_range"]) if rows else []
     fp32 = next((r for r in rows if r["method"] == "fp32"), None)
-    lines = [header, "", f"{'method':<18} {'mAP':>6} {'d mAP':>6} {'BEV IoU':>8} "
+    width = max([18] + [len(r["method"]) for r in rows])
+    lines = [header, "", f"{'method':<{width}} {'mAP':>6} {'d mAP':>6} {'BEV IoU':>8} "
              + " ".join(f"{r:>7}" for r in ranges) + f" {'calib':>6} {'quant s':>8}"]
     for row in rows:
         delta = row["mAP"] - fp32["mAP"] if fp32 else float("nan")
-        lines.append(f"{row['method']:<18} {100 * row['mAP']:6.1f} {100 * delta:+6.1f} {100 * row['bev_iou_mAP']:8.1f} "
+        lines.append(f"{row['method']:<{width}} {100 * row['mAP']:6.1f} {100 * delta:+6.1f} {100 * row['bev_iou_mAP']:8.1f} "
                      + " ".join(f"{100 * row['mAP_by_range'][r]:7.1f}" for r in ranges)
                      + f" {row['calib_frames']:>6} {row['quant_seconds']:>8.0f}")
     return "\n".join(lines) + "\n"
@@ -79,7 +99,8 @@ def format_rows(rows: list[dict], header: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sim_pillar")
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                        help="presets, each optionally with settings: 'lidar-ptq:tgpl_steps=400,seed=1'")
     parser.add_argument("--calib-frames", type=int, default=256)
     parser.add_argument("--val-frames", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
@@ -109,17 +130,20 @@ def main() -> int:
         if method == "fp32":
             net, seconds, frames = model, 0.0, 0
         else:
-            net, report = quantize_centerpoint(model, batches, method, method_config(method),
-                                               work_dir=REPO / "runs" / "ptq_bench" / args.model / method)
+            preset, overrides = parse_method_spec(method)
+            stem = file_stem(method)
+            net, report = quantize_centerpoint(model, batches, preset, method_config(preset, **overrides),
+                                               work_dir=REPO / "runs" / "ptq_bench" / args.model / stem)
             seconds, frames = report.seconds, len(batches)
-            save_quantized_checkpoint(net, report, REPO / "runs" / "ptq_bench" / args.model / f"{method}.safetensors")
-            write_bytes_atomic(out.parent / f"ptq_{args.model}_{method}_report.txt", (report.format() + "\n").encode())
+            save_quantized_checkpoint(net, report, REPO / "runs" / "ptq_bench" / args.model / f"{stem}.safetensors")
+            write_bytes_atomic(out.parent / f"ptq_{args.model}_{stem}_report.txt", (report.format() + "\n").encode())
         result, run = evaluate_network(net, val)
         row = row_of(method, result, frames, seconds, run.median_ms)
         rows.append(row)
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        write_bytes_atomic(out.parent / f"ptq_{args.model}_{method}_eval.txt", (format_table(result) + "\n").encode())
+        write_bytes_atomic(out.parent / f"ptq_{args.model}_{file_stem(method)}_eval.txt",
+                           (format_table(result) + "\n").encode())
         table = format_rows(rows, header)
         write_bytes_atomic(out.with_suffix(".txt"), table.encode())
         print(table, flush=True)

@@ -49,7 +49,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:'locale.getdefaultlocale':DeprecationWarning"),
 ]
 
-FAST = dict(grid_search_frames=2, adaround_frames=2, tgpl_steps=3, adaround_steps=4, sensitivity_frames=1,
+FAST = dict(grid_search_frames=2, adaround_frames=2, tgpl_frames=2, tgpl_steps=3, adaround_steps=4, sensitivity_frames=1,
             task_loss_every=2)
 
 
@@ -514,6 +514,29 @@ def test_layers_reading_one_tensor_share_one_input_scale_chosen_jointly():
     assert int8_layer_report(shared)["dense_head.shared_conv.0"] == "integer"
     with pytest.raises(ValueError, match="share_input_quantizers does not support"):
         method_config("qdrop", share_input_quantizers=True)
+
+
+def test_tgpl_cosine_schedule_decays_the_step_size_learning_rate(monkeypatch):
+    # With tgpl_schedule=cosine the k-th of N steps uses lr * (1 + cos(pi k / N)) / 2 in every parameter group.
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 2)
+    seen = []
+    original = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append([group["lr"] for group in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    steps = 6
+    config = method_config("sparse-grid-tgpl", **{**FAST, "tgpl_steps": steps, "tgpl_schedule": "cosine"})
+    _, report = quantize_centerpoint(model, batches, "sparse-grid-tgpl", config, progress=False)
+    assert len(seen) == steps and report.stages["tgpl"]["steps"] == steps
+    first = np.array(seen[0])
+    for k, lrs in enumerate(seen):
+        assert np.allclose(np.array(lrs) / first, 0.5 * (1 + np.cos(np.pi * k / steps))), k
+    with pytest.raises(ValueError, match="tgpl_schedule"):
+        method_config("lidar-ptq", tgpl_schedule="linear")
 
 
 def test_biases_end_on_the_int32_grid_of_integer_kernels():

@@ -106,7 +106,7 @@ _STAGE_SETTINGS = {
     "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
                     "input_channel_scaling", "share_input_quantizers"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
-    "tgpl": ("tgpl", "tgpl_steps", "tgpl_lr", "tgpl_weight", "output_mse_weight", "adaround_frames"),
+    "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight"),
 }
 
 
@@ -250,10 +250,11 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
             report.layers[name]["grid"] = rec
 
     def tgpl():
-        subset = batches[: config.adaround_frames or len(batches)]
+        subset = batches[: config.tgpl_frames or len(batches)]
         with tied_input_quantizers(wrappers, shared):
             return learn_step_sizes(qmodel, wrappers, subset, forward, target.task_hook, config.tgpl_steps,
-                                    config.tgpl_lr, config.tgpl_weight, config.output_mse_weight, progress)
+                                    config.tgpl_lr, config.tgpl_weight, config.output_mse_weight, progress,
+                                    schedule=config.tgpl_schedule)
 
     stage("calibration", calibration)
     set_quantizers(wrappers.values(), True)

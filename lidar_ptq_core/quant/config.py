@@ -30,7 +30,10 @@ class QuantConfig:
     # -- TGPL: learned activation step sizes against the task loss at the final output, all quantizers on
     tgpl: bool = True
     tgpl_steps: int = 200
+    tgpl_frames: int = 32  # calibration frames the steps cycle through
     tgpl_lr: float = 2e-3  # relative to each amax
+    # "constant", or "cosine" (decays to 0: the result is less the last step's frame and more the average)
+    tgpl_schedule: str = "constant"
     tgpl_weight: float = 1.0
     output_mse_weight: float = 0.0  # squared error of every raw output; for models without a task hook
     # -- block reconstruction with adaptive rounding
@@ -67,9 +70,11 @@ class QuantConfig:
         if self.share_input_quantizers and self.learn_activation_scales:
             raise ValueError("share_input_quantizers does not support learn_activation_scales (per-block learning "
                              "would move a scale that other blocks read)")
+        if self.tgpl_schedule not in ("constant", "cosine"):
+            raise ValueError(f"tgpl_schedule must be 'constant' or 'cosine', got {self.tgpl_schedule!r}")
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
-        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "adaround_steps", "task_loss_every",
+        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "adaround_steps", "task_loss_every",
                      "adaround_check_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -94,7 +99,8 @@ METHODS: dict[str, dict] = {
     # LiDAR-PTQ and its ablation steps.
     "lidar-ptq": dict(share_input_quantizers=True),
     # The same stages with small budgets: minutes on a 2-core CPU (the demo's default); quality below the full run.
-    "lidar-ptq-quick": dict(share_input_quantizers=True, grid_search_frames=8, tgpl_steps=30, adaround_frames=8,
+    "lidar-ptq-quick": dict(share_input_quantizers=True, grid_search_frames=8, tgpl_steps=30, tgpl_frames=8,
+                            adaround_frames=8,
                             adaround_steps=40, task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),

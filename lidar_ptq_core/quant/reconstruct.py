@@ -4,6 +4,7 @@ can also add the task loss. Both are model-agnostic: blocks are module names, th
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -58,17 +59,24 @@ def _relative_lr_groups(quantizers, lr: float) -> list[dict]:
 
 
 def learn_step_sizes(model, wrappers: dict, batches: Sequence, forward, hook: TaskHook | None, steps: int, lr: float,
-                     task_weight: float, output_weight: float, progress: bool = True) -> dict:
-    """All quantizers on; the activation amax of every layer is learned against output error + task loss."""
+                     task_weight: float, output_weight: float, progress: bool = True,
+                     schedule: str = "constant") -> dict:
+    """All quantizers on; the activation amax of every layer is learned against output error + task loss, one frame
+    per step. With schedule="cosine" the learning rate decays to 0, so the result does not hang on the last frames."""
     quantizers = unique_quantizers(w.input_quantizer for w in wrappers.values())  # tied ones once (quant/share.py)
     references = fp_references(model, batches, forward, hook)
     set_quantizers(wrappers.values(), True)
     for q in quantizers:
         q.amax.requires_grad_(True)
     optimizer = torch.optim.Adam(_relative_lr_groups(quantizers, lr))
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     first, last = None, None
     try:
         for step in _progress(range(steps), "TGPL step sizes", progress):
+            if schedule == "cosine":
+                factor = 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * factor
             i = step % len(batches)
             out = forward(model, batches[i])
             fp_out, targets = references[i]
