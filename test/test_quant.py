@@ -31,7 +31,7 @@ from lidar_ptq_core.quant.quantizer import (
     quantize_to_int,
     weight_quantizer_for,
 )
-from lidar_ptq_core.quant.state import quantizers_disabled
+from lidar_ptq_core.quant.state import quantizers_disabled, tensors_of
 from lidar_ptq_core.recipes.centerpoint import (
     TGPLHook,
     centerpoint_target,
@@ -537,6 +537,48 @@ def test_tgpl_cosine_schedule_decays_the_step_size_learning_rate(monkeypatch):
         assert np.allclose(np.array(lrs) / first, 0.5 * (1 + np.cos(np.pi * k / steps))), k
     with pytest.raises(ValueError, match="tgpl_schedule"):
         method_config("lidar-ptq", tgpl_schedule="linear")
+
+
+def test_channel_equalization_scales_known_answer():
+    from lidar_ptq_core.quant.equalize import equalization_scales
+
+    # r = [4, 1], w = [1, 1], alpha 0.5: s = sqrt(r) = [2, 1], normalised so the largest range stays 4 -> [1, 0.5];
+    # the ranges become [4, 2] (spread 4 -> 2). A channel that never moved keeps s = 1.
+    scales = equalization_scales(torch.tensor([4.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 0.3]), 0.5)
+    assert torch.allclose(scales, torch.tensor([1.0, 0.5, 1.0]))
+    # alpha 1: every range moves into the weights (all channels end at the largest range); alpha 0: nothing moves
+    # beyond the weight balance.
+    r = torch.tensor([8.0, 2.0, 0.5])
+    assert torch.allclose(r / equalization_scales(r, torch.ones(3), 1.0), torch.full((3,), 8.0))
+    assert torch.allclose(equalization_scales(r, torch.ones(3), 0.0), torch.ones(3))
+
+
+@pytest.mark.parametrize("config_dict", [TINY_PILLAR, TINY_VOXEL], ids=["pillar", "voxel"])
+def test_channel_equalization_is_exact_and_narrows_channel_ranges(config_dict):
+    from dataclasses import replace
+
+    from lidar_ptq_core.quant.equalize import EqualizationPair
+    from lidar_ptq_core.recipes.centerpoint import centerpoint_target
+
+    model = tiny_model(config_dict)
+    batches = calibration_batches(model, 2)
+    config = method_config("sparse-max", equalize_channels=True, **FAST)
+    qmodel, report = quantize_centerpoint(model, batches, "sparse-max", config, progress=False)
+    records = {n: r["equalization"] for n, r in report.layers.items() if "equalization" in r}
+    assert len(records) >= 8 and report.equalization_max_abs_error < 1e-4
+    assert all(r["range_spread_after"] <= r["range_spread_before"] + 1e-6 for r in records.values())
+    assert max(r["range_spread_before"] / r["range_spread_after"] for r in records.values()) > 2
+    with torch.no_grad(), quantizers_disabled(qmodel):
+        for batch in batches:
+            for a, b in zip(tensors_of(qmodel(batch)), tensors_of(model(batch))):
+                assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert "channel equalization" in report.format()
+    # A pair that leaves out a reader of the producer's output changes the network: refused, not applied silently.
+    target = centerpoint_target(model)
+    shared = next(p for p in target.equalization_pairs if len(p.consumers) > 1)
+    broken = [EqualizationPair(shared.producer, shared.consumers[:1])]
+    with pytest.raises(ValueError, match="not all homogeneous"):
+        quantize(model, batches, config=config, target=replace(target, equalization_pairs=broken), progress=False)
 
 
 def test_biases_end_on_the_int32_grid_of_integer_kernels():

@@ -27,8 +27,9 @@ from torch import nn
 
 from ..io_utils import atomic_path, write_json_atomic
 from .bias import round_biases_to_int32_grid
-from .calibrate import calibrate_activations, grid_search_clip_ratios, sensitivity
+from .calibrate import calibrate_activations, collect_statistics, grid_search_clip_ratios, sensitivity
 from .config import QuantConfig, method_config
+from .equalize import EqualizationPair, equalize
 from .modules import QuantLayer
 from .prepare import QuantLayout, plan_layout, prepare
 from .reconstruct import (TaskHook, assign_blocks, fp_references, learn_step_sizes, network_loss,
@@ -49,6 +50,7 @@ class QuantTarget:
     first_layers: Sequence[str] = ()
     blocks: Sequence[str] = ()
     task_hook: TaskHook | None = None
+    equalization_pairs: Sequence[EqualizationPair] = ()  # quant/equalize.py
 
 
 @dataclass
@@ -61,6 +63,7 @@ class QuantReport:
     sensitivity: dict = field(default_factory=dict)  # name -> output MSE with only that layer INT8
     calibration_frames: int = 0
     fold_max_abs_error: float = 0.0
+    equalization_max_abs_error: float = 0.0  # FP32 output before vs after channel equalization (exact: ~1e-5)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -72,6 +75,13 @@ class QuantReport:
                  f"{self.calibration_frames} calibration frames, {self.seconds:.0f} s"]
         for stage, info in self.stages.items():
             lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s")
+        equalized = {n: r["equalization"] for n, r in self.layers.items() if "equalization" in r}
+        if equalized:
+            lines.append(f"channel equalization (FP32 output change {self.equalization_max_abs_error:.2g}): "
+                         "largest / smallest channel range of each producer's output, before -> after")
+            for name, rec in equalized.items():
+                lines.append(f"  {name:<42} {rec['range_spread_before']:8.1f} -> {rec['range_spread_after']:6.1f}"
+                             f"   read by {', '.join(rec['consumers'])}")
         lines.append("grid: the layer's output MSE at clip ratio 1 -> at the chosen ratio; block: the reconstruction "
                      "block's output squared error with round-to-nearest -> after adaptive rounding (on the block's "
                      "first layer; * = worse on the held-out check frames, round-to-nearest kept); sens.: network "
@@ -104,7 +114,8 @@ def _num(value) -> str:
 EARLY_STAGES = ("calibration", "grid_search", "tgpl")
 _STAGE_SETTINGS = {
     "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
-                    "input_channel_scaling", "share_input_quantizers"),
+                    "input_channel_scaling", "share_input_quantizers", "equalize_channels", "equalization_alpha",
+                    "equalization_frames"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight"),
 }
@@ -239,6 +250,9 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
         checkpoints.save(qmodel, name, report)
 
     def calibration():
+        if config.equalize_channels and target.equalization_pairs:
+            equalize_channels(qmodel, wrappers, target, batches[: config.equalization_frames or len(batches)],
+                              config, report, progress)
         for name, rec in calibrate_activations(qmodel, wrappers, batches, forward, config, progress).items():
             report.layers[name].update(rec)
         unify_amax(wrappers, shared)
@@ -325,6 +339,36 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
         report.layers[name]["amax_final"] = float(wrapper.input_quantizer.amax)
     report.seconds = round(time.perf_counter() - started, 2)
     return qmodel, report
+
+
+def equalize_channels(qmodel, wrappers, target, batches, config: QuantConfig, report: QuantReport,
+                      progress: bool) -> None:
+    """Channel equalization of the target's pairs (FP32 statistics over active sites), checked to leave the FP32
+    output unchanged: a pair that is not one (a consumer missing, a non-homogeneous operation between) is an error."""
+    pairs = list(target.equalization_pairs)
+    consumers = {name: wrappers[name] for pair in pairs for name, _ in pair.consumers}
+    with torch.no_grad(), quantizers_disabled(qmodel):
+        before = forward_flat(target.forward, qmodel, batches[0])
+    stats = collect_statistics(qmodel, consumers, batches, target.forward, True, 1, config.seed, progress,
+                               "channel equalization")
+    ranges = {name: s.channel_amax for name, s in stats.items()}
+    missing = [name for name, r in ranges.items() if r is None]
+    if missing:
+        raise ValueError(f"channel equalization: no input seen at {missing}")
+    for producer, rec in equalize(wrappers, pairs, ranges, config.equalization_alpha).items():
+        report.layers[producer]["equalization"] = rec
+    with torch.no_grad(), quantizers_disabled(qmodel):
+        after = forward_flat(target.forward, qmodel, batches[0])
+    error = max(float((a - b).abs().max()) for a, b in zip(after, before))
+    magnitude = max(float(b.abs().max()) for b in before)
+    report.equalization_max_abs_error = error
+    if error > 1e-3 * max(magnitude, 1.0):
+        raise ValueError(f"channel equalization changed the FP32 output by {error:.3g} (outputs up to "
+                         f"{magnitude:.3g}): the target's equalization pairs are not all homogeneous")
+
+
+def forward_flat(forward, model, batch) -> list[torch.Tensor]:
+    return _flat(forward(model, batch))
 
 
 def _flat(output):

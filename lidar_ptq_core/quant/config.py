@@ -20,6 +20,11 @@ class QuantConfig:
     active_sites_only: bool = True  # sparsity-based: statistics over non-empty sites only
     samples_per_batch: int = 20000  # |x| values kept per batch and quantizer for the histogram calibrators
     input_channel_scaling: bool = True  # per-channel input scales folded into the first layers (the first-layer trap)
+    # Cross-layer channel equalization (quant/equalize.py) over the pairs the task target names: per-channel ranges
+    # move from activations (per-tensor scales) into weights (per-channel scales), exact in FP32.
+    equalize_channels: bool = False
+    equalization_alpha: float = 0.5  # 0: ranges stay in the activations, 1: all into the weights
+    equalization_frames: int = 32
     # One input scale for all layers that read the same tensor (quant/share.py): the integer engine then makes that
     # tensor once instead of once per consumer's grid. Grid search and TGPL choose the shared scale jointly.
     share_input_quantizers: bool = False
@@ -70,11 +75,13 @@ class QuantConfig:
         if self.share_input_quantizers and self.learn_activation_scales:
             raise ValueError("share_input_quantizers does not support learn_activation_scales (per-block learning "
                              "would move a scale that other blocks read)")
+        if not 0 <= self.equalization_alpha <= 1:
+            raise ValueError(f"equalization_alpha must be in [0, 1], got {self.equalization_alpha}")
         if self.tgpl_schedule not in ("constant", "cosine"):
             raise ValueError(f"tgpl_schedule must be 'constant' or 'cosine', got {self.tgpl_schedule!r}")
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
-        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "adaround_steps", "task_loss_every",
+        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "equalization_frames", "adaround_steps", "task_loss_every",
                      "adaround_check_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")

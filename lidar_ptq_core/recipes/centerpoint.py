@@ -5,6 +5,9 @@
 - First layers (channel scaling): the PFN's first Linear (pillar) or the first SubMConv3d (voxel); both see metres.
 - Reconstruction blocks: the PFN, each sparse stage, each backbone_2d block and deblock, the shared head conv and
   each head branch.
+- Channel equalization pairs: each 2D conv and the layers that read its output through ReLU, zero padding and
+  concatenation only (the backbone_2d chain, the deblocks into the concatenation, the shared conv into the head
+  branches, and the pillar PFN into the first BEV conv through max pooling and the zero-filled scatter).
 - TGPL: pseudo-labels are the FP32 model's decoded boxes (score >= threshold, top-K per frame); the loss compares the
   quantized and FP32 head outputs (heatmap probabilities and box regression) at their centre cells.
 """
@@ -17,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..decode import decode_batch
 from ..models.centerpoint import CenterPoint, build_centerpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, write_state_with_metadata
 from ..models.checkpoint import read_checkpoint_metadata as read_metadata
 from ..models.config import model_config_from_yaml
-from ..quant import QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
+from ..quant import EqualizationPair, QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
 
 QUANTIZED_FORMAT = "lidar-ptq-centerpoint-int8/1"
 BOX_HEADS = ("center", "center_z", "dim", "rot")
@@ -61,6 +65,61 @@ def reconstruction_blocks(model: CenterPoint) -> list[str]:
     for t, head in enumerate(model.dense_head.heads_list):
         blocks += [f"dense_head.heads_list.{t}.{name}" for name in head.head_names]
     return blocks
+
+
+def _conv_names(sequence, prefix: str) -> list[str]:
+    names = []
+    for index, module in enumerate(sequence):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            names.append(f"{prefix}.{index}")
+        elif isinstance(module, nn.Sequential):
+            names += _conv_names(module, f"{prefix}.{index}")
+    return names
+
+
+def equalization_pairs(model: CenterPoint) -> list[EqualizationPair]:
+    backbone, head = model.backbone_2d, model.dense_head
+    shared = _conv_names(head.shared_conv, "dense_head.shared_conv")
+    levels = len(backbone.blocks)
+    blocks = [_conv_names(block, f"backbone_2d.blocks.{i}") for i, block in enumerate(backbone.blocks)]
+    deblocks = [_conv_names(d, f"backbone_2d.deblocks.{i}") for i, d in enumerate(backbone.deblocks)]
+    after_concat = deblocks[levels][0] if len(deblocks) > levels else shared[0]
+    pairs, offset = [], 0
+
+    def chain(names):
+        return [EqualizationPair(a, ((b, 0),)) for a, b in zip(names, names[1:])]
+
+    vfe_layers = getattr(model.vfe, "pfn_layers", [])
+    if model.backbone_3d is None and len(vfe_layers) == 1:  # one PFN layer: its pillar max is the BEV feature
+        pairs.append(EqualizationPair("vfe.pfn_layers.0.linear", ((blocks[0][0], 0),)))
+    for level, names in enumerate(blocks):
+        pairs += chain(names)
+        readers = [(blocks[level + 1][0], 0)] if level + 1 < levels else []
+        if deblocks:
+            pairs.append(EqualizationPair(names[-1], (*readers, (deblocks[level][0], 0))))
+            pairs += chain(deblocks[level])
+            producer = deblocks[level][-1]
+        else:
+            producer = names[-1]
+        channels = model.get_submodule(producer).weight.shape[1 if deblocks and isinstance(
+            model.get_submodule(producer), nn.ConvTranspose2d) else 0]
+        if deblocks:
+            pairs.append(EqualizationPair(producer, ((after_concat, offset),)))
+        else:
+            pairs.append(EqualizationPair(producer, (*readers, (after_concat, offset))))
+        offset += channels
+    if len(deblocks) > levels:
+        pairs += chain(deblocks[levels])
+        pairs.append(EqualizationPair(deblocks[levels][-1], ((shared[0], 0),)))
+    pairs += chain(shared)
+    branch_firsts = []
+    for t, task_head in enumerate(head.heads_list):
+        for name in task_head.head_names:
+            names = _conv_names(getattr(task_head, name), f"dense_head.heads_list.{t}.{name}")
+            branch_firsts.append((names[0], 0))
+            pairs += chain(names)
+    pairs.append(EqualizationPair(shared[-1], tuple(branch_firsts)))
+    return pairs
 
 
 @dataclass
@@ -127,6 +186,7 @@ def centerpoint_target(model: CenterPoint, tgpl_score_threshold: float = 0.3, tg
         first_layers=first_layers(model),
         blocks=reconstruction_blocks(model),
         task_hook=TGPLHook(model, tgpl_score_threshold, tgpl_top_k),
+        equalization_pairs=equalization_pairs(model),
     )
 
 
