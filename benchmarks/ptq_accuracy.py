@@ -36,6 +36,9 @@ DEFAULT_METHODS = ["fp32", "max", "percentile", "entropy", "mse", "sparse-max", 
                    "lidar-ptq", "brecq", "qdrop"]
 
 
+RECIPE_SETTINGS = ("tgpl_score_threshold", "tgpl_top_k")  # settings of the CenterPoint recipe, not of QuantConfig
+
+
 def parse_method_spec(spec: str) -> tuple[str, dict]:
     """'lidar-ptq' or 'lidar-ptq:tgpl_steps=400,tgpl_schedule=cosine' -> (preset, overrides of its settings); the
     whole spec names the row, so variants of a preset are rows of their own."""
@@ -131,9 +134,10 @@ def main() -> int:
             net, seconds, frames = model, 0.0, 0
         else:
             preset, overrides = parse_method_spec(method)
+            recipe = {k: overrides.pop(k) for k in RECIPE_SETTINGS if k in overrides}
             stem = file_stem(method)
             net, report = quantize_centerpoint(model, batches, preset, method_config(preset, **overrides),
-                                               work_dir=REPO / "runs" / "ptq_bench" / args.model / stem)
+                                               work_dir=REPO / "runs" / "ptq_bench" / args.model / stem, **recipe)
             seconds, frames = report.seconds, len(batches)
             save_quantized_checkpoint(net, report, REPO / "runs" / "ptq_bench" / args.model / f"{stem}.safetensors")
             write_bytes_atomic(out.parent / f"ptq_{args.model}_{stem}_report.txt", (report.format() + "\n").encode())

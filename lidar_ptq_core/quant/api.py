@@ -51,6 +51,7 @@ class QuantTarget:
     blocks: Sequence[str] = ()
     task_hook: TaskHook | None = None
     equalization_pairs: Sequence[EqualizationPair] = ()  # quant/equalize.py
+    task_settings: dict = field(default_factory=dict)  # the task hook's settings, recorded in report and resume keys
 
 
 @dataclass
@@ -117,7 +118,8 @@ _STAGE_SETTINGS = {
                     "input_channel_scaling", "share_input_quantizers", "equalize_channels", "equalization_alpha",
                     "equalization_frames"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
-    "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight"),
+    "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight",
+             "task_settings"),
 }
 
 
@@ -174,7 +176,7 @@ class _Checkpointer:
                           {"fingerprints": self.fingerprints, "done": self.done, "report": report.to_dict()})
 
 
-def _fingerprints(model: nn.Module, batches, config: QuantConfig) -> dict[str, str]:
+def _fingerprints(model: nn.Module, batches, config: QuantConfig, task_settings=None) -> dict[str, str]:
     """Per early stage: a hash of the FP32 model, the calibration data and the settings up to that stage; 'all':
     with every setting."""
     data = hashlib.sha256()
@@ -186,6 +188,7 @@ def _fingerprints(model: nn.Module, batches, config: QuantConfig) -> dict[str, s
             if isinstance(value, torch.Tensor):
                 data.update(value.detach().cpu().numpy().tobytes())
     settings = config.to_dict()
+    settings["task_settings"] = dict(task_settings or {})  # the task hook's (pseudo-label threshold, ...)
 
     def digest(keys) -> str:
         h = data.copy()
@@ -235,7 +238,7 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
         float((a - b).abs().max()) for a, b in zip(_flat(folded), _flat(reference))
     )
 
-    checkpoints = _Checkpointer(work_dir, _fingerprints(model, batches, config))
+    checkpoints = _Checkpointer(work_dir, _fingerprints(model, batches, config, target.task_settings))
     checkpoints.restore(qmodel)
     if checkpoints.report:
         for key in ("layers", "stages", "sensitivity"):

@@ -187,15 +187,20 @@ def centerpoint_target(model: CenterPoint, tgpl_score_threshold: float = 0.3, tg
         blocks=reconstruction_blocks(model),
         task_hook=TGPLHook(model, tgpl_score_threshold, tgpl_top_k),
         equalization_pairs=equalization_pairs(model),
+        task_settings={"tgpl_score_threshold": tgpl_score_threshold, "tgpl_top_k": tgpl_top_k},
     )
 
 
 def quantize_centerpoint(model: CenterPoint, calibration_batches, method: str = "lidar-ptq",
-                         config: QuantConfig | None = None, progress: bool = True, work_dir=None):
-    """(quantized CenterPoint, report). The quantized model keeps `.config` so Detector and decode work as before."""
+                         config: QuantConfig | None = None, progress: bool = True, work_dir=None,
+                         tgpl_score_threshold: float = 0.3, tgpl_top_k: int = 100):
+    """(quantized CenterPoint, report). The quantized model keeps `.config` so Detector and decode work as before.
+    TGPL's pseudo-labels are the FP32 detections with score >= tgpl_score_threshold, at most tgpl_top_k per frame."""
     model = model.eval()
     qmodel, report = quantize(model, calibration_batches, method, config or method_config(method),
-                              centerpoint_target(model), progress=progress, work_dir=work_dir)
+                              centerpoint_target(model, tgpl_score_threshold, tgpl_top_k), progress=progress,
+                              work_dir=work_dir)
+    report.config["task_settings"] = {"tgpl_score_threshold": tgpl_score_threshold, "tgpl_top_k": tgpl_top_k}
     return qmodel, report
 
 
