@@ -205,6 +205,30 @@ def test_input_channel_scaling_is_exact_and_equalises_channels():
     assert torch.allclose(scale, x.abs().amax(dim=0))
 
 
+def test_balanced_input_channel_scaling_shares_the_spread_between_inputs_and_weights():
+    # alpha = 1 moves the whole metres-vs-centimetres spread into the weights: the offset channel's weights end a
+    # few INT8 codes wide. alpha = 0.5 leaves the square root of the spread on each side; still exact in FP32.
+    def spreads(alpha):
+        torch.manual_seed(0)
+        layer = QuantLinear(nn.Linear(3, 4), input_channel_scaling=True)
+        with torch.no_grad():
+            layer.layer.weight.copy_(torch.rand(4, 3) * 0.5 + 0.5)  # similar weights in every column
+        x = torch.stack([torch.rand(50) * 150 - 75, torch.rand(50) * 0.4 - 0.2, torch.rand(50)], dim=1)
+        with quantizers_disabled(layer):
+            before = layer(x)
+            apply_input_channel_scaling(layer, x.abs().amax(dim=0), alpha)
+            assert torch.allclose(layer(x), before, atol=1e-3, rtol=1e-5)
+            inputs = layer._scale_input(x).abs().amax(dim=0)
+        weights = layer.layer.weight.abs()
+        columns = (weights / weights.amax(dim=1, keepdim=True)).amax(dim=0)
+        return float(inputs.max() / inputs.min()), float(columns.max() / columns.min())
+
+    inputs_1, weights_1 = spreads(1.0)
+    inputs_half, weights_half = spreads(0.5)
+    assert inputs_1 == pytest.approx(1.0, rel=1e-4) and weights_1 > 100
+    assert inputs_half < 30 and weights_half < 30 and inputs_half * weights_half == pytest.approx(weights_1, rel=0.3)
+
+
 # --- adaptive rounding ----------------------------------------------------------------------------------------
 
 

@@ -115,7 +115,7 @@ def _num(value) -> str:
 EARLY_STAGES = ("calibration", "grid_search", "tgpl")
 _STAGE_SETTINGS = {
     "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
-                    "input_channel_scaling", "share_input_quantizers", "equalize_channels", "equalization_alpha",
+                    "input_channel_scaling", "input_channel_alpha", "share_input_quantizers", "equalize_channels", "equalization_alpha",
                     "equalization_frames"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight",

@@ -46,11 +46,21 @@ def collect_statistics(model, wrappers: dict, batches: Sequence, forward: Forwar
 
 
 @torch.no_grad()
-def apply_input_channel_scaling(wrapper: QuantLayer, channel_amax: torch.Tensor) -> torch.Tensor:
-    """Divide each input channel by its calibrated |max| and multiply the weights' input channels by the same
-    number: every channel then spans [-1, 1] for the per-tensor input quantizer, and the product is unchanged (exact
-    in FP32 up to rounding). Channels that never moved keep scale 1."""
-    scale = torch.where(channel_amax > 0, channel_amax, torch.ones_like(channel_amax)).to(wrapper.layer.weight)
+def apply_input_channel_scaling(wrapper: QuantLayer, channel_amax: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Divide each input channel by a scale s and multiply the weights' input channels by the same s: the product
+    is unchanged (exact in FP32 up to rounding). alpha = 1: s = the channel's calibrated |max|, so every channel
+    spans [-1, 1] for the per-tensor input quantizer, and the whole spread moves into the weights, where a
+    centimetre-offset channel's weights can end up two INT8 codes wide beside the metre channels' (per output
+    channel, one scale for all inputs). alpha < 1 balances the two sides as channel equalization does
+    (quant/equalize.py): s = r^alpha / w^(1 - alpha). Channels that never moved keep s = 1."""
+    from .equalize import column_weights, equalization_scales
+
+    if alpha >= 1.0:
+        scale = torch.where(channel_amax > 0, channel_amax, torch.ones_like(channel_amax))
+    else:
+        channels = wrapper.layer.weight.shape[input_channel_axis(wrapper.layer)]
+        scale = equalization_scales(channel_amax, column_weights(wrapper.layer, 0, channels), alpha)
+    scale = scale.to(wrapper.layer.weight)
     previous = wrapper.input_channel_scale.clone()
     total = previous * scale
     axis = input_channel_axis(wrapper.layer)
@@ -73,7 +83,7 @@ def calibrate_activations(model, wrappers: dict, batches: Sequence, forward: For
         for name, wrapper in scaled.items():
             if stats[name].channel_amax is None:
                 raise ValueError(f"{name}: no input seen during calibration")
-            total = apply_input_channel_scaling(wrapper, stats[name].channel_amax)
+            total = apply_input_channel_scaling(wrapper, stats[name].channel_amax, config.input_channel_alpha)
             records[name]["input_channel_scale"] = [round(float(v), 6) for v in total]
     stats = collect_statistics(model, wrappers, batches, forward, config.active_sites_only, config.samples_per_batch,
                                config.seed, progress, f"calibrate ({config.calibrator})")

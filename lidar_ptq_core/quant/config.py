@@ -20,6 +20,9 @@ class QuantConfig:
     active_sites_only: bool = True  # sparsity-based: statistics over non-empty sites only
     samples_per_batch: int = 20000  # |x| values kept per batch and quantizer for the histogram calibrators
     input_channel_scaling: bool = True  # per-channel input scales folded into the first layers (the first-layer trap)
+    # 1: every input channel spans [-1, 1] and the spread moves into the weights; < 1 balances activations and
+    # weights (quant/calibrate.py apply_input_channel_scaling)
+    input_channel_alpha: float = 1.0
     # Cross-layer channel equalization (quant/equalize.py) over the pairs the task target names: per-channel ranges
     # move from activations (per-tensor scales) into weights (per-channel scales), exact in FP32.
     equalize_channels: bool = False
@@ -75,6 +78,8 @@ class QuantConfig:
         if self.share_input_quantizers and self.learn_activation_scales:
             raise ValueError("share_input_quantizers does not support learn_activation_scales (per-block learning "
                              "would move a scale that other blocks read)")
+        if not 0 <= self.input_channel_alpha <= 1:
+            raise ValueError(f"input_channel_alpha must be in [0, 1], got {self.input_channel_alpha}")
         if not 0 <= self.equalization_alpha <= 1:
             raise ValueError(f"equalization_alpha must be in [0, 1], got {self.equalization_alpha}")
         if self.tgpl_schedule not in ("constant", "cosine"):

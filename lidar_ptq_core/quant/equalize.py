@@ -37,12 +37,13 @@ def _along(tensor: torch.Tensor, axis: int, values: torch.Tensor) -> torch.Tenso
     return values.reshape(shape).to(tensor)
 
 
-def _column_weights(layer, offset: int, channels: int) -> torch.Tensor:
+def column_weights(layer, offset: int, channels: int) -> torch.Tensor:
     """Per input channel in [offset, offset + channels): the largest |weight| reading it, each output channel's
     weights first divided by that output channel's largest (per-channel weight scales make rows independent)."""
     weight = layer.weight.detach().abs()
     out_axis, in_axis = output_channel_axis(layer), input_channel_axis(layer)
-    weight = weight.movedim((out_axis, in_axis), (0, 1)).flatten(2).amax(dim=2)  # (out, in)
+    weight = weight.movedim((out_axis, in_axis), (0, 1))
+    weight = weight.reshape(weight.shape[0], weight.shape[1], -1).amax(dim=2)  # (out, in)
     weight = weight / weight.amax(dim=1, keepdim=True).clamp(min=1e-12)
     return weight[:, offset: offset + channels].amax(dim=0)
 
@@ -97,7 +98,7 @@ def equalize(wrappers: dict, pairs: Sequence[EqualizationPair], channel_ranges: 
         ranges = channel_ranges[first][offset: offset + channels]
         for name, off in pair.consumers[1:]:  # every consumer sees the same channels; take the widest view
             ranges = torch.maximum(ranges, channel_ranges[name][off: off + channels])
-        column = torch.stack([_column_weights(w.layer, off, channels) for w, off in consumers]).amax(dim=0)
+        column = torch.stack([column_weights(w.layer, off, channels) for w, off in consumers]).amax(dim=0)
         scales = equalization_scales(ranges, column, alpha)
         apply_equalization(producer, consumers, scales)
         after = ranges / scales
