@@ -31,6 +31,13 @@ from qat import first_reaching  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="sim_pillar_int8")
@@ -60,7 +67,7 @@ def main() -> int:
     ptq_time = "unknown" if ptq_seconds is None else f"{ptq_seconds:.0f} s"
     lines = [f"{args.checkpoint} on the first {len(check)} val frames: mAP {100 * target['mAP']:.1f}, BEV IoU mAP "
              f"{100 * target['bev_iou_mAP']:.1f}; quantization time {ptq_time}",
-             f"recorded QAT run: {args.qat} (init {row['qat_init']} {init_seconds:.0f} s, {history[-1]['step']} steps, "
+             f"recorded QAT run: {shown(Path(args.qat))} (init {row['qat_init']} {init_seconds:.0f} s, {history[-1]['step']} steps, "
              f"checks every {history[1]['step'] - history[0]['step'] if len(history) > 1 else '?'} steps)"]
     for key, label in (("mAP", "centre-distance mAP"), ("bev_iou_mAP", "BEV IoU mAP")):
         first = first_reaching(history, key, target[key])
