@@ -111,9 +111,9 @@ METHODS: dict[str, dict] = {
     # LiDAR-PTQ and its ablation steps.
     "lidar-ptq": dict(share_input_quantizers=True, equalize_channels=True),
     # The same stages with small budgets: minutes on a 2-core CPU (the demo's default); quality below the full run.
-    "lidar-ptq-quick": dict(share_input_quantizers=True, equalize_channels=True, grid_search_frames=8, tgpl_steps=30, tgpl_frames=8,
-                            adaround_frames=8,
-                            adaround_steps=40, task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2),
+    "lidar-ptq-quick": dict(share_input_quantizers=True, equalize_channels=True, equalization_frames=8,
+                            grid_search_frames=8, tgpl_steps=30, tgpl_frames=8, adaround_frames=8, adaround_steps=40,
+                            task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),
     "sparse-grid-tgpl": dict(adaround=False),
