@@ -351,6 +351,13 @@ def test_keep_float_layers_are_named_and_left_alone():
     assert report.layout["kept_float"] == ["backbone_2d.deblocks.0.0", "backbone_2d.deblocks.1.0"]
     assert isinstance(qmodel.backbone_2d.deblocks[0][0], nn.ConvTranspose2d)
     assert "backbone_2d.deblocks" in report.format()
+    # with channel equalization on, pairs that touch a float layer are left out, the others still equalized
+    _, report = quantize_centerpoint(model, calibration_batches(model, 2), "max",
+                                     method_config("max", keep_float=("backbone_2d.deblocks",), equalize_channels=True),
+                                     progress=False)
+    equalized = [n for n, r in report.layers.items() if "equalization" in r]
+    assert equalized and not any(n.startswith("backbone_2d.deblocks") for n in equalized)
+    assert "backbone_2d.blocks.0.4" not in equalized  # its readers include a float deblock
     with pytest.raises(ValueError, match="keep_float names no quantizable layer"):
         quantize_centerpoint(model, calibration_batches(model, 1), "max", method_config("max", keep_float=("nope",)),
                              progress=False)

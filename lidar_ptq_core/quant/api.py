@@ -115,8 +115,8 @@ def _num(value) -> str:
 EARLY_STAGES = ("calibration", "grid_search", "tgpl")
 _STAGE_SETTINGS = {
     "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
-                    "input_channel_scaling", "input_channel_alpha", "share_input_quantizers", "equalize_channels", "equalization_alpha",
-                    "equalization_frames"),
+                    "input_channel_scaling", "input_channel_alpha", "share_input_quantizers", "equalize_channels",
+                    "equalization_alpha", "equalization_frames"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight",
              "task_settings"),
@@ -347,8 +347,12 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
 def equalize_channels(qmodel, wrappers, target, batches, config: QuantConfig, report: QuantReport,
                       progress: bool) -> None:
     """Channel equalization of the target's pairs (FP32 statistics over active sites), checked to leave the FP32
-    output unchanged: a pair that is not one (a consumer missing, a non-homogeneous operation between) is an error."""
-    pairs = list(target.equalization_pairs)
+    output unchanged: a pair that is not one (a consumer missing, a non-homogeneous operation between) is an error.
+    Pairs with a layer kept in float (not quantized, so nothing to gain) are left out."""
+    pairs = [p for p in target.equalization_pairs
+             if p.producer in wrappers and all(name in wrappers for name, _ in p.consumers)]
+    if not pairs:
+        return
     consumers = {name: wrappers[name] for pair in pairs for name, _ in pair.consumers}
     with torch.no_grad(), quantizers_disabled(qmodel):
         before = forward_flat(target.forward, qmodel, batches[0])
