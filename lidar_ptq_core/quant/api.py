@@ -230,7 +230,8 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
     if config.share_input_quantizers:
         layout.shared_inputs = find_shared_inputs(qmodel, wrappers, batches[0], forward)
     shared = layout.shared_inputs
-    report = QuantReport(method=config.method, config=config.to_dict(), layout=layout.to_dict(),
+    recorded = {**config.to_dict(), **({"task_settings": dict(target.task_settings)} if target.task_settings else {})}
+    report = QuantReport(method=config.method, config=recorded, layout=layout.to_dict(),
                          layers={n: {} for n in wrappers}, calibration_frames=len(batches))
     with torch.no_grad(), quantizers_disabled(qmodel):
         folded = forward(qmodel, batches[0])
@@ -355,7 +356,7 @@ def equalize_channels(qmodel, wrappers, target, batches, config: QuantConfig, re
         return
     consumers = {name: wrappers[name] for pair in pairs for name, _ in pair.consumers}
     with torch.no_grad(), quantizers_disabled(qmodel):
-        before = forward_flat(target.forward, qmodel, batches[0])
+        before = _flat(target.forward(qmodel, batches[0]))
     stats = collect_statistics(qmodel, consumers, batches, target.forward, True, 1, config.seed, progress,
                                "channel equalization")
     ranges = {name: s.channel_amax for name, s in stats.items()}
@@ -365,17 +366,13 @@ def equalize_channels(qmodel, wrappers, target, batches, config: QuantConfig, re
     for producer, rec in equalize(wrappers, pairs, ranges, config.equalization_alpha).items():
         report.layers[producer]["equalization"] = rec
     with torch.no_grad(), quantizers_disabled(qmodel):
-        after = forward_flat(target.forward, qmodel, batches[0])
+        after = _flat(target.forward(qmodel, batches[0]))
     error = max(float((a - b).abs().max()) for a, b in zip(after, before))
     magnitude = max(float(b.abs().max()) for b in before)
     report.equalization_max_abs_error = error
     if error > 1e-3 * max(magnitude, 1.0):
         raise ValueError(f"channel equalization changed the FP32 output by {error:.3g} (outputs up to "
                          f"{magnitude:.3g}): the target's equalization pairs are not all homogeneous")
-
-
-def forward_flat(forward, model, batch) -> list[torch.Tensor]:
-    return _flat(forward(model, batch))
 
 
 def _flat(output):

@@ -28,6 +28,7 @@ from ..models.checkpoint import CHECKPOINT_FORMAT, write_state_with_metadata
 from ..models.checkpoint import read_checkpoint_metadata as read_metadata
 from ..models.config import model_config_from_yaml
 from ..quant import EqualizationPair, QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
+from ..quant.fold import output_channel_axis
 
 QUANTIZED_FORMAT = "lidar-ptq-centerpoint-int8/1"
 BOX_HEADS = ("center", "center_z", "dim", "rot")
@@ -98,16 +99,12 @@ def equalization_pairs(model: CenterPoint) -> list[EqualizationPair]:
         if deblocks:
             pairs.append(EqualizationPair(names[-1], (*readers, (deblocks[level][0], 0))))
             pairs += chain(deblocks[level])
-            producer = deblocks[level][-1]
+            producer, readers = deblocks[level][-1], []
         else:
             producer = names[-1]
-        channels = model.get_submodule(producer).weight.shape[1 if deblocks and isinstance(
-            model.get_submodule(producer), nn.ConvTranspose2d) else 0]
-        if deblocks:
-            pairs.append(EqualizationPair(producer, ((after_concat, offset),)))
-        else:
-            pairs.append(EqualizationPair(producer, (*readers, (after_concat, offset))))
-        offset += channels
+        pairs.append(EqualizationPair(producer, (*readers, (after_concat, offset))))
+        module = model.get_submodule(producer)
+        offset += module.weight.shape[output_channel_axis(module)]
     if len(deblocks) > levels:
         pairs += chain(deblocks[levels])
         pairs.append(EqualizationPair(deblocks[levels][-1], ((shared[0], 0),)))
@@ -200,7 +197,6 @@ def quantize_centerpoint(model: CenterPoint, calibration_batches, method: str = 
     qmodel, report = quantize(model, calibration_batches, method, config or method_config(method),
                               centerpoint_target(model, tgpl_score_threshold, tgpl_top_k), progress=progress,
                               work_dir=work_dir)
-    report.config["task_settings"] = {"tgpl_score_threshold": tgpl_score_threshold, "tgpl_top_k": tgpl_top_k}
     return qmodel, report
 
 
