@@ -378,8 +378,11 @@ def test_quantization_resumes_from_its_stage_checkpoints(tmp_path, monkeypatch):
 
     monkeypatch.setattr(api, "calibrate_activations", fail)
     monkeypatch.setattr(api, "reconstruct_block", fail)
-    second, _ = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False, work_dir=tmp_path)
+    second, resumed = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False, work_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    # the resumed report keeps what the skipped stages measured
+    assert resumed.equalization_max_abs_error == report.equalization_max_abs_error > 0
+    assert resumed.layers == report.layers
 
 
 def test_changing_only_reconstruction_settings_resumes_after_the_early_stages(tmp_path, monkeypatch):

@@ -244,6 +244,7 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
     if checkpoints.report:
         for key in ("layers", "stages", "sensitivity"):
             getattr(report, key).update(checkpoints.report.get(key, {}))
+        report.equalization_max_abs_error = checkpoints.report.get("equalization_max_abs_error", 0.0)
 
     def stage(name: str, run: Callable[[], dict | None]) -> None:
         if name in checkpoints.done:

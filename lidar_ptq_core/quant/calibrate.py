@@ -13,7 +13,7 @@ from .calibrators import ActivationStatistics, compute_amax
 from .config import QuantConfig
 from .fold import input_channel_axis
 from .modules import QuantAdd, QuantLayer
-from .quantizer import weight_quantizer_for
+from .quantizer import broadcast_along, weight_quantizer_for
 from .state import output_mse, quantizers_disabled, set_quantizers
 
 Forward = Callable[[nn.Module, object], object]
@@ -63,10 +63,7 @@ def apply_input_channel_scaling(wrapper: QuantLayer, channel_amax: torch.Tensor,
     scale = scale.to(wrapper.layer.weight)
     previous = wrapper.input_channel_scale.clone()
     total = previous * scale
-    axis = input_channel_axis(wrapper.layer)
-    shape = [1] * wrapper.layer.weight.dim()
-    shape[axis] = -1
-    wrapper.layer.weight.mul_(scale.reshape(shape))
+    wrapper.layer.weight.mul_(broadcast_along(scale, input_channel_axis(wrapper.layer), wrapper.layer.weight.dim()))
     wrapper.input_channel_scale.copy_(total)
     fresh = weight_quantizer_for(wrapper.layer.weight, wrapper.weight_quantizer.axis)
     wrapper.weight_quantizer.set_amax(fresh.amax)

@@ -22,19 +22,13 @@ from typing import Sequence
 import torch
 
 from .fold import input_channel_axis, output_channel_axis
-from .quantizer import weight_quantizer_for
+from .quantizer import broadcast_along, weight_quantizer_for
 
 
 @dataclass(frozen=True)
 class EqualizationPair:
     producer: str  # a quantized layer (BN folded) whose output channels are scaled down
     consumers: tuple[tuple[str, int], ...]  # (quantized layer, its first input channel that reads the producer)
-
-
-def _along(tensor: torch.Tensor, axis: int, values: torch.Tensor) -> torch.Tensor:
-    shape = [1] * tensor.dim()
-    shape[axis] = -1
-    return values.reshape(shape).to(tensor)
 
 
 def column_weights(layer, offset: int, channels: int) -> torch.Tensor:
@@ -70,7 +64,7 @@ def apply_equalization(producer, consumers: Sequence[tuple[object, int]], scales
     refreshed. `producer` and the consumers are quantized wrappers (QuantLayer)."""
     layer = producer.layer
     axis = output_channel_axis(layer)
-    layer.weight.div_(_along(layer.weight, axis, scales))
+    layer.weight.div_(broadcast_along(scales.to(layer.weight), axis, layer.weight.dim()))
     if layer.bias is not None:
         layer.bias.div_(scales.to(layer.bias))
     for consumer, offset in consumers:
@@ -78,7 +72,7 @@ def apply_equalization(producer, consumers: Sequence[tuple[object, int]], scales
         axis = input_channel_axis(consumer.layer)
         full = torch.ones(weight.shape[axis], dtype=scales.dtype)
         full[offset: offset + len(scales)] = scales
-        weight.mul_(_along(weight, axis, full))
+        weight.mul_(broadcast_along(full.to(weight), axis, weight.dim()))
     for wrapper in (producer, *(c for c, _ in consumers)):
         fresh = weight_quantizer_for(wrapper.layer.weight, wrapper.weight_quantizer.axis)
         wrapper.weight_quantizer.set_amax(fresh.amax)
