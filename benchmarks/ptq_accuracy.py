@@ -105,6 +105,8 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                         help="presets, each optionally with settings: 'lidar-ptq:tgpl_steps=400,seed=1'")
     parser.add_argument("--calib-frames", type=int, default=256)
+    parser.add_argument("--calib-start", type=int, default=0,
+                        help="first calib-split frame: another calibration set for the same rows (files get _calib<N>)")
     parser.add_argument("--val-frames", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default docs/benchmarks/ptq_<model>")
@@ -118,14 +120,17 @@ def main() -> int:
 
     model = load_checkpoint(bundled_checkpoint(args.model))
     sim = load_sim_config("default")
-    calib = SimDataset("calib", args.calib_frames, sim)
+    calib = SimDataset("calib", args.calib_frames, sim, start=args.calib_start)
     val = SimDataset("val", args.val_frames, sim)
     calib.prepare(num_workers=1)
     val.prepare(num_workers=1)
     batches = calibration_batches(model.config, calib)
     header = (f"{args.model}: LiDAR-PTQ and baselines, every layer INT8 (weights per channel, activations per tensor, "
               f"BN folded); {args.val_frames} sim val frames, centre-distance mAP and BEV IoU mAP in %, mAP by range; "
-              f"quantization wall time on {args.threads} threads of this machine ({platform.processor() or platform.machine()})")
+              f"quantization wall time on {args.threads} threads of this machine ({platform.processor() or platform.machine()})"
+              + (f"; calibration frames calib {args.calib_start}..{args.calib_start + args.calib_frames - 1}"
+                 if args.calib_start else ""))
+    tag = f"_calib{args.calib_start}" if args.calib_start else ""
     for method in args.methods:
         if method in done:
             continue
@@ -135,18 +140,18 @@ def main() -> int:
         else:
             preset, overrides = parse_method_spec(method)
             recipe = {k: overrides.pop(k) for k in RECIPE_SETTINGS if k in overrides}
-            stem = file_stem(method)
+            stem = file_stem(method) + tag
             net, report = quantize_centerpoint(model, batches, preset, method_config(preset, **overrides),
                                                work_dir=REPO / "runs" / "ptq_bench" / args.model / stem, **recipe)
             seconds, frames = report.seconds, len(batches)
             save_quantized_checkpoint(net, report, REPO / "runs" / "ptq_bench" / args.model / f"{stem}.safetensors")
             write_bytes_atomic(out.parent / f"ptq_{args.model}_{stem}_report.txt", (report.format() + "\n").encode())
         result, run = evaluate_network(net, val)
-        row = row_of(method, result, frames, seconds, run.median_ms)
+        row = {**row_of(method, result, frames, seconds, run.median_ms), "calib_start": args.calib_start}
         rows.append(row)
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        write_bytes_atomic(out.parent / f"ptq_{args.model}_{file_stem(method)}_eval.txt",
+        write_bytes_atomic(out.parent / f"ptq_{args.model}_{file_stem(method)}{tag}_eval.txt",
                            (format_table(result) + "\n").encode())
         table = format_rows(rows, header)
         write_bytes_atomic(out.with_suffix(".txt"), table.encode())

@@ -11,6 +11,8 @@ from .calibrators import CALIBRATORS
 @dataclass(frozen=True)
 class QuantConfig:
     method: str = "lidar-ptq"  # name recorded in the report
+    # Random draws: the histogram calibrators' samples and QDrop's drops only. The lidar-ptq presets draw none (max
+    # calibration, fixed frame order, reconstruction from round-to-nearest): another seed gives the same model.
     seed: int = 0
     # -- which layers
     keep_float: tuple[str, ...] = ()  # module names left in FP32 (each is named in the report)
