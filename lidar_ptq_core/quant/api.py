@@ -358,7 +358,7 @@ def equalize_channels(qmodel, wrappers, target, batches, config: QuantConfig, re
     consumers = {name: wrappers[name] for pair in pairs for name, _ in pair.consumers}
     with torch.no_grad(), quantizers_disabled(qmodel):
         before = _flat(target.forward(qmodel, batches[0]))
-    stats = collect_statistics(qmodel, consumers, batches, target.forward, True, 1, config.seed, progress,
+    stats = collect_statistics(qmodel, consumers, batches, target.forward, True, 0, config.seed, progress,
                                "channel equalization")
     ranges = {name: s.channel_amax for name, s in stats.items()}
     missing = [name for name, r in ranges.items() if r is None]

@@ -76,13 +76,14 @@ def calibrate_activations(model, wrappers: dict, batches: Sequence, forward: For
     scaled = {n: w for n, w in wrappers.items() if isinstance(w, QuantLayer) and w.input_channel_scale is not None}
     records: dict[str, dict] = {name: {} for name in wrappers}
     if scaled:
-        stats = collect_statistics(model, scaled, batches, forward, True, 1, config.seed, progress, "channel ranges")
+        stats = collect_statistics(model, scaled, batches, forward, True, 0, config.seed, progress, "channel ranges")
         for name, wrapper in scaled.items():
             if stats[name].channel_amax is None:
                 raise ValueError(f"{name}: no input seen during calibration")
             total = apply_input_channel_scaling(wrapper, stats[name].channel_amax, config.input_channel_alpha)
             records[name]["input_channel_scale"] = [round(float(v), 6) for v in total]
-    stats = collect_statistics(model, wrappers, batches, forward, config.active_sites_only, config.samples_per_batch,
+    samples = 0 if config.calibrator == "max" else config.samples_per_batch  # max needs only the exact maximum
+    stats = collect_statistics(model, wrappers, batches, forward, config.active_sites_only, samples,
                                config.seed, progress, f"calibrate ({config.calibrator})")
     for name, wrapper in wrappers.items():
         s = stats[name]

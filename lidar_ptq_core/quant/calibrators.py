@@ -48,6 +48,8 @@ class ActivationStatistics:
         self.amax = max(self.amax, float(channel.max()))
         values = magnitudes.flatten()
         self.num_values += values.numel()
+        if self.samples_per_batch == 0:  # the max calibrator and channel ranges need no samples
+            return
         if values.numel() > self.samples_per_batch:
             generator = torch.Generator().manual_seed(self.seed + len(self._samples))
             index = torch.randint(values.numel(), (self.samples_per_batch,), generator=generator)
