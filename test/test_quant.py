@@ -171,6 +171,29 @@ def test_entropy_calibrator_clips_rare_outliers():
     assert amax_entropy(sparse, 10.0) < amax_entropy(sparse[sparse > 0], 10.0)
 
 
+def test_statistics_of_the_first_layers_stop_the_pass_once_seen():
+    from lidar_ptq_core.quant.calibrate import collect_statistics
+
+    class Count(nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Count.calls += 1
+            return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(QuantLinear(nn.Linear(3, 4)), Count(), QuantLinear(nn.Linear(4, 2)))
+    batches = [torch.randn(5, 3) * (i + 1) for i in range(3)]
+    full = collect_statistics(model, {"0": model[0]}, batches, lambda m, b: m(b), True, 0, 0, False, "all")
+    assert Count.calls == 3
+    early = collect_statistics(model, {"0": model[0]}, batches, lambda m, b: m(b), True, 0, 0, False, "first",
+                               stop_when_seen=True)
+    assert Count.calls == 3  # nothing after the observed layer ran
+    assert early["0"].amax == full["0"].amax == float(batches[2].abs().max())
+    assert torch.equal(early["0"].channel_amax, full["0"].channel_amax)
+    assert model[0].observer is None
+
+
 def test_statistics_ignore_empty_sites():
     """Sparsity-based statistics see only sites with a non-zero channel; naive ones count the zero canvas too."""
     canvas = torch.zeros(1, 2, 10, 10)

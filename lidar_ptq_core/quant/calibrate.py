@@ -25,20 +25,38 @@ def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     return tqdm(iterable, desc=desc, disable=not enabled, dynamic_ncols=True, total=total, leave=False)
 
 
+class _AllSeen(Exception):
+    """Raised from an observer to end a forward pass once every observed wrapper has reported its input."""
+
+
 def collect_statistics(model, wrappers: dict, batches: Sequence, forward: Forward, active_only: bool,
-                       samples_per_batch: int, seed: int, progress: bool, desc: str) -> dict[str, ActivationStatistics]:
-    """FP32 passes (all quantizers off) recording each wrapper's input statistics."""
+                       samples_per_batch: int, seed: int, progress: bool, desc: str,
+                       stop_when_seen: bool = False) -> dict[str, ActivationStatistics]:
+    """FP32 passes (all quantizers off) recording each wrapper's input statistics. stop_when_seen: end each pass
+    as soon as every wrapper has reported once (for layers called once per pass, near its start: the first layers),
+    instead of running the rest of the network for nothing."""
     stats = {name: ActivationStatistics(active_only, samples_per_batch, seed) for name in wrappers}
+    seen: set[str] = set()
 
     def observer_for(name):
-        return lambda module, rows, active: stats[name].update(rows, active)
+        def observe(module, rows, active):
+            stats[name].update(rows, active)
+            seen.add(name)
+            if stop_when_seen and len(seen) == len(wrappers):
+                raise _AllSeen
+
+        return observe
 
     for name, wrapper in wrappers.items():
         wrapper.observer = observer_for(name)
     try:
         with torch.no_grad(), quantizers_disabled(model):
             for batch in _progress(batches, desc, progress):
-                forward(model, batch)
+                seen.clear()
+                try:
+                    forward(model, batch)
+                except _AllSeen:
+                    pass
     finally:
         for wrapper in wrappers.values():
             wrapper.observer = None
@@ -76,7 +94,8 @@ def calibrate_activations(model, wrappers: dict, batches: Sequence, forward: For
     scaled = {n: w for n, w in wrappers.items() if isinstance(w, QuantLayer) and w.input_channel_scale is not None}
     records: dict[str, dict] = {name: {} for name in wrappers}
     if scaled:
-        stats = collect_statistics(model, scaled, batches, forward, True, 0, config.seed, progress, "channel ranges")
+        stats = collect_statistics(model, scaled, batches, forward, True, 0, config.seed, progress, "channel ranges",
+                                   stop_when_seen=True)
         for name, wrapper in scaled.items():
             if stats[name].channel_amax is None:
                 raise ValueError(f"{name}: no input seen during calibration")
