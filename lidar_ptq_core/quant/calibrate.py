@@ -135,12 +135,16 @@ class _GridSearch:
             try:
                 reference = output
                 set_quantizers([module], True)
+                if isinstance(module, QuantLayer):  # the weights do not change with the input clip
+                    module.frozen_weight = module.quantized_weight()
                 for i, ratio in enumerate(self.ratios):
                     module.input_quantizer.set_amax(self.base[name] * ratio)
                     self.errors[name][i] += float(output_mse(module(*args), reference))
                 module.input_quantizer.set_amax(self.base[name])
                 set_quantizers([module], False)
             finally:
+                if isinstance(module, QuantLayer):
+                    module.frozen_weight = None
                 self.busy = False
 
         return run

@@ -41,6 +41,9 @@ class QuantLayer(nn.Module):
         self.input_quantizer = TensorQuantizer()
         self.weight_quantizer = weight_quantizer_for(layer.weight, output_channel_axis(layer))
         self.observer: Observer | None = None
+        # The quantized weight computed once, while neither weights nor their scales change (the grid search
+        # re-runs a layer at many input clips); None: quantize on every call.
+        self.frozen_weight: torch.Tensor | None = None
         in_channels = layer.weight.shape[input_channel_axis(layer)]
         # Per-channel input scale folded into the weights (first layers: metres beside centimetres), see
         # quant/channel_scaling.py. Exact in FP32: x / s times w * s.
@@ -62,6 +65,8 @@ class QuantLayer(nn.Module):
         return x / self.input_channel_scale.reshape(shape)
 
     def quantized_weight(self) -> torch.Tensor:
+        if self.frozen_weight is not None:
+            return self.frozen_weight
         return self.weight_quantizer(self.layer.weight)
 
     def forward(self, x):
