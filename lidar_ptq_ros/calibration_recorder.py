@@ -43,7 +43,7 @@ from lidar_ptq_core.pointcloud import INTENSITY_ALIASES
 from lidar_ptq_core.pointcloud.bag import POINTCLOUD2_TYPE
 
 from .detector_node import POINTS_QOS
-from .node_parameters import ParameterSpec, StartupError, declare_parameters, start_node
+from .node_parameters import ParameterSpec, StartupError, declare_parameters, shut_down_by_signal, start_node
 
 NODE_NAME = "lidar_ptq_calibration_recorder"
 STORAGES = ("mcap", "sqlite3")
@@ -399,6 +399,10 @@ def main(args=None) -> int:
             status = node.finished.result()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C / SIGTERM: keep what was recorded
+    except Exception:
+        if not shut_down_by_signal():
+            status = 1
+            raise
     except BaseException:
         status = 1
         raise

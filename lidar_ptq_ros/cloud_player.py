@@ -36,7 +36,7 @@ from std_msgs.msg import Header
 from lidar_ptq_core.pointcloud import KITTI_FIELDS, PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics
 
 from .conversions import pointcloud_to_msg
-from .node_parameters import ParameterSpec, StartupError, declare_parameters, start_node
+from .node_parameters import ParameterSpec, StartupError, declare_parameters, shut_down_by_signal, start_node
 
 NODE_NAME = "lidar_ptq_cloud_player"
 SIM_SOURCE = "sim"
@@ -235,7 +235,7 @@ class CloudPlayer(Node):
         raise AssertionError("unreachable")
 
     def _tick(self) -> None:
-        if self.finished.done():
+        if self.finished.done() or not self.context.ok():  # a signal shut the context down: nothing to publish on
             return
         if self._waiting:
             if self._publisher.get_subscription_count() < self.settings.wait_for_subscribers:
@@ -276,6 +276,9 @@ def main(args=None) -> int:
             status = node.finished.result()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if not shut_down_by_signal():
+            raise
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -38,7 +38,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from lidar_ptq_core.detections import Detections
 
 from .conversions import detections_to_msg, msg_to_detector_input
-from .node_parameters import ParameterSpec, StartupError, declare_parameters, start_node
+from .node_parameters import ParameterSpec, StartupError, declare_parameters, shut_down_by_signal, start_node
 from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
 
@@ -278,6 +278,9 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if not shut_down_by_signal():
+            raise
     finally:
         executor.shutdown()
         node.destroy_node()

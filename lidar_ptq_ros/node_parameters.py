@@ -57,6 +57,12 @@ def declare_parameters(node, specs: Sequence[ParameterSpec], validate: Callable[
         raise StartupError(str(exc)) from None
 
 
+def shut_down_by_signal() -> bool:
+    """True once rclpy's signal handler (SIGINT / SIGTERM) has shut the default context down. An error raised then
+    by a callback that was running at that moment (a publish on the dead context) is the stop, not a failure."""
+    return not rclpy.ok()
+
+
 def start_node(factory: Callable[[], object], node_name: str):
     """The node, or None after logging why it cannot start (the caller exits with status 1)."""
     try:
