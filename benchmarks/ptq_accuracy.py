@@ -54,6 +54,12 @@ def parse_method_spec(spec: str) -> tuple[str, dict]:
     return method, overrides
 
 
+def data_tag(calib_frames: int, calib_start: int) -> str:
+    """Suffix of a row's files when its calibration data is not the default (256 frames from calib frame 0), so
+    that rows of one spec on other data never overwrite each other's checkpoint, report or evaluation."""
+    return (f"_{calib_frames}f" if calib_frames != 256 else "") + (f"_calib{calib_start}" if calib_start else "")
+
+
 def file_stem(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
 
@@ -106,7 +112,7 @@ def main() -> int:
                         help="presets, each optionally with settings: 'lidar-ptq:tgpl_steps=400,seed=1'")
     parser.add_argument("--calib-frames", type=int, default=256)
     parser.add_argument("--calib-start", type=int, default=0,
-                        help="first calib-split frame: another calibration set for the same rows (files get _calib<N>)")
+                        help="first calib-split frame: another calibration set for the same rows (files get _calib<N>, and _<frames>f without the default 256 frames)")
     parser.add_argument("--val-frames", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default docs/benchmarks/ptq_<model>")
@@ -130,7 +136,7 @@ def main() -> int:
               f"quantization wall time on {args.threads} threads of this machine ({platform.processor() or platform.machine()})"
               + (f"; calibration frames calib {args.calib_start}..{args.calib_start + args.calib_frames - 1}"
                  if args.calib_start else ""))
-    tag = f"_calib{args.calib_start}" if args.calib_start else ""
+    tag = data_tag(args.calib_frames, args.calib_start)
     for method in args.methods:
         if method in done:
             continue

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Quantization wall time of PTQ recipes on the sim models, without evaluation: for timing on an otherwise idle
+machine, separately from the accuracy rows (which run for many minutes beside other work).
+
+Each spec is a ptq_accuracy.py row ('preset:key=value,...', the same calib frames). The quantized model is compared
+with that row's saved checkpoint (runs/ptq_bench/<model>/<stem>.safetensors) when there is one: "same model" means
+every tensor is equal, so the row's measured accuracy belongs to the time printed here. Per-stage seconds come from
+the quantization report. Writes docs/benchmarks/ptq_time_<model>.txt (or --out).
+
+    ./dev run python benchmarks/ptq_time.py --model sim_pillar --calib-frames 32 \
+        'sparse-grid:equalize_channels=true,share_input_quantizers=true,equalization_alpha=0.3,grid_search_frames=8'
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ptq_accuracy import RECIPE_SETTINGS, calibration_batches, data_tag, file_stem, parse_method_spec  # noqa: E402
+
+from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
+from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
+from lidar_ptq_core.quant import method_config  # noqa: E402
+from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint  # noqa: E402
+from lidar_ptq_core.runtime import bundled_checkpoint  # noqa: E402
+from lidar_ptq_core.sim import SimDataset, load_sim_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def same_model(net, saved: Path) -> str:
+    if not saved.is_file():
+        return "no saved row to compare"
+    from safetensors.torch import load_file
+
+    reference = load_file(str(saved))
+    state = net.state_dict()
+    if set(reference) != set(state):
+        return "NOT the same model (other tensors)"
+    differ = [k for k, v in state.items() if not torch.equal(v.detach().cpu(), reference[k])]
+    return "same model as the accuracy row" if not differ else f"NOT the same model ({len(differ)} tensors differ)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("specs", nargs="+")
+    parser.add_argument("--model", default="sim_pillar")
+    parser.add_argument("--calib-frames", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_checkpoint(bundled_checkpoint(args.model))
+    calib = SimDataset("calib", args.calib_frames, load_sim_config("default"))
+    calib.prepare(num_workers=1)
+    batches = calibration_batches(model.config, calib)
+    load = os.getloadavg()[0]
+    lines = [f"{args.model}: quantization wall time, {args.calib_frames} sim calib frames, {args.threads} threads "
+             f"({platform.processor() or platform.machine()}); load average {load:.2f} before the first row", ""]
+    for spec in args.specs:
+        preset, overrides = parse_method_spec(spec)
+        recipe = {k: overrides.pop(k) for k in RECIPE_SETTINGS if k in overrides}
+        started = time.perf_counter()
+        net, report = quantize_centerpoint(model, batches, preset, method_config(preset, **overrides), progress=False,
+                                           **recipe)
+        seconds = time.perf_counter() - started
+        stages = ", ".join(f"{k} {v['seconds']:.1f}" for k, v in report.stages.items())
+        saved = REPO / "runs" / "ptq_bench" / args.model / f"{file_stem(spec)}{data_tag(args.calib_frames, 0)}.safetensors"
+        lines.append(f"{spec}: {seconds:.1f} s ({stages}); {same_model(net, saved)}")
+        print(lines[-1], flush=True)
+    out = Path(args.out) if args.out else REPO / "docs" / "benchmarks" / f"ptq_time_{args.model}.txt"
+    write_bytes_atomic(out, ("\n".join(lines) + "\n").encode())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
