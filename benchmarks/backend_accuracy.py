@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="output stem (default docs/benchmarks/backend_accuracy_<int8>)")
     parser.add_argument("--force", action="store_true", help="recompute rows already in the output JSON")
+    parser.add_argument("--no-float64", action="store_true", help="leave out the float64 control (the slowest row)")
     args = parser.parse_args()
 
     import json
@@ -79,6 +80,8 @@ def main() -> int:
         ("control: int8 torch fake-quant, 1 thread", lambda: Detector(int8), 1),
         ("control: int8 torch fake-quant in float64", lambda: Detector(int8, Float64Backend(int8)), args.threads),
     ]
+    if args.no_float64:  # the slowest row by far (float64 convolutions), a control only
+        rows = rows[:-1]
     stem = Path(args.out or REPO / "docs" / "benchmarks" / f"backend_accuracy_{args.int8}")
     previous = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
     same_setup = {k: previous.get(k) for k in ("frames", "fp32", "int8")} == {"frames": args.frames,
