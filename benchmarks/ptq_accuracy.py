@@ -37,11 +37,13 @@ DEFAULT_METHODS = ["fp32", "max", "percentile", "entropy", "mse", "sparse-max", 
 
 
 RECIPE_SETTINGS = ("tgpl_score_threshold", "tgpl_top_k")  # settings of the CenterPoint recipe, not of QuantConfig
+ROW_DIR = REPO / "runs" / "ptq_bench"  # each quantized row's work folder and checkpoint, per model
 
 
-def parse_method_spec(spec: str) -> tuple[str, dict]:
-    """'lidar-ptq' or 'lidar-ptq:tgpl_steps=400,tgpl_schedule=cosine' -> (preset, overrides of its settings); the
-    whole spec names the row, so variants of a preset are rows of their own."""
+def parse_method_spec(spec: str) -> tuple[str, dict, dict]:
+    """'lidar-ptq' or 'lidar-ptq:tgpl_steps=400,tgpl_schedule=cosine' -> (preset, overrides of its QuantConfig
+    settings, the CenterPoint recipe's settings); the whole spec names the row, so variants of a preset are rows of
+    their own."""
     import yaml
 
     method, _, rest = spec.partition(":")
@@ -51,7 +53,8 @@ def parse_method_spec(spec: str) -> tuple[str, dict]:
         if not sep:
             raise SystemExit(f"bad setting {item!r} in {spec!r}: expected key=value")
         overrides[key.strip()] = yaml.safe_load(value)
-    return method, overrides
+    recipe = {k: overrides.pop(k) for k in RECIPE_SETTINGS if k in overrides}
+    return method, overrides, recipe
 
 
 def data_tag(calib_frames: int, calib_start: int) -> str:
@@ -62,6 +65,11 @@ def data_tag(calib_frames: int, calib_start: int) -> str:
 
 def file_stem(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
+
+
+def row_stem(spec: str, calib_frames: int, calib_start: int = 0) -> str:
+    """The name of a row's files: its work folder and checkpoint under ROW_DIR/<model>/, its report and evaluation."""
+    return file_stem(spec) + data_tag(calib_frames, calib_start)
 
 
 def calibration_batches(config, calib) -> list[dict]:
@@ -136,28 +144,26 @@ def main() -> int:
               f"quantization wall time on {args.threads} threads of this machine ({platform.processor() or platform.machine()})"
               + (f"; calibration frames calib {args.calib_start}..{args.calib_start + args.calib_frames - 1}"
                  if args.calib_start else ""))
-    tag = data_tag(args.calib_frames, args.calib_start)
     for method in args.methods:
         if method in done:
             continue
         started = time.time()
+        stem = row_stem(method, args.calib_frames, args.calib_start)
         if method == "fp32":
             net, seconds, frames = model, 0.0, 0
         else:
-            preset, overrides = parse_method_spec(method)
-            recipe = {k: overrides.pop(k) for k in RECIPE_SETTINGS if k in overrides}
-            stem = file_stem(method) + tag
+            preset, overrides, recipe = parse_method_spec(method)
             net, report = quantize_centerpoint(model, batches, preset, method_config(preset, **overrides),
-                                               work_dir=REPO / "runs" / "ptq_bench" / args.model / stem, **recipe)
+                                               work_dir=ROW_DIR / args.model / stem, **recipe)
             seconds, frames = report.seconds, len(batches)
-            save_quantized_checkpoint(net, report, REPO / "runs" / "ptq_bench" / args.model / f"{stem}.safetensors")
+            save_quantized_checkpoint(net, report, ROW_DIR / args.model / f"{stem}.safetensors")
             write_bytes_atomic(out.parent / f"ptq_{args.model}_{stem}_report.txt", (report.format() + "\n").encode())
         result, run = evaluate_network(net, val)
         row = {**row_of(method, result, frames, seconds, run.median_ms), "calib_start": args.calib_start}
         rows.append(row)
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        write_bytes_atomic(out.parent / f"ptq_{args.model}_{file_stem(method)}{tag}_eval.txt",
+        write_bytes_atomic(out.parent / f"ptq_{args.model}_{stem}_eval.txt",
                            (format_table(result) + "\n").encode())
         table = format_rows(rows, header)
         write_bytes_atomic(out.with_suffix(".txt"), table.encode())

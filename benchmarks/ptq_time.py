@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import RECIPE_SETTINGS, calibration_batches, data_tag, file_stem, parse_method_spec  # noqa: E402
+from ptq_accuracy import ROW_DIR, calibration_batches, parse_method_spec, row_stem  # noqa: E402
 
 from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
 from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
@@ -65,14 +65,13 @@ def main() -> int:
     lines = [f"{args.model}: quantization wall time, {args.calib_frames} sim calib frames, {args.threads} threads "
              f"({platform.processor() or platform.machine()}); load average {load:.2f} before the first row", ""]
     for spec in args.specs:
-        preset, overrides = parse_method_spec(spec)
-        recipe = {k: overrides.pop(k) for k in RECIPE_SETTINGS if k in overrides}
+        preset, overrides, recipe = parse_method_spec(spec)
         started = time.perf_counter()
         net, report = quantize_centerpoint(model, batches, preset, method_config(preset, **overrides), progress=False,
                                            **recipe)
         seconds = time.perf_counter() - started
         stages = ", ".join(f"{k} {v['seconds']:.1f}" for k, v in report.stages.items())
-        saved = REPO / "runs" / "ptq_bench" / args.model / f"{file_stem(spec)}{data_tag(args.calib_frames, 0)}.safetensors"
+        saved = ROW_DIR / args.model / f"{row_stem(spec, args.calib_frames)}.safetensors"
         lines.append(f"{spec}: {seconds:.1f} s ({stages}); {same_model(net, saved)}")
         print(lines[-1], flush=True)
     out = Path(args.out) if args.out else REPO / "docs" / "benchmarks" / f"ptq_time_{args.model}.txt"

@@ -37,7 +37,7 @@ from lidar_ptq_core.training.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import calibration_batches, evaluate_network, format_rows, row_of  # noqa: E402
+from ptq_accuracy import ROW_DIR, calibration_batches, evaluate_network, format_rows, row_of  # noqa: E402
 
 
 class TargetReached(Exception):
@@ -122,7 +122,7 @@ def main() -> int:
     qat_model, _ = quantize_centerpoint(fp32, batches, args.init, method_config(args.init, sensitivity_frames=0),
                                         progress=False)
     init_seconds = clock.now() - started
-    target_path = Path(args.target or REPO / "runs" / "ptq_bench" / args.model / "lidar-ptq.safetensors")
+    target_path = Path(args.target or ROW_DIR / args.model / "lidar-ptq.safetensors")
     target_map, target_iou = scores_on(load_quantized_checkpoint(target_path), check)
     print(f"target: {target_path} mAP {100 * target_map:.1f}, BEV IoU mAP {100 * target_iou:.1f} on {len(check)} val "
           f"frames; init {args.init} took {init_seconds:.0f} s", flush=True)
