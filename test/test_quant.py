@@ -194,6 +194,30 @@ def test_statistics_of_the_first_layers_stop_the_pass_once_seen():
     assert model[0].observer is None
 
 
+def test_max_statistics_without_samples_equal_the_row_path():
+    """The max-only path (no histogram samples) takes maxima over the whole tensor; they must equal those over the
+    non-empty rows, with the same site counts, for a dense canvas and for sparse features."""
+    torch.manual_seed(0)
+    canvas = torch.zeros(2, 3, 6, 5)
+    canvas[:, :, 1:3, 2:4] = torch.randn(2, 3, 2, 2) * 4
+    canvas[1, 0, 5, 0] = -7.5  # a site with one non-zero channel is non-empty
+    features = torch.cat([torch.randn(4, 3), torch.zeros(2, 3)])  # active voxels, two of them all zero
+    for values, axis, all_active in ((canvas, 1, False), (features, -1, True)):
+        for active_only in (True, False):
+            rows_path = ActivationStatistics(active_only=active_only, samples_per_batch=10_000)
+            max_path = ActivationStatistics(active_only=active_only, samples_per_batch=0)
+            rows_path.observe(values, axis, all_active)
+            max_path.observe(values, axis, all_active)
+            assert max_path.amax == rows_path.amax
+            assert torch.equal(max_path.channel_amax, rows_path.channel_amax)
+            assert (max_path.num_sites, max_path.num_active_sites, max_path.num_values) == (
+                rows_path.num_sites, rows_path.num_active_sites, rows_path.num_values)
+    assert max_path.num_active_sites == 6  # every sparse site counts, the all-zero ones included
+    empty = ActivationStatistics(active_only=True, samples_per_batch=0)
+    empty.observe(torch.zeros(1, 3, 4, 4), 1)
+    assert empty.channel_amax is None and empty.num_sites == 16 and empty.num_active_sites == 0
+
+
 def test_statistics_ignore_empty_sites():
     """Sparsity-based statistics see only sites with a non-zero channel; naive ones count the zero canvas too."""
     canvas = torch.zeros(1, 2, 10, 10)
@@ -202,7 +226,7 @@ def test_statistics_ignore_empty_sites():
     records = {}
     for active_only in (True, False):
         stats = ActivationStatistics(active_only=active_only, samples_per_batch=10_000)
-        layer.observer = lambda module, rows, active: stats.update(rows, active)
+        layer.observer = lambda module, values, axis, all_active: stats.observe(values, axis, all_active)
         with quantizers_disabled(layer):
             layer(canvas)
         records[active_only] = stats

@@ -39,8 +39,8 @@ def collect_statistics(model, wrappers: dict, batches: Sequence, forward: Forwar
     seen: set[str] = set()
 
     def observer_for(name):
-        def observe(module, rows, active):
-            stats[name].update(rows, active)
+        def observe(module, values, channel_axis, all_active):
+            stats[name].observe(values, channel_axis, all_active)
             seen.add(name)
             if stop_when_seen and len(seen) == len(wrappers):
                 raise _AllSeen

@@ -2,10 +2,11 @@
 quantizer (per tensor) and a weight quantizer (per output channel), and the residual add with one quantizer shared
 by both inputs (TensorRT requires one scale there).
 
-Every wrapper can also report its input to an observer during calibration, as an (n_sites, channels) matrix plus
-the mask of non-empty sites: a site is one spatial position (a BEV cell, a point slot, a sparse voxel) and it is
-empty when all its channels are exactly zero (the scatter canvas, padded point slots). Sparsity-based calibration
-looks at non-empty sites only; the naive calibrators see them all.
+Every wrapper can also report its input to an observer during calibration: the tensor, the axis of its channels,
+and whether every site counts as non-empty. A site is one position along the other axes (a BEV cell, a point slot,
+a sparse voxel) and it is empty when all its channels are exactly zero (the scatter canvas, padded point slots);
+the active voxels of a sparse tensor are all non-empty. Sparsity-based calibration looks at non-empty sites only;
+the naive calibrators see them all (quant/calibrators.py ActivationStatistics.observe).
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ from torch import nn
 from .fold import input_channel_axis, output_channel_axis
 from .quantizer import TensorQuantizer, weight_quantizer_for
 
-Observer = Callable[[nn.Module, torch.Tensor, torch.Tensor], None]  # (wrapper, values (n, C), active (n,))
-
-
-def _rows_channels_first(x: torch.Tensor) -> torch.Tensor:
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
+Observer = Callable[[nn.Module, torch.Tensor, int, bool], None]  # (wrapper, values, channel axis, all sites active)
 
 
 def _rows_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -53,9 +50,6 @@ class QuantLayer(nn.Module):
     def apply_layer(self, x, weight: torch.Tensor):
         raise NotImplementedError
 
-    def input_rows(self, x) -> torch.Tensor:
-        return _rows_channels_last(x) if self.channels_last else _rows_channels_first(x)
-
     def _scale_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_channel_scale is None:
             return x
@@ -72,8 +66,7 @@ class QuantLayer(nn.Module):
     def forward(self, x):
         x = self._scale_input(x)
         if self.observer is not None:
-            rows = self.input_rows(x)
-            self.observer(self, rows, (rows != 0).any(dim=1))
+            self.observer(self, x, -1 if self.channels_last else 1, False)
         return self.apply_layer(self.input_quantizer(x), self.quantized_weight())
 
 
@@ -108,8 +101,7 @@ class QuantAdd(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
-            rows = torch.cat([_rows_channels_last(a), _rows_channels_last(b)])
-            self.observer(self, rows, (rows != 0).any(dim=1))
+            self.observer(self, torch.cat([_rows_channels_last(a), _rows_channels_last(b)]), -1, False)
         return self.add(self.input_quantizer(a), self.input_quantizer(b))
 
 

@@ -15,9 +15,6 @@ class QuantSparseConv(QuantLayer, spconv.SparseModule):
 
     channels_last = True
 
-    def input_rows(self, x: spconv.SparseConvTensor) -> torch.Tensor:
-        return x.features
-
     def _scale_input(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         if self.input_channel_scale is None:
             return x
@@ -26,8 +23,7 @@ class QuantSparseConv(QuantLayer, spconv.SparseModule):
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         x = self._scale_input(x)
         if self.observer is not None:
-            rows = x.features
-            self.observer(self, rows, torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device))
+            self.observer(self, x.features, -1, True)
         quantized = x.replace_feature(self.input_quantizer(x.features))
         return self.apply_layer(quantized, self.quantized_weight())
 
