@@ -19,11 +19,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "docs" / "benchmarks"
 MODELS = ("sim_pillar", "sim_voxel")
+# The row of each committed INT8 checkpoint (today's lidar-ptq preset), kept in the results file of the run that made
+# it; the main file's own "lidar-ptq" row is the preset of the morning of 2026-11-30 (one input scale per tensor, no
+# channel equalization) and is shown under that name.
+COMMITTED_ROW = {model: (f"ptq_{model}_{'tgpl' if model == 'sim_pillar' else 'eq'}.jsonl",
+                         "lidar-ptq:equalization_alpha=0.3") for model in MODELS}
+EARLY_PRESET = "lidar-ptq, no equalization"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def committed_stem(model: str) -> str:
+    """The file stem of the committed checkpoint's report and evaluation."""
+    method = COMMITTED_ROW[model][1]
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in method)
 
 
 def read_rows(model: str) -> list[dict]:
-    path = BENCH / f"ptq_{model}.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = read_jsonl(BENCH / f"ptq_{model}.jsonl")
+    name, method = COMMITTED_ROW[model]
+    committed = next((r for r in read_jsonl(BENCH / name) if r["method"] == method), None)
+    if committed is not None:
+        rows = [dict(r, method=EARLY_PRESET) if r["method"] == "lidar-ptq" else r for r in rows]
+        rows.append(dict(committed, method="lidar-ptq"))
     qat = BENCH / f"qat_{model}.json"
     if qat.is_file():
         rows.append(json.loads(qat.read_text())["row"])
@@ -75,7 +95,9 @@ def read_sensitivity(report_txt: Path) -> list[tuple[str, float]]:
 
 
 def plot_sensitivity(model: str, out: Path) -> bool:
-    report = BENCH / f"ptq_{model}_lidar-ptq_report.txt"
+    report = BENCH / f"ptq_{model}_{committed_stem(model)}_report.txt"
+    if not report.is_file():
+        report = BENCH / f"ptq_{model}_lidar-ptq_report.txt"
     if not report.is_file():
         return False
     layers = read_sensitivity(report)
