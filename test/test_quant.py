@@ -496,6 +496,45 @@ def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monke
     assert "*" in report.format()
 
 
+def test_a_stage_that_gets_worse_on_held_out_frames_is_undone(monkeypatch):
+    """With stage_check_frames, TGPL's step sizes are kept only if the held-out task loss went down: a TGPL that
+    ruins the ranges leaves the ranges the grid search chose, and the report says so."""
+    import lidar_ptq_core.quant.api as api
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 4)
+    config = method_config("lidar-ptq", **{**FAST, "adaround": False, "stage_check_frames": 2})
+    after_grid = {}
+    real_grid = api.grid_search_clip_ratios
+
+    def grid(qmodel, wrappers, *args, **kwargs):
+        records = real_grid(qmodel, wrappers, *args, **kwargs)
+        after_grid.update({n: w.input_quantizer.amax.detach().clone() for n, w in wrappers.items()})
+        return records
+
+    def ruinous_tgpl(qmodel, wrappers, *args, **kwargs):
+        with torch.no_grad():
+            for wrapper in wrappers.values():
+                wrapper.input_quantizer.amax.mul_(0.01)  # clip nearly everything
+        return {"steps": 0}
+
+    monkeypatch.setattr(api, "grid_search_clip_ratios", grid)
+    monkeypatch.setattr(api, "learn_step_sizes", ruinous_tgpl)
+    qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False)
+    tgpl, grid_stage = report.stages["tgpl"], report.stages["grid_search"]
+    assert tgpl["kept"] is False and tgpl["check_loss_after"] > tgpl["check_loss_before"]
+    assert tgpl["check_frames"] == 2 and isinstance(grid_stage["kept"], bool)
+    wrappers = quant_wrappers(qmodel)
+    if grid_stage["kept"]:
+        for name, amax in after_grid.items():
+            assert torch.equal(wrappers[name].input_quantizer.amax, amax), name
+    assert "not kept" in report.format()
+    # Without the check (the default), the same ruinous stage stays.
+    plain = method_config("lidar-ptq", **{**FAST, "adaround": False})
+    _, report = quantize_centerpoint(model, batches, "lidar-ptq", plain, progress=False)
+    assert "check_frames" not in report.stages["tgpl"]
+
+
 def test_quantize_is_deterministic_with_a_seed():
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model)

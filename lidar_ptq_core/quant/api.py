@@ -75,7 +75,12 @@ class QuantReport:
                  f"{len(self.layout['kept_float'])} kept in FP32 {self.layout['kept_float']}, "
                  f"{self.calibration_frames} calibration frames, {self.seconds:.0f} s"]
         for stage, info in self.stages.items():
-            lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s")
+            check = ""
+            if "check_frames" in info:
+                check = (f" (held-out check on {info['check_frames']} frames: task loss {info['check_loss_before']:.4g}"
+                         f" -> {info['check_loss_after']:.4g}, "
+                         + ("kept)" if info["kept"] else "not kept: the ranges from before it are used)"))
+            lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s{check}")
         equalized = {n: r["equalization"] for n, r in self.layers.items() if "equalization" in r}
         if equalized:
             lines.append(f"channel equalization (FP32 output change {self.equalization_max_abs_error:.2g}): "
@@ -117,7 +122,7 @@ _STAGE_SETTINGS = {
     "calibration": ("seed", "keep_float", "calibrator", "percentile", "active_sites_only", "samples_per_batch",
                     "input_channel_scaling", "input_channel_alpha", "share_input_quantizers", "equalize_channels",
                     "equalization_alpha", "equalization_frames"),
-    "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
+    "grid_search": ("grid_search", "grid_ratios", "grid_search_frames", "stage_check_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight",
              "task_settings"),
 }
@@ -275,14 +280,37 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
                                     config.tgpl_lr, config.tgpl_weight, config.output_mse_weight, progress,
                                     schedule=config.tgpl_schedule)
 
+    held_out = batches[-config.stage_check_frames:] if config.stage_check_frames else []
+    held_out_references = []
+
+    def checked(run: Callable[[], dict | None]) -> Callable[[], dict]:
+        """The stage, kept only if it lowers the task loss on the held-out frames (with every quantizer on)."""
+        if not held_out:
+            return run
+
+        def run_checked() -> dict:
+            if not held_out_references:
+                held_out_references.append(fp_references(qmodel, held_out, forward, target.task_hook))
+            saved = {k: v.detach().clone() for k, v in qmodel.state_dict().items()}
+            before = network_loss(qmodel, held_out, forward, target.task_hook, held_out_references[0])
+            summary = run() or {}
+            set_quantizers(wrappers.values(), True)
+            after = network_loss(qmodel, held_out, forward, target.task_hook, held_out_references[0])
+            if after > before:
+                qmodel.load_state_dict(saved)
+            return {**summary, "check_frames": len(held_out), "check_loss_before": before,
+                    "check_loss_after": after, "kept": after <= before}
+
+        return run_checked
+
     stage("calibration", calibration)
     set_quantizers(wrappers.values(), True)
     if config.grid_search:
-        stage("grid_search", grid)
+        stage("grid_search", checked(grid))
     if config.tgpl:
         if target.task_hook is None:
             raise ValueError("tgpl needs a task hook (QuantTarget.task_hook)")
-        stage("tgpl", tgpl)
+        stage("tgpl", checked(tgpl))
     if config.adaround:
         subset = batches[: config.adaround_frames or len(batches)]
         hook = target.task_hook if config.task_loss_every else None

@@ -63,6 +63,11 @@ class QuantConfig:
     # Held-out check: each reconstructed block must lower the network's task loss (or, without a task hook, the output
     # squared error) on this many calibration frames not used for reconstruction, else it keeps round-to-nearest.
     adaround_check_frames: int = 8
+    # Held-out check of the grid search and of TGPL: each keeps its result only if the network's task loss (or,
+    # without a task hook, the output squared error) on the last this-many calibration frames went down, else the
+    # activation ranges go back to what they were. 0: no check. The loss on held-out frames ranks models as mAP
+    # does on few calibration frames, where a stage can overfit (docs/BENCHMARKS.md, "Fast recipes").
+    stage_check_frames: int = 0
     # -- last: every bias on its int32 grid s_x * s_w, as integer kernels add it (quant/bias.py)
     int32_bias: bool = True
     # -- report
@@ -91,7 +96,7 @@ class QuantConfig:
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
         for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "equalization_frames", "adaround_steps", "task_loss_every",
-                     "adaround_check_frames"):
+                     "adaround_check_frames", "stage_check_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -117,7 +122,7 @@ METHODS: dict[str, dict] = {
     # The same stages with small budgets: minutes on a 2-core CPU (the demo's default); quality below the full run.
     "lidar-ptq-quick": dict(share_input_quantizers=True, equalize_channels=True, equalization_frames=8,
                             grid_search_frames=8, tgpl_steps=30, tgpl_frames=8, adaround_frames=8, adaround_steps=40,
-                            task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2),
+                            task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2, stage_check_frames=8),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),
     "sparse-grid-tgpl": dict(adaround=False),
