@@ -65,8 +65,9 @@ class QuantConfig:
     adaround_check_frames: int = 8
     # Held-out check of the grid search and of TGPL: each keeps its result only if the network's task loss (or,
     # without a task hook, the output squared error) on the last this-many calibration frames went down, else the
-    # activation ranges go back to what they were. 0: no check. The loss on held-out frames ranks models as mAP
-    # does on few calibration frames, where a stage can overfit (docs/BENCHMARKS.md, "Fast recipes").
+    # activation ranges go back to what they were. 0: no check. On few calibration frames a stage can fit those
+    # frames and lose mAP on others; the held-out loss ranks models as their mAP does (benchmarks/heldout_rank.py).
+    # With fewer calibration frames than the stages use plus these, the check sees frames the stage saw too.
     stage_check_frames: int = 0
     # -- last: every bias on its int32 grid s_x * s_w, as integer kernels add it (quant/bias.py)
     int32_bias: bool = True
