@@ -32,9 +32,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def committed_stem(model: str) -> str:
-    """The file stem of the committed checkpoint's report and evaluation."""
-    method = COMMITTED_ROW[model][1]
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in method)
+    """The file stem of the committed checkpoint's report and evaluation (named as ptq_accuracy.py names them)."""
+    from ptq_accuracy import file_stem
+
+    return file_stem(COMMITTED_ROW[model][1])
 
 
 def read_rows(model: str) -> list[dict]:
@@ -120,7 +121,7 @@ def markdown_table(model: str) -> str:
     rows = read_rows(model)
     peers = BENCH / f"peers_{model}.jsonl"
     if peers.is_file():
-        rows += [r for r in map(json.loads, peers.read_text().splitlines()) if r["method"] != "fp32"]
+        rows += [r for r in read_jsonl(peers) if r["method"] != "fp32"]
     fp32 = next((r for r in rows if r["method"] == "fp32"), None)
     lines = ["| method | mAP | vs FP32 | BEV IoU mAP | 0-30 m | 30-50 m | 50 m+ | calib frames | quant time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]

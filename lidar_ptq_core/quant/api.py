@@ -281,23 +281,29 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
                                     schedule=config.tgpl_schedule)
 
     held_out = batches[-config.stage_check_frames:] if config.stage_check_frames else []
-    held_out_references = []
+    # The FP32 references of the held-out frames, and the held-out loss of the model as the last checked stage left
+    # it: the checked stages run back to back, so the next one starts from that loss instead of measuring it again.
+    held_out_state: dict = {"references": None, "loss": None}
 
     def checked(run: Callable[[], dict | None]) -> Callable[[], dict]:
         """The stage, kept only if it lowers the task loss on the held-out frames (with every quantizer on)."""
         if not held_out:
             return run
 
+        def held_out_loss() -> float:
+            return network_loss(qmodel, held_out, forward, target.task_hook, held_out_state["references"])
+
         def run_checked() -> dict:
-            if not held_out_references:
-                held_out_references.append(fp_references(qmodel, held_out, forward, target.task_hook))
+            if held_out_state["references"] is None:
+                held_out_state["references"] = fp_references(qmodel, held_out, forward, target.task_hook)
             saved = {k: v.detach().clone() for k, v in qmodel.state_dict().items()}
-            before = network_loss(qmodel, held_out, forward, target.task_hook, held_out_references[0])
+            before = held_out_state["loss"] if held_out_state["loss"] is not None else held_out_loss()
             summary = run() or {}
             set_quantizers(wrappers.values(), True)
-            after = network_loss(qmodel, held_out, forward, target.task_hook, held_out_references[0])
+            after = held_out_loss()
             if after > before:
                 qmodel.load_state_dict(saved)
+            held_out_state["loss"] = min(before, after)
             return {**summary, "check_frames": len(held_out), "check_loss_before": before,
                     "check_loss_after": after, "kept": after <= before}
 
