@@ -1,6 +1,7 @@
 """lidar_ptq_core.quant and the CenterPoint recipe on tiny models: every piece against a known answer."""
 
 import copy
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -728,3 +729,84 @@ def test_biases_end_on_the_int32_grid_of_integer_kernels():
             rounded = qmodel.get_submodule(name).layer.bias
             assert ((rounded - wrapper.layer.bias).abs() / step).max() <= 0.5 + 1e-4, name
     assert off_grid > 0, "without the stage the biases are off the grid"
+
+
+# --- bias correction ---------------------------------------------------------------------------------------------
+
+
+def _layer_output_means(model, wrappers, batches, forward):
+    """Per quantized layer: per-channel output means over the frames, as bias correction counts sites."""
+    from lidar_ptq_core.quant.bias_correction import _channel_means
+
+    sums, handles = {}, []
+    for name, wrapper in wrappers.items():
+        if isinstance(wrapper, QuantLayer):
+            handles.append(wrapper.register_forward_hook(
+                lambda m, a, o, name=name: sums.__setitem__(name, sums.get(name, 0) + _channel_means(m, a, o))))
+    with torch.no_grad():
+        for batch in batches:
+            forward(model, batch)
+    for handle in handles:
+        handle.remove()
+    return {name: total / len(batches) for name, total in sums.items()}
+
+
+def _mean_shifts(qmodel, uncorrected, batches, forward):
+    """Largest per-channel mean output shift of each layer, INT8 against FP32 (the uncorrected model's own biases)."""
+    quantized = _layer_output_means(qmodel, quant_wrappers(qmodel), batches, forward)
+    with quantizers_disabled(uncorrected):
+        reference = _layer_output_means(uncorrected, quant_wrappers(uncorrected), batches, forward)
+    return {name: float((quantized[name] - reference[name]).abs().max()) for name in quantized}
+
+
+def test_bias_correction_removes_the_mean_shift_of_every_layer():
+    # A BEV-like input: an empty canvas with a few occupied cells, so every layer after the first sees one background
+    # vector almost everywhere, and its rounding error shifts whole channels. Corrected on one frame, every layer's
+    # per-channel mean output equals FP32's on that frame (each correction measured after the ones before it).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Conv2d):
+                layer.bias.uniform_(0.2, 1.0)
+
+    def frame(seed):
+        g = torch.Generator().manual_seed(seed)
+        canvas = torch.zeros(1, 4, 32, 32)
+        cells = torch.randint(0, 32, (2, 40), generator=g)
+        canvas[0, :, cells[0], cells[1]] = torch.randn(4, 40, generator=g) * 3
+        return canvas
+
+    batches = [frame(1), frame(2)]
+    settings = dict(grid_search=False, tgpl=False, adaround=False, int32_bias=False, sensitivity_frames=0,
+                    input_channel_scaling=False)
+    plain, _ = quantize(model, batches[:1], config=QuantConfig(**settings), progress=False)
+    corrected, report = quantize(model, batches[:1], config=QuantConfig(bias_correction=True, **settings),
+                                 progress=False)
+    forward = lambda m, b: m(b)  # noqa: E731
+    before, after = _mean_shifts(plain, plain, batches[:1], forward), _mean_shifts(corrected, plain, batches[:1], forward)
+    assert max(before.values()) > 1e-3, before  # quantization did shift the channels
+    assert max(after.values()) < 1e-5, after
+    assert report.stages["bias_correction"]["layers"] == 4
+    assert all(report.layers[n]["bias_correction"]["bias_correction_max"] > 0 for n in before)
+    # Over two frames the first layer (nothing before it) gets the mean of its two per-frame shifts exactly.
+    two, _ = quantize(model, batches, config=QuantConfig(bias_correction=True, **settings), progress=False)
+    first = next(iter(quant_wrappers(two)))
+    assert _mean_shifts(two, plain, batches, forward)[first] < 1e-5
+    assert not QuantConfig().bias_correction  # off unless a preset or the user turns it on
+
+
+def test_bias_correction_on_sparse_voxel_layers_and_in_the_fast_preset():
+    # The voxel model's spconv layers: means over active sites. The fast preset's whole pipeline on one frame.
+    model = tiny_model(TINY_VOXEL)
+    batches = calibration_batches(model, 1)
+    config = method_config("lidar-ptq-fast", int32_bias=False, stage_check_frames=0)
+    qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq-fast", config, progress=False)
+    plain, _ = quantize_centerpoint(model, batches, "lidar-ptq-fast", replace(config, bias_correction=False),
+                                    progress=False)
+    shifts = _mean_shifts(qmodel, plain, batches, lambda m, b: m(b))
+    sparse = [n for n in shifts if n.startswith("backbone_3d")]
+    assert sparse and all(n in report.layers and "bias_correction" in report.layers[n] for n in sparse)
+    assert max(shifts.values()) < 1e-3, shifts
+    assert report.config["calibrator"] == "mse" and "grid_search" not in report.stages

@@ -5,7 +5,8 @@ cannot know by itself: how to run a batch, which BatchNorms fold into which laye
 which module types are residual adds, which layers see raw sensor inputs (channel scaling), the reconstruction
 blocks, and the task-loss hook (TGPL). Stages, each a config switch:
   fold + wrap -> channel scaling of first layers -> activation calibration -> grid search of clip ratios
-  -> learned step sizes with TGPL -> block reconstruction with adaptive rounding -> biases on the int32 grid
+  -> learned step sizes with TGPL -> block reconstruction with adaptive rounding -> bias correction
+  -> biases on the int32 grid
   -> sensitivity table
 With `share_input_quantizers`, layers that read one tensor get one input scale, chosen jointly (quant/share.py).
 With `work_dir`, the state after every stage (and every reconstructed block) is saved, and a rerun with the same
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..io_utils import atomic_path, write_json_atomic
 from .bias import round_biases_to_int32_grid
+from .bias_correction import correct_biases
 from .calibrate import calibrate_activations, collect_statistics, grid_search_clip_ratios, sensitivity
 from .config import QuantConfig, method_config
 from .equalize import EqualizationPair, equalize
@@ -362,6 +364,18 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
                 return rec
             stage(f"adaround:{block}", run)
     set_quantizers(wrappers.values(), True)
+    if config.bias_correction:
+        if config.adaround:
+            held_out_state["loss"] = None  # the reconstruction changed the model since the last checked stage
+
+        def bias_correction():
+            subset = batches[: config.bias_correction_frames or len(batches)]
+            records = correct_biases(qmodel, wrappers, subset, forward, progress=progress)
+            for name, rec in records.items():
+                report.layers[name]["bias_correction"] = rec
+            return {"layers": len(records), "frames": len(subset)}
+        stage("bias_correction", checked(bias_correction))
+        set_quantizers(wrappers.values(), True)
     if config.int32_bias:
         def int32_bias():
             records = round_biases_to_int32_grid(wrappers)

@@ -69,6 +69,11 @@ class QuantConfig:
     # frames and lose mAP on others; the held-out loss ranks models as their mAP does (benchmarks/heldout_rank.py).
     # With fewer calibration frames than the stages use plus these, the check sees frames the stage saw too.
     stage_check_frames: int = 0
+    # -- empirical bias correction (quant/bias_correction.py): each layer's bias absorbs the mean shift of its output
+    # channels, INT8 against FP32 on this many calibration frames, layer by layer; after every stage that sets ranges
+    # or weights. Checked on held-out frames like the grid search when stage_check_frames is set.
+    bias_correction: bool = False
+    bias_correction_frames: int = 4
     # -- last: every bias on its int32 grid s_x * s_w, as integer kernels add it (quant/bias.py)
     int32_bias: bool = True
     # -- report
@@ -97,7 +102,7 @@ class QuantConfig:
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
         for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "equalization_frames", "adaround_steps", "task_loss_every",
-                     "adaround_check_frames", "stage_check_frames"):
+                     "adaround_check_frames", "stage_check_frames", "bias_correction_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -124,6 +129,11 @@ METHODS: dict[str, dict] = {
     "lidar-ptq-quick": dict(share_input_quantizers=True, equalize_channels=True, equalization_frames=8,
                             grid_search_frames=8, tgpl_steps=30, tgpl_frames=8, adaround_frames=8, adaround_steps=40,
                             task_loss_every=10, adaround_check_frames=4, sensitivity_frames=2, stage_check_frames=8),
+    # Seconds, not minutes: sparsity-based MSE ranges instead of max + grid search, and bias correction instead of
+    # TGPL and reconstruction (docs/BENCHMARKS.md "A 20-second recipe"); checked on 8 held-out frames.
+    "lidar-ptq-fast": dict(share_input_quantizers=True, equalize_channels=True, equalization_frames=8,
+                           calibrator="mse", grid_search=False, tgpl=False, adaround=False, bias_correction=True,
+                           bias_correction_frames=8, stage_check_frames=8, sensitivity_frames=0),
     "sparse-max": dict(grid_search=False, tgpl=False, adaround=False),
     "sparse-grid": dict(tgpl=False, adaround=False),
     "sparse-grid-tgpl": dict(adaround=False),
