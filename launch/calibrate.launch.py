@@ -59,8 +59,8 @@ def generate_launch_description():
         DeclareLaunchArgument("model", default_value="sim_pillar",
                               description="FP32 checkpoint to quantize: a bundled name or a .safetensors path"),
         DeclareLaunchArgument("method", default_value="lidar-ptq",
-                              description="quantization method (lidar-ptq quantize --method; lidar-ptq-quick is "
-                                          "faster)"),
+                              description="quantization method (lidar-ptq quantize --method; lidar-ptq-fast takes "
+                                          "seconds, lidar-ptq-quick about two minutes)"),
         DeclareLaunchArgument("int8", default_value="int8.safetensors", description="INT8 checkpoint to write"),
         DeclareLaunchArgument("bundle", default_value="int8.lptq", description="deployable .lptq bundle to write"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "calibrate.yaml"]),

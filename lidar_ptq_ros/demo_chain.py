@@ -2,7 +2,7 @@
 
 1. cloud_player publishes a simulated drive (the simulator's calib split) and calibration_recorder records it into a
    rosbag2 bag, each node in its own process, as on a robot;
-2. LiDAR-PTQ quantizes the FP32 checkpoint from that bag (library call; `--method lidar-ptq-quick` by default);
+2. LiDAR-PTQ quantizes the FP32 checkpoint from that bag (library call; `--method lidar-ptq-fast` by default);
 3. `export` makes the .lptq bundle of the INT8 checkpoint;
 4. detector_node runs the FP32 checkpoint, then the INT8 bundle, on the same validation frames replayed by
    cloud_player at `--rate` Hz (10, a lidar's rate); a collector node in this process takes every cloud's stamp and

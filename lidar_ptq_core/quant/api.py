@@ -81,7 +81,7 @@ class QuantReport:
             if "check_frames" in info:
                 check = (f" (held-out check on {info['check_frames']} frames: task loss {info['check_loss_before']:.4g}"
                          f" -> {info['check_loss_after']:.4g}, "
-                         + ("kept)" if info["kept"] else "not kept: the ranges from before it are used)"))
+                         + ("kept)" if info["kept"] else "not kept: the model from before it is used)"))
             lines.append(f"  stage {stage}: {info.get('seconds', 0):.1f} s{check}")
         equalized = {n: r["equalization"] for n, r in self.layers.items() if "equalization" in r}
         if equalized:
