@@ -3,8 +3,8 @@
 Rounding errors that do not average out shift a layer's outputs by a constant per channel. In a lidar BEV network
 they rarely average out: most of the canvas is empty, so the layers after the first see one background vector over
 most of the map, and its rounding error is the same at every empty cell. Downstream that becomes a per-channel
-offset whose size jumps as a step size moves across a rounding boundary of the background values: a 2 % change of
-one step size tripled the held-out task loss of the sim pillar model. Subtracting the mean output error (INT8 minus
+offset whose size jumps as a step size moves across a rounding boundary of the background values: changing the step
+sizes of the sim pillar model by 1-3 % tripled its held-out task loss. Subtracting the mean output error (INT8 minus
 FP32, per output channel, over the calibration frames) from each bias removes that offset.
 
 Each layer's correction is measured with the layers before it already corrected (the quantized network's own
