@@ -33,6 +33,26 @@ from ptq_accuracy import ROW_DIR, calibration_batches, row_stem  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def forward(model, batch):
+    return model(batch)
+
+
+def calib_batches(fp32, start: int, count: int) -> list:
+    """Collated batches of sim calib frames start..start+count-1, one per frame."""
+    data = SimDataset("calib", count, load_sim_config("default"), start=start)
+    data.prepare(num_workers=1)
+    return calibration_batches(fp32.config, data)
+
+
+def held_out_scorer(fp32, start: int, count: int):
+    """A function scoring an INT8 network by its mean TGPL loss against `fp32` on calib frames start..start+count-1
+    (the FP32 references and pseudo-labels are computed once, here)."""
+    batches = calib_batches(fp32, start, count)
+    hook = TGPLHook(fp32)
+    references = fp_references(fp32, batches, forward, hook)
+    return lambda net: network_loss(net, batches, forward, hook, references)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", type=int, default=768, help="first held-out calib frame (rows used 0..767)")
@@ -41,13 +61,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "heldout_rank_sim_pillar.txt"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    forward = lambda m, b: m(b)  # noqa: E731
     fp32 = load_checkpoint(bundled_checkpoint("sim_pillar")).eval()
-    data = SimDataset("calib", args.frames, load_sim_config("default"), start=args.start)
-    data.prepare(num_workers=1)
-    batches = calibration_batches(fp32.config, data)
-    hook = TGPLHook(fp32)
-    references = fp_references(fp32, batches, forward, hook)
+    held_out_loss = held_out_scorer(fp32, args.start, args.frames)
     rows = {}
     for path in sorted((REPO / "docs" / "benchmarks").glob("ptq_sim_pillar*.jsonl")):
         for line in path.read_text().splitlines():
@@ -65,7 +80,7 @@ def main() -> int:
     scored = []
     for stem, (map_all, map_far, checkpoint) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
         net = load_any_checkpoint(checkpoint).eval()
-        loss = network_loss(net, batches, forward, hook, references)
+        loss = held_out_loss(net)
         scored.append((map_all, map_far, loss))
         lines.append(f"{100 * map_all:6.2f} {100 * map_far:6.2f} {loss:8.3f}  {stem}")
         print(lines[-1], flush=True)

@@ -20,15 +20,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import calibration_batches, parse_method_spec  # noqa: E402
+from heldout_rank import calib_batches, held_out_scorer  # noqa: E402
+from ptq_accuracy import parse_method_spec  # noqa: E402
 
 from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
 from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
 from lidar_ptq_core.quant import method_config  # noqa: E402
-from lidar_ptq_core.quant.reconstruct import fp_references, network_loss  # noqa: E402
-from lidar_ptq_core.recipes.centerpoint import TGPLHook, quantize_centerpoint  # noqa: E402
+from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint  # noqa: E402
 from lidar_ptq_core.runtime import bundled_checkpoint  # noqa: E402
-from lidar_ptq_core.sim import SimDataset, load_sim_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,19 +43,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "heldout_screen_sim_pillar.txt"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    forward = lambda m, b: m(b)  # noqa: E731
     fp32 = load_checkpoint(bundled_checkpoint("sim_pillar")).eval()
-    sim = load_sim_config("default")
-
-    def frames(start: int, count: int) -> list:
-        data = SimDataset("calib", count, sim, start=start)
-        data.prepare(num_workers=1)
-        return calibration_batches(fp32.config, data)
-
-    held_out = frames(args.held_out_start, args.held_out_frames)
-    hook = TGPLHook(fp32)
-    references = fp_references(fp32, held_out, forward, hook)
-    windows = {start: frames(start, args.frames) for start in args.starts}
+    held_out_loss = held_out_scorer(fp32, args.held_out_start, args.held_out_frames)
+    windows = {start: calib_batches(fp32, start, args.frames) for start in args.starts}
     end = args.held_out_start + args.held_out_frames - 1
     lines = [f"sim_pillar: held-out TGPL loss on calib {args.held_out_start}-{end} of recipes calibrated on "
              f"{args.frames}-frame windows; lower is better (saved models above 71 mAP: 5-8; heldout_rank_sim_pillar.txt)",
@@ -70,7 +59,7 @@ def main() -> int:
             net, report = quantize_centerpoint(fp32, batches, preset, method_config(preset, **overrides),
                                                progress=False, **recipe)
             seconds.append(time.perf_counter() - started)
-            losses.append(network_loss(net, held_out, forward, hook, references))
+            losses.append(held_out_loss(net))
             undone += [f"{name}@{start}" for name, info in report.stages.items() if info.get("kept") is False]
         lines.append(" / ".join(f"{loss:6.2f}" for loss in losses) + f"   {min(seconds):3.0f}-{max(seconds):3.0f}   "
                      f"{spec}" + (f"   ({', '.join(undone)})" if undone else ""))

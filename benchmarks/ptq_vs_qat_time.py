@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import ROW_DIR, calibration_batches, evaluate_network, parse_method_spec, row_stem  # noqa: E402
+from ptq_accuracy import ROW_DIR, calibration_batches, parse_method_spec, row_stem  # noqa: E402
 from ptq_time import same_model  # noqa: E402
+from qat import qat_train_config, scores_on  # noqa: E402
 
 from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
 from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
@@ -37,7 +38,7 @@ from lidar_ptq_core.quant import method_config  # noqa: E402
 from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint  # noqa: E402
 from lidar_ptq_core.runtime import bundled_checkpoint  # noqa: E402
 from lidar_ptq_core.sim import SimDataset, load_sim_config  # noqa: E402
-from lidar_ptq_core.training.train import TrainConfig, train  # noqa: E402
+from lidar_ptq_core.training.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 def time_qat_steps(model, train_split, steps: int, warmup: int, lr: float) -> float:
     """Seconds per QAT training step (batch 2), from the warm-up's last step to the last one."""
     marks: dict[int, float] = {}
-    config = TrainConfig(steps=steps, batch_size=2, lr=lr, pct_start=0.02, div_factor=1.0, checkpoint_every=warmup,
-                         log_every=10, loc_weight=1.0)
+    config = qat_train_config(steps, lr, checkpoint_every=warmup)
     with tempfile.TemporaryDirectory() as tmp:
         train(model, train_split, config, tmp, resume=False, progress=False,
               on_checkpoint=lambda step: marks.__setitem__(step, time.perf_counter()))
@@ -122,8 +122,7 @@ def main() -> int:
         "init + steps x step time")
     log(f"{'window':>8} {'PTQ s':>6} {'mAP':>5} {'IoU':>5}   {'QAT to mAP':>22}   {'QAT to mAP and BEV IoU':>26}")
     for start, (net, seconds) in ptq.items():
-        result, _ = evaluate_network(net, check)
-        target = (result.distance_map["all"], result.iou_map["all"])
+        target = scores_on(net, check)
         cells = []
         for keys in (("mAP",), ("mAP", "bev_iou_mAP")):
             first = next((h for h in history if all(h[k] >= t for k, t in zip(keys, target))), None)

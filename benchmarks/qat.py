@@ -81,6 +81,12 @@ def scores_on(model, dataset) -> tuple[float, float]:
     return result.distance_map["all"], result.iou_map["all"]
 
 
+def qat_train_config(steps: int, lr: float, checkpoint_every: int) -> TrainConfig:
+    """QAT's fine-tuning settings: batch 2, a one-cycle schedule that starts at `lr` (no warm-up to speak of)."""
+    return TrainConfig(steps=steps, batch_size=2, lr=lr, pct_start=0.02, div_factor=1.0,
+                       checkpoint_every=checkpoint_every, log_every=10, loc_weight=1.0)
+
+
 def first_reaching(history: list[dict], key: str, target: float) -> dict | None:
     return next((h for h in history if h[key] >= target), None)
 
@@ -149,8 +155,7 @@ def main() -> int:
             raise TargetReached
         segment_start[0] = clock.now()
 
-    config = TrainConfig(steps=args.steps, batch_size=2, lr=args.lr, pct_start=0.02, div_factor=1.0,
-                         checkpoint_every=args.eval_every, log_every=10, loc_weight=1.0)
+    config = qat_train_config(args.steps, args.lr, args.eval_every)
     if not history or (not reached(history[-1]) and history[-1]["train_seconds"] < 60 * args.time_cap_min):
         try:
             train(qat_model, train_split, config, out_dir, resume=True, on_checkpoint=on_checkpoint)

@@ -375,7 +375,6 @@ def _quantize(model, calibration_batches, config: QuantConfig, target, progress,
                 report.layers[name]["bias_correction"] = rec
             return {"layers": len(records), "frames": len(subset)}
         stage("bias_correction", checked(bias_correction))
-        set_quantizers(wrappers.values(), True)
     if config.int32_bias:
         def int32_bias():
             records = round_biases_to_int32_grid(wrappers)

@@ -41,20 +41,21 @@ def _channel_means(wrapper: QuantLayer, args, output) -> torch.Tensor:
 
 
 def _shifted(wrapper: QuantLayer, output, shift: torch.Tensor):
-    """The layer's output as it would have come out with `shift` subtracted from its bias."""
+    """The layer's output as it would have come out with `shift` (float64) subtracted from its bias."""
     if not isinstance(output, torch.Tensor):
-        return output.replace_feature(output.features - shift)
+        return output.replace_feature(output.features - shift.to(output.features.dtype))
+    shift = shift.to(output.dtype)
     if wrapper.channels_last:
         return output - shift
     return output - shift.reshape(1, -1, *([1] * (output.dim() - 2)))
 
 
 def correct_biases(model: nn.Module, wrappers: dict, batches: Sequence, forward: Callable,
-                   skip: Sequence[str] = (), progress: bool = True) -> dict[str, dict]:
+                   progress: bool = True) -> dict[str, dict]:
     """Correct the bias of every quantized layer that has one (all quantizers as they are set). Returns per layer the
     largest and the mean absolute correction."""
     layers = {name: w for name, w in wrappers.items()
-              if isinstance(w, QuantLayer) and name not in skip and getattr(w.layer, "bias", None) is not None}
+              if isinstance(w, QuantLayer) and getattr(w.layer, "bias", None) is not None}
     if not layers or not batches:
         return {}
     reference: list[dict[str, torch.Tensor]] = []
@@ -86,8 +87,7 @@ def correct_biases(model: nn.Module, wrappers: dict, batches: Sequence, forward:
         correction[name] += step
         with torch.no_grad():
             module.layer.bias.sub_(step.to(module.layer.bias.dtype).reshape(module.layer.bias.shape))
-        return _shifted(module, output, step.to(output.dtype if isinstance(output, torch.Tensor)
-                                                 else output.features.dtype))
+        return _shifted(module, output, step)
 
     handles = [w.register_forward_hook(lambda m, a, o, name=name: correct(m, a, o, name)) for name, w in layers.items()]
     iterator = range(len(batches))
