@@ -40,7 +40,7 @@ from .node_parameters import ParameterSpec, StartupError, declare_parameters, sh
 
 NODE_NAME = "lidar_ptq_cloud_player"
 SIM_SOURCE = "sim"
-SIM_SPLITS = ("val", "calib", "train")
+SIM_SPLITS = ("val", "calib", "train", "test")
 POINT_FILE_SUFFIXES = (".bin", ".pcd")  # .bin: KITTI (.pcd.bin: nuScenes), .pcd: PCD
 PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
 ACK_TIMEOUT_S = 5.0  # once: how long the last clouds may take to be acknowledged by reliable subscribers
@@ -54,7 +54,8 @@ PARAMETERS = (
                   read_only=True, constraints=">= 1"),
     ParameterSpec("sim_split", "val",
                   "With source 'sim': the simulator split to play: 'val' (what the demo and the benchmarks evaluate "
-                  "on), 'calib' (scenes for recording a calibration bag) or 'train'; the splits never share a scene.",
+                  "on), 'calib' (scenes for recording a calibration bag), 'train' or 'test' (headline figures only); the "
+                  "splits never share a scene.",
                   read_only=True, constraints="one of: " + ", ".join(SIM_SPLITS)),
     ParameterSpec("sim_config", "default",
                   "With source 'sim': simulator config, a name in config/sim (default, vlp32) or a YAML path.",

@@ -194,7 +194,7 @@ def test_recorder_invalid_parameter_values(name, value, message):
     ("loop", "yes", "true or false"),
     ("frame_id", " ", "non-empty"),
     ("wait_for_subscribers", -1, "integer >= 0"),
-    ("sim_split", "test", "allowed: val, calib, train"),
+    ("sim_split", "holdout", "allowed: val, calib, train, test"),
     ("sim_config", "", "simulator config"),
 ])
 def test_player_invalid_parameter_values(name, value, message):

@@ -16,6 +16,8 @@ from lidar_ptq_core.geometry import bev_iou_matrix
 from lidar_ptq_core.sim import (
     CLASS_NAMES,
     FRAMES_PER_SPLIT,
+    SPLIT_SEED_OFFSETS,
+    SPLITS,
     LidarConfig,
     Scene,
     SimConfig,
@@ -76,11 +78,39 @@ def test_splits_use_disjoint_seed_ranges():
     assert split_seed("val", 3) == 1_000_003 and split_seed("calib", 0) == 2_000_000
     with pytest.raises(ValueError):
         split_seed("val", FRAMES_PER_SPLIT)
-    with pytest.raises(ValueError):
-        split_seed("test", 0)
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        split_seed("holdout", 0)
     assert split_frame_id("train", 7) == "train_000007" != split_frame_id("val", 7)
     train_set, val_set = SimDataset("train", 3, SMALL, cache=False), SimDataset("val", 3, SMALL, cache=False)
     assert {train_set.seed(i) for i in range(3)}.isdisjoint({val_set.seed(i) for i in range(3)})
+
+
+def test_test_split_seed_range_overlaps_no_other_split():
+    # Whole ranges, from their end points: [first, last] of every split, pairwise disjoint.
+    ranges = {split: (split_seed(split, 0), split_seed(split, FRAMES_PER_SPLIT - 1)) for split in SPLITS}
+    assert "test" in ranges and set(SPLIT_SEED_OFFSETS) == set(SPLITS)
+    first, last = ranges["test"]
+    assert last - first == FRAMES_PER_SPLIT - 1  # contiguous: seed = offset + index
+    for split, (other_first, other_last) in ranges.items():
+        if split != "test":
+            assert last < other_first or first > other_last, f"test seeds overlap {split}'s"
+    # Every pair, not only test: no seed is drawn by two splits.
+    bounds = sorted(ranges.values())
+    assert all(prev_last < next_first for (_, prev_last), (next_first, _) in zip(bounds, bounds[1:]))
+    with pytest.raises(ValueError):
+        split_seed("test", FRAMES_PER_SPLIT)
+    assert split_frame_id("test", 7) == "test_000007"
+
+
+def test_test_split_frames_differ_from_val():
+    test_set, val_set = SimDataset("test", 3, SMALL, cache=False), SimDataset("val", 3, SMALL, cache=False)
+    for i in range(3):
+        test_frame, val_frame = test_set[i], val_set[i]
+        assert test_frame.frame_id == f"test_{i:06d}" and test_set.seed(i) != val_set.seed(i)
+        assert test_frame.points.shape != val_frame.points.shape or not np.array_equal(test_frame.points,
+                                                                                       val_frame.points)
+        assert test_frame.gt.boxes.shape != val_frame.gt.boxes.shape or not np.array_equal(test_frame.gt.boxes,
+                                                                                           val_frame.gt.boxes)
 
 
 # --- sensor geometry -------------------------------------------------------------------------------------------
@@ -299,6 +329,10 @@ def test_cli_writes_frames_that_boxfile_reads_back(tmp_path, monkeypatch):
         np.testing.assert_array_equal(gt.ignore, expected.gt.ignore)
     with pytest.raises(ValueError, match="nothing to do"):
         _run_sim_command(["--seed", "3"])
+    test_out = tmp_path / "test_out"
+    assert _run_sim_command(["--config", str(config_file), "--split", "test", "--frames", "1", "--out",
+                             str(test_out)]) == 0
+    assert [p.name for p in (test_out / "labels").iterdir()] == ["test_000000.json"]
 
 
 def test_render_writes_a_png(tmp_path):

@@ -14,14 +14,16 @@ import numpy as np
 
 from ..boxfile import write_ground_truth
 from ..pointcloud import KITTI_FIELDS, PointCloud, write_bag_frames, write_kitti_bin
+from ..sim.dataset import SPLIT_SEED_OFFSETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", default="default", metavar="NAME|YAML",
         help="simulator config: a name under config/sim/ (default, vlp32) or a YAML path (default: %(default)s)")
-    add("--split", default="val", choices=["train", "val", "calib"],
-        help="split to draw frames from (default: %(default)s)")
+    add("--split", default="val", choices=list(SPLIT_SEED_OFFSETS),
+        help="split to draw frames from; 'test' is for headline figures only, never for choices "
+        "(default: %(default)s)")
     add("--frames", type=int, default=1, metavar="N", help="number of frames (default: %(default)s)")
     add("--start", type=int, default=0, metavar="I", help="first frame index within the split (default: %(default)s)")
     add("--seed", type=int, metavar="S", help="simulate the single scene of this seed instead of a split")

@@ -1,7 +1,14 @@
 """Named splits of simulated frames, generated on demand and cached on disk.
 
-Each split draws its seeds from its own range, so train, val and calib never share a scene:
-frame i of a split has seed SPLIT_SEED_OFFSETS[split] + i.
+Each split draws its seeds from its own range, so train, val, calib and test never share a scene:
+frame i of a split has seed SPLIT_SEED_OFFSETS[split] + i, and each range is FRAMES_PER_SPLIT seeds wide.
+
+What each split is for:
+  train  training the FP32 models;
+  val    every choice: presets, settings, which stages stay, which rows get committed;
+  calib  calibration frames, and held-out calibration frames for checks inside a recipe;
+  test   headline figures only (README, docs/BENCHMARKS.md), computed once per committed checkpoint. Never use it
+         to choose anything: a setting picked by its test score makes the test figures as optimistic as val's.
 
 Cache layout: <root>/sim/<config fingerprint>/<split>/<index>.npz, root = $LIDAR_PTQ_CACHE or ~/.cache/lidar_ptq.
 The fingerprint hashes every config value and the generator version, so a changed config never returns stale
@@ -27,7 +34,7 @@ from .config import SimConfig
 from .frame import SimFrame, generate_frame
 from .scene import CLASS_NAMES
 
-SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_000, "calib": 2_000_000}
+SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_000, "calib": 2_000_000, "test": 3_000_000}
 FRAMES_PER_SPLIT = 1_000_000  # seed ranges never overlap
 CACHE_ENV = "LIDAR_PTQ_CACHE"
 
