@@ -141,9 +141,12 @@ class BenchRow:
 
 
 def build_rows(fp32, int8, keys: list[str], threads: int | None = None,
-               calib_clouds: list[np.ndarray] | None = None) -> list[BenchRow]:
+               calib_clouds: list[np.ndarray] | None = None, device="cpu") -> list[BenchRow]:
     """The rows `keys` over the FP32 and INT8 models (int8 may be None when no INT8 row is asked for);
-    `calib_clouds` calibrate onnxruntime's quantize_static (the peer row)."""
+    `calib_clouds` calibrate onnxruntime's quantize_static (the peer row). The torch rows run on `device` (a copy of
+    the model there); onnxruntime rows always on the CPU."""
+    import copy
+
     import torch
 
     from .runtime.backends import OnnxRuntimeBackend, TorchBackend
@@ -153,14 +156,19 @@ def build_rows(fp32, int8, keys: list[str], threads: int | None = None,
         raise ValueError(f"rows {[k for k in keys if k in INT8_ROWS]} need an INT8 model")
     if int8 is not None and int8.config.voxelization != fp32.config.voxelization:
         raise ValueError("the FP32 and INT8 models must share the voxelization")
+    device = torch.device(device)
+
+    def on_device(model):
+        return model if device.type == "cpu" else copy.deepcopy(model).to(device)
+
     rows = []
     for key in keys:
         if key == "fp32-torch":
-            rows.append(BenchRow(key, fp32, TorchBackend(fp32)))
+            rows.append(BenchRow(key, fp32, TorchBackend(on_device(fp32))))
         elif key == "fp32-ort":
             rows.append(BenchRow(key, fp32, OnnxRuntimeBackend(fp32, threads=threads)))
         elif key == "int8-torch":
-            rows.append(BenchRow(key, int8, TorchBackend(int8)))
+            rows.append(BenchRow(key, int8, TorchBackend(on_device(int8))))
         elif key == "int8-ort-qdq":
             rows.append(BenchRow(key, int8, OnnxRuntimeBackend(int8, threads=threads, graph="given")))
         elif key == "int8-ort":
@@ -189,11 +197,12 @@ def _output_difference(ours: list[dict], reference: list[dict], into: dict) -> N
     for task_ours, task_ref in zip(ours, reference):
         for head, value in task_ours.items():
             if head == "hm":
-                diff = (value.sigmoid() - task_ref[head].sigmoid()).abs()
+                diff = (value.cpu().sigmoid() - task_ref[head].cpu().sigmoid()).abs()
                 into["hm_prob_max_abs"] = max(into["hm_prob_max_abs"], float(diff.max()))
                 into["hm_prob_mean_abs"].append(float(diff.mean()))
             else:
-                into["box_max_abs"] = max(into["box_max_abs"], float((value - task_ref[head]).abs().max()))
+                into["box_max_abs"] = max(into["box_max_abs"],
+                                          float((value.cpu() - task_ref[head].cpu()).abs().max()))
 
 
 @dataclass
@@ -294,6 +303,7 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
     import torch
 
     from .decode import decode_batch
+    from .devices import synchronize
     from .evaluate import evaluate
     from .runtime.backends import OnnxRuntimeBackend
     from .runtime.ort_profile import profile_session
@@ -322,8 +332,10 @@ def run_bench(rows: list[BenchRow], clouds: list[np.ndarray], repeats: int = 1,
         batch, _ = voxelize_clouds([points], config.voxelization, features)
         t1 = time.perf_counter()
         bev = row.backend.bev_input(batch)
+        synchronize(row.backend.device)  # GPU work is asynchronous: each stage's time includes its kernels
         t2 = time.perf_counter()
         outputs = row.backend.dense(bev)
+        synchronize(row.backend.device)
         t3 = time.perf_counter()
         detections = decode_batch(outputs, geometry, post)[0]
         t4 = time.perf_counter()

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=50, help="frames timed (spread over a folder or bag)")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the frames (medians and p90 over all)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the torch rows: cpu (default: the engine comparison is on the CPU), "
+                        "cuda, cuda:N or auto; onnxruntime rows always run on the CPU")
     parser.add_argument("--rows", default="all",
                         help=f"comma-separated rows to run (default all): {', '.join(ROWS)}")
     parser.add_argument("--calib", default="sim", metavar="SOURCE",
@@ -104,6 +107,7 @@ def run(args) -> int:
     import torch
 
     from ..bench import build_rows, machine_line, parse_rows, run_bench, write_result
+    from ..devices import describe, resolve_device
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
@@ -139,7 +143,11 @@ def run(args) -> int:
         peer = clouds_for_peer
         notes.append(f"quantize_static peer: QDQ, uint8 activations / int8 per-channel weights, MinMax, calibrated "
                      f"on {peer_described}")
-    rows = build_rows(fp32, int8, args.row_keys, threads=args.threads, calib_clouds=peer)
+    device = resolve_device(args.device)
+    if device.type != "cpu":
+        notes.append(f"torch rows on {describe(device)} (times include a synchronize after each stage); "
+                     "onnxruntime rows on the CPU")
+    rows = build_rows(fp32, int8, args.row_keys, threads=args.threads, calib_clouds=peer, device=device)
     setup_s = time.perf_counter() - started
     if not args.quiet:
         print(f"bench: {len(rows)} rows ready in {setup_s:.0f} s; timing {len(clouds)} frames x {args.repeats}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
+    from ..devices import DEVICE_CHOICES_HELP
+
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="point cloud files (KITTI .bin, nuScenes .pcd.bin, .pcd), folders of them, or rosbag2 bags")
     parser.add_argument("--checkpoint", default="sim_pillar", help="bundled name or .safetensors path (FP32 or INT8)")
@@ -12,6 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                         help="network backend for a bundle (default auto: tensorrt where it imports and CUDA is "
                              "available, else onnxruntime; tensorrt is unverified here); checkpoints run in torch")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP + "; a bundle's onnxruntime graphs "
+                        "run on the CPU")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
     parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of the first frame's points and boxes")
     parser.add_argument("--out", default=None,
@@ -63,7 +67,7 @@ def run(args) -> int:
     from ..render import render_bev
     from ..runtime import Detector
 
-    detector = Detector.load(args.bundle or args.checkpoint, args.backend)
+    detector = Detector.load(args.bundle or args.checkpoint, args.backend, device=args.device)
     from ..pointcloud import is_bag_path
 
     out = Path(args.out) if args.out else None

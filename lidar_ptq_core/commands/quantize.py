@@ -6,6 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..devices import DEVICE_CHOICES_HELP
     from ..quant.config import METHODS
 
     parser.add_argument("--checkpoint", default="sim_pillar",
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help="stage checkpoints for resuming (default: <out>.work)")
     parser.add_argument("--out", required=True, help="quantized checkpoint (.safetensors) to write")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -37,6 +39,7 @@ def run(args) -> int:
 
     from ..calibration_data import calibration_clouds
     from ..config_files import load_yaml
+    from ..devices import batch_to, describe, resolve_device
     from ..io_utils import write_bytes_atomic
     from ..models.checkpoint import load_checkpoint
     from ..quant import QuantConfig, method_config
@@ -46,6 +49,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out}")
@@ -63,12 +67,13 @@ def run(args) -> int:
 
         if not args.model_config:
             raise ValueError("an OpenPCDet .pth needs --model-config (which network its weights belong to)")
-        model = import_openpcdet_checkpoint(args.checkpoint, resolve_config(args.model_config, "models"))
+        model = import_openpcdet_checkpoint(args.checkpoint, resolve_config(args.model_config, "models"), device=device)
     else:
-        model = load_checkpoint(bundled_checkpoint(args.checkpoint))
+        model = load_checkpoint(bundled_checkpoint(args.checkpoint), device=device)
     clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet)
-    print(f"calibration: {described}")
-    batches = [voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0] for c in clouds]
+    print(f"calibration: {described}; network on {describe(device)}")
+    batches = [batch_to(voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0], device)
+               for c in clouds]
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".work")
     qmodel, report = quantize_centerpoint(model, batches, args.method, config, progress=not args.quiet,
                                           work_dir=work_dir)

@@ -80,6 +80,7 @@ def prepare(model: nn.Module, layout: QuantLayout, add_types: tuple[type, ...] =
     """Fold and wrap `model` in place following `layout`. structure_only: the layout only (for loading a state_dict).
     Returns {name: wrapper}."""
     fold_batch_norms(model, layout.fold_pairs, structure_only=structure_only)
+    device = next((p.device for p in model.parameters()), None)
     wrappers = {}
     for name in layout.quantized:
         module = model.get_submodule(name)
@@ -90,6 +91,8 @@ def prepare(model: nn.Module, layout: QuantLayout, add_types: tuple[type, ...] =
             wrapper = QuantAdd(module)
         else:
             wrapper = wrapper_cls(module, input_channel_scaling=name in layout.input_scaled)
+        if device is not None:  # the wrapper's own ranges and scales are made on the CPU: move them to the model
+            wrapper.to(device)
         _set_submodule(model, name, wrapper)
         wrappers[name] = wrapper
     return wrappers

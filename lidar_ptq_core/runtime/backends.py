@@ -27,16 +27,24 @@ class TorchBackend:
 
     def __init__(self, model):
         self.model = model
+        self.device = next(model.parameters()).device  # batches are moved here (CPU voxelization, GPU network)
 
     def bev_input(self, batch: dict) -> torch.Tensor:
         """What `dense` takes: the BEV map."""
-        return self.model.bev_features(batch)
+        return self.model.bev_features(self._on_device(batch))
 
     def dense(self, bev: torch.Tensor) -> list[dict]:
-        return self.model.dense(bev)
+        return self.model.dense(bev.to(self.device))
 
     def __call__(self, batch: dict) -> list[dict]:
-        return self.model(batch)
+        return self.model(self._on_device(batch))
+
+    def _on_device(self, batch: dict) -> dict:
+        if self.device.type == "cpu":
+            return batch
+        from ..devices import batch_to
+
+        return batch_to(batch, self.device)
 
 
 ORT_GRAPHS = ("auto", "given")
@@ -70,6 +78,7 @@ class OnnxRuntimeBackend:
         self.onnx_bytes = onnx_bytes
         self.session = ort.InferenceSession(onnx_bytes, session_options(threads), providers=["CPUExecutionProvider"])
         self.model = model
+        self.device = torch.device("cpu")  # the CPU execution provider
         self.input_name = INPUT_NAME
         self.outputs = [name.split(".", 1) for name in output_names(model)]
 

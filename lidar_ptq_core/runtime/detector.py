@@ -47,7 +47,7 @@ class Detector:
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
-                    engine_cache: str | Path | None = None) -> "Detector":
+                    engine_cache: str | Path | None = None, device: str = "cpu") -> "Detector":
         """A `.lptq` bundle on a backend: onnxruntime, torch, tensorrt (UNVERIFIED here: needs TensorRT and a CUDA
         GPU; the engine is built on first use and cached in `engine_cache`, default ~/.cache/lidar_ptq/engines), or
         auto: tensorrt where tensorrt imports and CUDA is available, else onnxruntime."""
@@ -63,19 +63,24 @@ class Detector:
 
             model, bundle = load_bundle_model(path, device="cuda")
             return cls(model, TensorRTBackend(model, bundle.read_part(DENSE_PART), cache_dir=engine_cache))
-        model, bundle = load_bundle_model(path)
-        if backend == "torch":
-            return cls(model)
+        if backend == "torch":  # the bundle's checkpoint as torch fake-quant, on `device`
+            return cls(load_bundle_model(path, device=device)[0])
+        model, bundle = load_bundle_model(path)  # onnxruntime runs on the CPU provider; its encoder stays on the CPU
         return cls(model, OnnxRuntimeBackend(model, bundle.read_part(DENSE_PART), threads))
 
     @classmethod
-    def load(cls, source: str | Path, backend: str = "auto", threads: int | None = None) -> "Detector":
-        """A bundle (.lptq) or a checkpoint (bundled name or .safetensors, FP32 or INT8)."""
+    def load(cls, source: str | Path, backend: str = "auto", threads: int | None = None,
+             device: str = "cpu") -> "Detector":
+        """A bundle (.lptq) or a checkpoint (bundled name or .safetensors, FP32 or INT8). `device` (auto, cpu,
+        cuda, cuda:N; devices.resolve_device) is where torch runs the network: checkpoints and the torch backend."""
+        from ..devices import resolve_device
+
+        device = resolve_device(device)
         if str(source).endswith(".lptq"):
-            return cls.from_bundle(source, backend, threads)
+            return cls.from_bundle(source, backend, threads, device=device)
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend {backend!r} needs a bundle (lidar-ptq export); a checkpoint runs in torch")
-        return cls.from_checkpoint(source)
+        return cls.from_checkpoint(source, device=device)
 
     @property
     def class_names(self) -> tuple[str, ...]:
