@@ -6,7 +6,6 @@ same module tree from the FP32 model and load its state_dict strictly.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
@@ -37,16 +36,17 @@ class QuantLayout:
         )
 
 
-def _sparse_conv_base():
-    conv = sys.modules.get("spconv.pytorch.conv")  # models without spconv never import it
-    return conv.SparseConvolution if conv is not None else None
+def _is_sparse_conv(module: nn.Module) -> bool:
+    """An spconv SparseConvolution (or subclass), told by the classes of `module` itself: importing spconv (seconds)
+    just to test a type would slow down every pillar model."""
+    return any(cls.__name__ == "SparseConvolution" and cls.__module__.startswith("spconv.")
+               for cls in type(module).__mro__)
 
 
 def _wrapper_for(module: nn.Module, add_types: tuple[type, ...]):
     if add_types and isinstance(module, add_types):
         return QuantAdd
-    sparse = _sparse_conv_base()
-    if sparse is not None and isinstance(module, sparse):
+    if _is_sparse_conv(module):
         from .sparse import QuantSparseConv
 
         return QuantSparseConv

@@ -34,12 +34,14 @@ QUANTIZED_FORMAT = "lidar-ptq-centerpoint-int8/1"
 BOX_HEADS = ("center", "center_z", "dim", "rot")
 
 
-def _residual_add_type():
-    """The voxel backbone's ResidualAdd; models/backbone3d.py is only imported (with spconv) by voxel models."""
-    import sys
+def _residual_add_type(model: CenterPoint) -> tuple[type, ...]:
+    """The voxel backbone's ResidualAdd where `model` has that backbone; pillar models skip importing
+    models/backbone3d.py (and spconv with it, seconds)."""
+    if model.backbone_3d is None:
+        return ()
+    from ..models.backbone3d import ResidualAdd
 
-    backbone3d = sys.modules.get("lidar_ptq_core.models.backbone3d")
-    return (backbone3d.ResidualAdd,) if backbone3d is not None else ()
+    return (ResidualAdd,)
 
 
 def fold_pairs(model: CenterPoint) -> list[tuple[str, str]]:
@@ -179,7 +181,7 @@ def centerpoint_target(model: CenterPoint, tgpl_score_threshold: float = 0.3, tg
     return QuantTarget(
         forward=lambda m, batch: m(batch),
         fold_pairs=fold_pairs(model),
-        add_types=_residual_add_type(),
+        add_types=_residual_add_type(model),
         first_layers=first_layers(model),
         blocks=reconstruction_blocks(model),
         task_hook=TGPLHook(model, tgpl_score_threshold, tgpl_top_k),
@@ -249,7 +251,7 @@ def model_from_state(state: dict, metadata: dict, source: str, device="cpu") -> 
     except (KeyError, json.JSONDecodeError, TypeError) as exc:
         raise ValueError(f"{source}: damaged quantization metadata ({exc})") from exc
     try:
-        load_quantized_state(model, layout, state, _residual_add_type())
+        load_quantized_state(model, layout, state, _residual_add_type(model))
     except (RuntimeError, KeyError) as exc:
         raise ValueError(f"{source}: weights do not match the quantized layout: {str(exc).splitlines()[0]}") from exc
     model.quantization = json.loads(metadata.get("quantization", "{}"))
