@@ -16,6 +16,12 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+CACHE_ENV = "LIDAR_PTQ_CACHE"
+
+
+def default_cache_root() -> Path:
+    """Where generated data and built engines are cached: $LIDAR_PTQ_CACHE, else ~/.cache/lidar_ptq."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lidar_ptq").expanduser()
 
 
 @contextmanager

@@ -64,8 +64,6 @@ def tensorrt_importable() -> bool:
 
 
 def default_engine_dir() -> Path:
-    from ..sim.dataset import default_cache_root
-
     return default_cache_root() / "engines"
 
 

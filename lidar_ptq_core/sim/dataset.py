@@ -29,14 +29,13 @@ import yaml
 from tqdm import tqdm
 
 from ..detections import GroundTruth
-from ..io_utils import atomic_path, write_bytes_atomic
+from ..io_utils import atomic_path, default_cache_root, write_bytes_atomic
 from .config import SimConfig
 from .frame import SimFrame, generate_frame
 from .scene import CLASS_NAMES
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_000, "calib": 2_000_000, "test": 3_000_000}
 FRAMES_PER_SPLIT = 1_000_000  # seed ranges never overlap
-CACHE_ENV = "LIDAR_PTQ_CACHE"
 
 
 def split_seed(split: str, index: int) -> int:
@@ -50,10 +49,6 @@ def split_seed(split: str, index: int) -> int:
 def split_frame_id(split: str, index: int) -> str:
     split_seed(split, index)  # validates
     return f"{split}_{index:06d}"
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lidar_ptq").expanduser()
 
 
 def save_frame(path, frame: SimFrame, fingerprint: str = "") -> None:
