@@ -166,6 +166,126 @@ def evaluate(
     A box set with an empty `class_names` tuple has labels that index `class_names` directly.
     `iou_thresholds` overrides DEFAULT_IOU_THRESHOLDS per class name.
     """
+    matching = _match_all(predictions, ground_truths, class_names, distance_thresholds, iou_thresholds, range_edges,
+                          region)
+    return _result_of(matching, len(ground_truths))
+
+
+def evaluate_and_match(
+    predictions: Sequence[Detections],
+    ground_truths: Sequence[GroundTruth],
+    class_names: Sequence[str] | None = None,
+    *,
+    distance_thresholds: Sequence[float] = DISTANCE_THRESHOLDS,
+    iou_thresholds: Mapping[str, float] | None = None,
+    range_edges: Sequence[float] = DEFAULT_RANGE_EDGES,
+    region: Sequence[float] | None = None,
+) -> tuple[EvalResult, "MatchedFrames"]:
+    """`evaluate` and `match_frames` (same arguments) from one matching pass."""
+    matching = _match_all(predictions, ground_truths, class_names, distance_thresholds, iou_thresholds, range_edges,
+                          region)
+    return _result_of(matching, len(ground_truths)), _matched_frames_of(matching, len(ground_truths))
+
+
+def _result_of(matching: "_Matching", num_frames: int) -> EvalResult:
+    class_names, distance_thresholds = matching.class_names, matching.distance_thresholds
+    range_keys, edges = matching.range_keys, matching.edges
+    classes = {}
+    for name, acc in zip(class_names, matching.accumulators):
+        classes[name] = acc.result(name, range_keys, distance_thresholds, matching.iou_by_class[name])
+    threshold_keys = [_threshold_key(t) for t in distance_thresholds]
+    return EvalResult(
+        num_frames=num_frames,
+        class_names=class_names,
+        ranges=range_keys,
+        range_edges=edges,
+        distance_thresholds=distance_thresholds,
+        classes=classes,
+        distance_map={r: _nanmean(c.distance_ap[r] for c in classes.values()) for r in range_keys},
+        distance_map_by_threshold={
+            r: {t: _nanmean(c.distance_ap_by_threshold[r][t] for c in classes.values()) for t in threshold_keys}
+            for r in range_keys
+        },
+        iou_map={r: _nanmean(c.iou_ap[r] for c in classes.values()) for r in range_keys},
+    )
+
+
+@dataclass
+class ClassOutcomes:
+    """One class's matching outcomes over a data set, kept per frame so that AP can be recomputed on any multiset
+    of the frames (a bootstrap resample) without matching boxes again.
+
+    Predictions are in dataset-wide greedy order (descending score, ties in input order), as `evaluate` counts
+    them. Criteria are the distance thresholds in order, then the IoU criterion; ranges are "all", then the bins.
+    """
+
+    frame: np.ndarray  # (P,) frame index of each prediction
+    score: np.ndarray  # (P,)
+    pred_bin: np.ndarray  # (P,) range bin of the prediction centre (-1 below the first edge)
+    status: np.ndarray  # (criteria, P) outcome per criterion: 0 FP, 1 TP, 2 dropped (matched an ignored GT)
+    matched_bin: np.ndarray  # (criteria, P) range bin of the matched GT, -1 if unmatched
+    gt_per_frame: np.ndarray  # (ranges, F) non-ignored GT per range and frame
+
+    def counted(self, criterion: int, range_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(frame index, is TP) of the predictions that the AP of this criterion and range counts, in order."""
+        keep = _counted(self.status[criterion], self.matched_bin[criterion], self.pred_bin, range_index)
+        return self.frame[keep], self.status[criterion][keep] == _TP
+
+
+@dataclass
+class MatchedFrames:
+    """Every class's matching outcomes on a set of frames (see `match_frames`)."""
+
+    num_frames: int
+    class_names: list[str]
+    ranges: list[str]  # "all" first, then the bin labels
+    distance_thresholds: list[float]
+    classes: dict[str, ClassOutcomes]
+
+    @property
+    def iou_criterion(self) -> int:
+        return len(self.distance_thresholds)
+
+
+def match_frames(
+    predictions: Sequence[Detections],
+    ground_truths: Sequence[GroundTruth],
+    class_names: Sequence[str] | None = None,
+    *,
+    distance_thresholds: Sequence[float] = DISTANCE_THRESHOLDS,
+    iou_thresholds: Mapping[str, float] | None = None,
+    range_edges: Sequence[float] = DEFAULT_RANGE_EDGES,
+    region: Sequence[float] | None = None,
+) -> MatchedFrames:
+    """The per-frame matching that `evaluate` does (same arguments), returned per prediction instead of as APs."""
+    matching = _match_all(predictions, ground_truths, class_names, distance_thresholds, iou_thresholds, range_edges,
+                          region)
+    return _matched_frames_of(matching, len(ground_truths))
+
+
+def _matched_frames_of(matching: "_Matching", num_frames: int) -> MatchedFrames:
+    return MatchedFrames(
+        num_frames=num_frames,
+        class_names=matching.class_names,
+        ranges=matching.range_keys,
+        distance_thresholds=matching.distance_thresholds,
+        classes={name: acc.outcomes(num_frames, len(matching.range_keys))
+                 for name, acc in zip(matching.class_names, matching.accumulators)},
+    )
+
+
+@dataclass
+class _Matching:
+    class_names: list[str]
+    distance_thresholds: list[float]
+    iou_by_class: dict[str, float]
+    edges: list[float]
+    range_keys: list[str]
+    accumulators: list["_ClassAccumulator"]
+
+
+def _match_all(predictions, ground_truths, class_names, distance_thresholds, iou_thresholds, range_edges,
+               region) -> _Matching:
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} prediction frames but {len(ground_truths)} ground-truth frames")
     if region is not None:
@@ -189,6 +309,7 @@ def evaluate(
             pred_idx = pred_idx[np.argsort(-det.scores[pred_idx], kind="stable")]  # greedy order
             gt_idx = np.flatnonzero(gt_class == c)
             acc.add_frame(
+                frame,
                 det.boxes[pred_idx],
                 det.scores[pred_idx],
                 gt.boxes[gt_idx],
@@ -197,25 +318,7 @@ def evaluate(
                 iou_by_class[class_names[c]],
                 edges,
             )
-
-    classes = {}
-    for name, acc in zip(class_names, accumulators):
-        classes[name] = acc.result(name, range_keys, distance_thresholds, iou_by_class[name])
-    threshold_keys = [_threshold_key(t) for t in distance_thresholds]
-    return EvalResult(
-        num_frames=len(ground_truths),
-        class_names=class_names,
-        ranges=range_keys,
-        range_edges=edges,
-        distance_thresholds=distance_thresholds,
-        classes=classes,
-        distance_map={r: _nanmean(c.distance_ap[r] for c in classes.values()) for r in range_keys},
-        distance_map_by_threshold={
-            r: {t: _nanmean(c.distance_ap_by_threshold[r][t] for c in classes.values()) for t in threshold_keys}
-            for r in range_keys
-        },
-        iou_map={r: _nanmean(c.iou_ap[r] for c in classes.values()) for r in range_keys},
-    )
+    return _Matching(class_names, distance_thresholds, iou_by_class, edges, range_keys, accumulators)
 
 
 def evaluate_dirs(pred_dir, gt_dir, class_names: Sequence[str] | None = None, **kwargs) -> EvalResult:
@@ -225,6 +328,17 @@ def evaluate_dirs(pred_dir, gt_dir, class_names: Sequence[str] | None = None, **
     result's `warnings` records it); a prediction file without a GT file is an error. Keyword arguments go to
     `evaluate`.
     """
+    predictions, ground_truths, notes = read_box_dirs(pred_dir, gt_dir)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    result = evaluate(predictions, ground_truths, class_names, **kwargs)
+    result.warnings = notes
+    return result
+
+
+def read_box_dirs(pred_dir, gt_dir) -> tuple[list[Detections], list[GroundTruth], list[str]]:
+    """(predictions, ground truths, notes) of the box files of two directories, in GT file name order: what
+    `evaluate_dirs` evaluates (see there). The notes say what did not pair up cleanly."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not d.is_dir():
@@ -257,11 +371,7 @@ def evaluate_dirs(pred_dir, gt_dir, class_names: Sequence[str] | None = None, **
             predictions.append(det)
         else:
             predictions.append(Detections.empty(gt.class_names))
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-    result = evaluate(predictions, ground_truths, class_names, **kwargs)
-    result.warnings = notes
-    return result
+    return predictions, ground_truths, notes
 
 
 def format_table(result: EvalResult) -> str:
@@ -318,10 +428,15 @@ class _ClassAccumulator:
         self.matches: list[list[np.ndarray]] = [[] for _ in range(num_distance_thresholds + 1)]
         self.gt_ignore: list[np.ndarray] = []
         self.gt_bin: list[np.ndarray] = []
+        self.pred_frame: list[np.ndarray] = []
+        self.gt_frame: list[np.ndarray] = []
         self.num_gt_so_far = 0
 
-    def add_frame(self, pred_boxes, pred_scores, gt_boxes, gt_ignore, distance_thresholds, iou_threshold, edges):
+    def add_frame(self, frame, pred_boxes, pred_scores, gt_boxes, gt_ignore, distance_thresholds, iou_threshold,
+                  edges):
         num_pred, num_gt = len(pred_boxes), len(gt_boxes)
+        self.pred_frame.append(np.full(num_pred, frame, np.int64))
+        self.gt_frame.append(np.full(num_gt, frame, np.int64))
         self.scores.append(np.asarray(pred_scores, np.float64))
         self.pred_bin.append(_range_bin(pred_boxes, edges))
         self.gt_ignore.append(np.asarray(gt_ignore, bool))
@@ -355,20 +470,13 @@ class _ClassAccumulator:
         num_gt = {key: int(np.sum(~gt_ignore & in_range(gt_bin, r))) for r, key in enumerate(range_keys)}
         num_pred = {key: int(np.sum(in_range(pred_bin, r))) for r, key in enumerate(range_keys)}
 
+        bins_in_order = pred_bin[order]
+
         def ap_per_range(matched_parts) -> dict[str, float]:
-            matched = _concat(matched_parts, np.int64)[order]
-            status = np.full(len(matched), _FP)
-            hit = matched >= 0
-            status[hit] = np.where(gt_ignore[matched[hit]], _DROPPED, _TP)
-            matched_bin = np.full(len(matched), -1)
-            matched_bin[hit] = gt_bin[matched[hit]]
-            bins_in_order = pred_bin[order]
+            status, matched_bin = _outcome_of(_concat(matched_parts, np.int64)[order], gt_ignore, gt_bin)
             aps = {}
             for r, key in enumerate(range_keys):
-                if r == 0:
-                    counted = status != _DROPPED
-                else:
-                    counted = ((status == _TP) & (matched_bin == r - 1)) | ((status == _FP) & (bins_in_order == r - 1))
+                counted = _counted(status, matched_bin, bins_in_order, r)
                 aps[key] = average_precision(scores[order][counted], status[counted] == _TP, num_gt[key])
             return aps
 
@@ -386,6 +494,45 @@ class _ClassAccumulator:
             iou_threshold=float(iou_threshold),
             iou_ap=ap_per_range(self.matches[-1]),
         )
+
+
+    def outcomes(self, num_frames: int, num_ranges: int) -> ClassOutcomes:
+        scores = _concat(self.scores, np.float64)
+        order = np.argsort(-scores, kind="stable")  # the order `result` counts predictions in
+        gt_ignore, gt_bin = _concat(self.gt_ignore, bool), _concat(self.gt_bin, np.int64)
+        gt_frame = _concat(self.gt_frame, np.int64)
+        per_criterion = [_outcome_of(_concat(parts, np.int64)[order], gt_ignore, gt_bin) for parts in self.matches]
+        gt_per_frame = np.zeros((num_ranges, num_frames), np.int64)
+        for r in range(num_ranges):
+            in_range = ~gt_ignore if r == 0 else ~gt_ignore & (gt_bin == r - 1)
+            gt_per_frame[r] = np.bincount(gt_frame[in_range], minlength=num_frames)
+        return ClassOutcomes(
+            frame=_concat(self.pred_frame, np.int64)[order],
+            score=scores[order],
+            pred_bin=_concat(self.pred_bin, np.int64)[order],
+            status=np.array([status for status, _ in per_criterion]).reshape(len(self.matches), len(order)),
+            matched_bin=np.array([bins for _, bins in per_criterion]).reshape(len(self.matches), len(order)),
+            gt_per_frame=gt_per_frame,
+        )
+
+
+def _outcome_of(matched: np.ndarray, gt_ignore: np.ndarray, gt_bin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(status, range bin of the matched GT or -1) of predictions from their matched GT index (-1: none)."""
+    status = np.full(len(matched), _FP)
+    hit = matched >= 0
+    status[hit] = np.where(gt_ignore[matched[hit]], _DROPPED, _TP)
+    matched_bin = np.full(len(matched), -1)
+    matched_bin[hit] = gt_bin[matched[hit]]
+    return status, matched_bin
+
+
+def _counted(status: np.ndarray, matched_bin: np.ndarray, pred_bin: np.ndarray, range_index: int) -> np.ndarray:
+    """Predictions a range's AP counts (module docstring): range 0 ("all") every TP and FP; a bin its TPs whose GT
+    lies in it and its FPs centred in it."""
+    if range_index == 0:
+        return status != _DROPPED
+    in_bin = range_index - 1
+    return ((status == _TP) & (matched_bin == in_bin)) | ((status == _FP) & (pred_bin == in_bin))
 
 
 def _greedy_match(quality: np.ndarray, eligible: np.ndarray) -> np.ndarray:
