@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Headline accuracy on the sim `test` split: FP32 and INT8 checkpoints on the same test frames, each INT8 - FP32
+with a paired bootstrap 95 % interval over frames (lidar_ptq_core/paired.py).
+
+The test split is for headline figures only: nothing is ever chosen by its score (docs/QUANTIZATION.md, "Choosing
+and reporting"). Run this once per committed checkpoint, inside the project environment, in the background:
+
+    ./dev run python benchmarks/test_split_headline.py --model sim_pillar > runs/test_split_pillar.log 2>&1 &
+
+Each model's boxes are cached as box files under runs/test_split/<model>/<sim config>/<checkpoint>-<sha256>/pred/
+(ground truth in .../gt/), written frame by frame: an interrupted run resumes where it stopped, and a rerun on the
+same checkpoint contents detects nothing. Rows land in docs/benchmarks/test_split_<model>.jsonl as they finish (a
+row for the same checkpoint contents, reference and frames is not made again) and the table
+docs/benchmarks/test_split_<model>.txt is rewritten after each row. The CLI gives the same figures from the cached
+files: lidar-ptq eval --pred <int8 dir>/pred --reference <fp32 dir>/pred --gt <gt dir> --checkpoint <model>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections, write_ground_truth
+from lidar_ptq_core.evaluate import evaluate_and_match
+from lidar_ptq_core.io_utils import write_bytes_atomic
+from lidar_ptq_core.paired import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap
+from lidar_ptq_core.runtime import Detector, bundled_checkpoint
+from lidar_ptq_core.sim import SimDataset, load_sim_config, split_seed
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "runs" / "test_split"
+
+
+def checkpoint_digest(path: Path) -> str:
+    """First 12 hex digits of the file's SHA-256: cached boxes belong to these exact weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def detect_missing(checkpoint: Path, dataset: SimDataset, pred_dir: Path, gt_dir: Path, threads: int) -> list[float]:
+    """Detect the frames whose box file is missing; returns the seconds per detected frame."""
+    todo = [i for i in range(len(dataset)) if not (pred_dir / f"{dataset.frame_id(i)}.json").is_file()]
+    if not todo:
+        return []
+    torch.set_num_threads(threads)
+    detector = Detector.from_checkpoint(checkpoint)
+    seconds = []
+    for count, i in enumerate(todo, 1):
+        frame = dataset[i]
+        started = time.perf_counter()
+        det = detector.detect(frame.points)
+        seconds.append(time.perf_counter() - started)
+        gt_path = gt_dir / f"{frame.frame_id}.json"
+        if not gt_path.is_file():
+            write_ground_truth(gt_path, frame.frame_id, frame.gt)
+        write_detections(pred_dir / f"{frame.frame_id}.json", frame.frame_id, det)
+        if count % 100 == 0 or count == len(todo):
+            print(f"  {checkpoint.stem}: {count}/{len(todo)} frames, {1000 * np.median(seconds):.0f} ms median",
+                  flush=True)
+    return seconds
+
+
+def read_boxes(dataset: SimDataset, pred_dir: Path, gt_dir: Path):
+    """(predictions, ground truths) of the dataset's frames, in order, from the cached box files."""
+    predictions, ground_truths = [], []
+    for i in range(len(dataset)):
+        frame_id = dataset.frame_id(i)
+        ground_truths.append(read_ground_truth(gt_dir / f"{frame_id}.json")[1])
+        predictions.append(read_detections(pred_dir / f"{frame_id}.json")[1])
+    return predictions, ground_truths
+
+
+def row_key(row: dict) -> tuple:
+    return row["checkpoint"], row["sha256"], row.get("reference_sha256"), row["frames"], row["sim_fingerprint"]
+
+
+def format_rows(rows: list[dict], header: str) -> str:
+    width = max([24] + [len(r["checkpoint"]) + 7 for r in rows])
+    far = rows[0]["far_range"] if rows else "far"
+    columns = ("mAP", "BEV IoU", far)
+    lines = [header, "", f"{'checkpoint':<{width}} {'frames':>6} " + " ".join(f"{c:>7}" for c in columns)
+             + "".join(f"  {'d ' + c + ' [95 % CI]':>24}" for c in columns) + f" {'ms':>6}"]
+    for row in rows:
+        name = row["checkpoint"] + (" (fp32)" if row["paired"] is None else "")
+        values = (row["mAP"], row["bev_iou_mAP"], row["far_mAP"])
+        cells = " ".join(f"{100 * v:7.2f}" for v in values)
+        if row["paired"] is None:
+            deltas = "".join(f"  {'':>24}" for _ in columns)
+        else:
+            deltas = "".join(f"  {_interval(d):>24}" for d in row["paired"])
+        ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.0f}"
+        lines.append(f"{name:<{width}} {row['frames']:>6} {cells}{deltas} {ms:>6}")
+    return "\n".join(lines) + "\n"
+
+
+def _interval(d: dict) -> str:
+    return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="sim_pillar", help="FP32 checkpoint: bundled name or .safetensors")
+    parser.add_argument("--checkpoints", nargs="+", default=None,
+                        help="INT8 checkpoints, bundled names or paths (default: <model>_int8)")
+    parser.add_argument("--frames", type=int, default=1000, help="test frames 0..N-1 (default: %(default)s)")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for detection (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating test frames (default: 1)")
+    parser.add_argument("--out", default=None, help="default docs/benchmarks/test_split_<model>")
+    args = parser.parse_args()
+    if args.frames < 1:
+        raise SystemExit("--frames must be at least 1")
+
+    model_name = Path(args.model).stem
+    out = Path(args.out or REPO / "docs" / "benchmarks" / f"test_split_{model_name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_path = out.with_suffix(".jsonl")
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
+
+    sim = load_sim_config("default")
+    test = SimDataset("test", args.frames, sim)
+    started = time.perf_counter()
+    made = test.prepare(num_workers=args.workers, progress=False)
+    if made:
+        print(f"generated {made} test frames in {time.perf_counter() - started:.0f} s", flush=True)
+    cache = CACHE / model_name / test.fingerprint[:12]
+    gt_dir = cache / "gt"
+
+    fp32_path = bundled_checkpoint(args.model)
+    checkpoints = [fp32_path] + [bundled_checkpoint(c) for c in (args.checkpoints or [f"{model_name}_int8"])]
+    digests = {path: checkpoint_digest(path) for path in checkpoints}
+    header = (f"{model_name} on the first N sim test frames (seed {split_seed('test', 0):,} + index; never used "
+              f"for any choice), detector region; AP in %: centre-distance mAP, BEV IoU mAP, far-range "
+              f"centre-distance mAP; INT8 - FP32 with paired bootstrap 95 % intervals over frames ({args.resamples} "
+              f"resamples, seed {args.seed}); ms = median detection time per frame on {args.threads} thread(s) "
+              f"({platform.processor() or platform.machine()})")
+
+    fp32_detector = Detector.from_checkpoint(fp32_path)  # every row is scored on its classes, in its region
+    class_names, region = list(fp32_detector.class_names), fp32_detector.evaluation_region
+    reference = None
+    for path in checkpoints:
+        is_fp32 = path == fp32_path
+        box_dir = cache / f"{path.stem}-{digests[path]}"
+        seconds = detect_missing(path, test, box_dir / "pred", gt_dir, args.threads)
+        predictions, ground_truths = read_boxes(test, box_dir / "pred", gt_dir)
+        result, matched = evaluate_and_match(predictions, ground_truths, class_names, region=region)
+        if is_fp32:
+            reference = matched
+        far = result.ranges[-1]
+        row = {
+            "checkpoint": path.stem, "sha256": digests[path],
+            "reference_sha256": None if is_fp32 else digests[fp32_path],
+            "frames": args.frames, "split": "test", "sim_fingerprint": test.fingerprint,
+            "mAP": result.distance_map["all"], "bev_iou_mAP": result.iou_map["all"],
+            "far_range": far, "far_mAP": result.distance_map[far],
+            "boxes": str(box_dir.relative_to(REPO)),
+            "median_ms": round(1000 * float(np.median(seconds)), 1) if seconds else None,
+            "threads": args.threads,
+            "paired": None, "resamples": args.resamples, "seed": args.seed,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        done = {row_key(r): r for r in rows}
+        if row_key(row) in done:
+            print(f"[{path.stem}] row already in {rows_path.name}", flush=True)
+            continue
+        if row["median_ms"] is None:  # boxes were cached by an earlier run: keep its timing if there is one
+            earlier = [r for r in rows if r["checkpoint"] == path.stem and r["sha256"] == digests[path]]
+            row["median_ms"] = earlier[-1]["median_ms"] if earlier else None
+        if not is_fp32:
+            differences = paired_bootstrap(reference, matched, num_resamples=args.resamples, seed=args.seed)
+            row["paired"] = [d.to_dict() for d in differences]
+            for d in differences:
+                print(d.format(path.stem, fp32_path.stem), flush=True)
+        rows.append(row)
+        with rows_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        table = format_rows(rows, header)
+        write_bytes_atomic(out.with_suffix(".txt"), table.encode())
+        print(table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
