@@ -38,5 +38,7 @@ setup(
             "calibration_recorder = lidar_ptq_ros.calibration_recorder:main",
             "cloud_player = lidar_ptq_ros.cloud_player:main",
         ],
+        # `lidar-ptq demo` runs the node chain through this plugin hook; the core never imports lidar_ptq_ros.
+        "lidar_ptq.demo": ["node-chain = lidar_ptq_ros.demo_chain:run_demo"],
     },
 )

@@ -299,10 +299,11 @@ def record_calibration_bag(bag: Path, frames: int, *, env: dict, log_dir: Path, 
 
 # -- `lidar-ptq demo` ---------------------------------------------------------------------------------------------
 def run_demo(args) -> int:
-    """The demo (arguments of lidar_ptq_core/commands/demo.py) as the node chain."""
+    """The demo (arguments of lidar_ptq_core/commands/demo.py) as the node chain. `lidar-ptq demo` finds it through
+    the entry point lidar_ptq.demo:node-chain (setup.py); the core never imports this module."""
 
     from lidar_ptq_core.boxfile import write_detections, write_ground_truth
-    from lidar_ptq_core.commands.demo import quantize_from_bag
+    from lidar_ptq_core.demo_job import quantize_from_bag
     from lidar_ptq_core.io_utils import write_json_atomic
     from lidar_ptq_core.models.checkpoint import read_checkpoint_config
     from lidar_ptq_core.render import render_bev

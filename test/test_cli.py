@@ -69,7 +69,11 @@ def test_demo_without_ros_says_so_and_runs_as_library_calls(tmp_path, monkeypatc
     from lidar_ptq_core.models.checkpoint import save_checkpoint
 
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(demo, "ROS_CHAIN_MODULE", "lidar_ptq_no_such_ros_layer")
+    from importlib.metadata import EntryPoint
+
+    # A registered runner whose module does not import, as lidar_ptq_ros.demo_chain where rclpy is missing.
+    missing = EntryPoint(demo.NODE_CHAIN_NAME, "lidar_ptq_no_such_ros_layer:run_demo", demo.NODE_CHAIN_GROUP)
+    monkeypatch.setattr(demo, "node_chain_entry_point", lambda: missing)
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
     out = tmp_path / "demo"
     assert cli.main(["demo", "--frames", "1", "--checkpoint", str(ckpt), "--out", str(out), "--no-quantize"]) == 0
