@@ -189,6 +189,7 @@ def test_eval_cli_reference_prints_both_tables_and_paired_lines(tmp_path, capsys
             "--out", str(out), "--bootstrap", "300", "--region", "-80", "-80", "80", "80"]
     assert run_eval(argv) == 0
     text = capsys.readouterr().out
+    assert eval_command._distinct_names(tmp_path / "int8" / "pred", tmp_path / "fp32" / "pred") == ("int8", "fp32")
     assert text.count("Centre-distance AP") == 2
     doc = json.loads(out.read_text())
     full, blind = evaluate(dets, gts), evaluate(worse, gts)

@@ -24,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference", metavar="DIR", help="box files of a reference model on the same frames (e.g. FP32): also "
         "print its tables and PRED - REFERENCE per metric with a paired bootstrap 95 %% interval over frames"
     )
-    parser.add_argument("--label", metavar="NAME", help="name of --pred in the difference lines (default: its folder)")
+    parser.add_argument("--label", metavar="NAME",
+                        help="name of --pred in the difference lines (default: the last folder name that differs)")
     parser.add_argument("--reference-label", metavar="NAME",
-                        help="name of --reference in the difference lines (default: its folder)")
+                        help="name of --reference in the difference lines (default: as --label)")
     parser.add_argument("--bootstrap", type=int, metavar="N",
                         help=f"bootstrap resamples for the --reference interval (default: {DEFAULT_RESAMPLES})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -127,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     result, matched = evaluate_and_match(predictions, ground_truths, classes, **settings)
     reference_result, reference_matched = evaluate_and_match(reference_predictions, ground_truths, classes, **settings)
     result.warnings, reference_result.warnings = notes, reference_notes
-    label = args.label or Path(args.pred).resolve().name
-    reference_label = args.reference_label or Path(args.reference).resolve().name
+    default_label, default_reference_label = _distinct_names(args.pred, args.reference)
+    label, reference_label = args.label or default_label, args.reference_label or default_reference_label
     differences = paired_bootstrap(reference_matched, matched, num_resamples=num_resamples, seed=args.seed)
     print(f"{reference_label} (reference, {args.reference})")
     print(reference_result.format_table())
@@ -151,6 +152,15 @@ def run(args: argparse.Namespace) -> int:
 def _print_warnings(notes: list[str]) -> None:
     for note in notes:
         print(f"lidar-ptq eval: warning: {note}", file=sys.stderr)
+
+
+def _distinct_names(pred_dir, reference_dir) -> tuple[str, str]:
+    """The last path components where the two folders differ: 'int8' and 'fp32' for runs/int8/pred, runs/fp32/pred."""
+    pred_parts, reference_parts = Path(pred_dir).resolve().parts, Path(reference_dir).resolve().parts
+    for pred_part, reference_part in zip(reversed(pred_parts), reversed(reference_parts)):
+        if pred_part != reference_part:
+            return pred_part, reference_part
+    return pred_parts[-1], reference_parts[-1]
 
 
 def _class_names_of(*box_set_lists) -> list[str]:
