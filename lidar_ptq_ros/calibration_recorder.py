@@ -8,8 +8,8 @@ exits with status 0:
     calibration_recorder --ros-args --params-file config/calibrate.yaml -p output:=calib_bag -r points:=/lidar/points
     lidar-ptq quantize --calib calib_bag --checkpoint sim_pillar --out int8.safetensors
 
-Messages are taken as the CDR bytes DDS delivered (an rclpy subscription with raw=True) and written as they are with
-rosbags' Writer, never deserialised; the bag's connection carries rosbags' message definition and type hash of
+Messages are taken as the CDR bytes DDS delivered (an rclpy subscription with raw=True) and written as they are by
+the core's bag writer (lidar_ptq_core/pointcloud/bag.py, rosbags underneath), never deserialised; the bag's connection carries rosbags' message definition and type hash of
 sensor_msgs/msg/PointCloud2, checked at start against the hash rclpy gives this subscription. The bag topic is the
 subscription's resolved name (for example /lidar/points), the log time the node's clock at arrival (ROS time: the
 bag's clock when use_sim_time is set), which is also the clock `min_interval` is measured with.
@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.serialization import deserialize_message
@@ -40,13 +38,13 @@ from rclpy.task import Future
 from sensor_msgs.msg import PointCloud2
 
 from lidar_ptq_core.pointcloud import INTENSITY_ALIASES
-from lidar_ptq_core.pointcloud.bag import POINTCLOUD2_TYPE
+from lidar_ptq_core.pointcloud.bag import BAG_STORAGES, POINTCLOUD2_TYPE, PointCloud2BagWriter, pointcloud2_type_hash
 
 from .detector_node import POINTS_QOS
-from .node_parameters import ParameterSpec, StartupError, declare_parameters, shut_down_by_signal, start_node
+from .node_main import run_node_main
+from .node_parameters import ParameterSpec, StartupError, declare_parameters
 
 NODE_NAME = "lidar_ptq_calibration_recorder"
-STORAGES = ("mcap", "sqlite3")
 # Selected frames waiting for the disk; one more while all are pending is not recorded (and not counted).
 WRITE_QUEUE_DEPTH = 8
 LOG_THROTTLE_S = 5.0
@@ -56,8 +54,8 @@ PARAMETERS = (
                   "Directory of the rosbag2 bag to create (it must not exist; parent folders are created). The bag "
                   "is what `lidar-ptq quantize --calib` reads.", read_only=True,
                   constraints="non-empty; a path that does not exist yet"),
-    ParameterSpec("storage", "mcap", "rosbag2 storage plugin of the new bag: mcap or sqlite3 (.db3).",
-                  read_only=True, constraints="one of: mcap, sqlite3"),
+    ParameterSpec("storage", BAG_STORAGES[0], "rosbag2 storage plugin of the new bag: mcap or sqlite3 (.db3).",
+                  read_only=True, constraints=f"one of: {', '.join(BAG_STORAGES)}"),
     ParameterSpec("frames", 256,
                   "Frames to record; the node exits (status 0) once they are in the bag. `lidar-ptq quantize` uses "
                   "256 frames by default, spread over the whole bag.", read_only=True, constraints=">= 1"),
@@ -89,8 +87,8 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
     if not isinstance(output, str) or not output.strip():
         raise ValueError(f"parameter 'output' is {output!r}; it must name the bag directory to create")
     storage = values["storage"]
-    if storage not in STORAGES:
-        raise ValueError(f"parameter 'storage' is {storage!r}; allowed: {', '.join(STORAGES)}")
+    if storage not in BAG_STORAGES:
+        raise ValueError(f"parameter 'storage' is {storage!r}; allowed: {', '.join(BAG_STORAGES)}")
     for name in ("frames", "every"):
         value = values[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -145,67 +143,8 @@ class FrameSelector:
             self._before = None
 
 
-def rosbags_type_hash(msgtype: str = POINTCLOUD2_TYPE) -> str:
-    """The RIHS01 type hash rosbags records for `msgtype` (PointCloud2, Header and Time are the same in every ROS 2
-    distribution, so one type store describes them)."""
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.LATEST).hash_rihs01(msgtype)
-
-
-class BagRecording:
-    """A new rosbag2 bag with one PointCloud2 topic, written from serialized (CDR) messages.
-
-    close() writes metadata.yaml and so makes the bag readable. Use it from one thread: an sqlite3 storage may only
-    be used by the thread that opened it (BagWriterThread does that for the node)."""
-
-    def __init__(self, path: str | os.PathLike, topic: str, storage: str = "mcap"):
-        from rosbags.rosbag2 import StoragePlugin, Writer
-        from rosbags.typesys import Stores, get_typestore
-
-        if storage not in STORAGES:
-            raise ValueError(f"bag storage must be one of {STORAGES}, got {storage!r}")
-        self.path = Path(path)
-        if self.path.exists():
-            raise FileExistsError(f"{self.path} exists already; a bag is never overwritten")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self.count = 0
-        self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
-        self._writer.open()
-        try:
-            # PointCloud2, Header and Time are the same in every ROS 2 distribution: one store describes them.
-            self.connection = self._writer.add_connection(topic, POINTCLOUD2_TYPE,
-                                                          typestore=get_typestore(Stores.LATEST))
-        except BaseException:
-            self._writer.close()
-            raise
-
-    @property
-    def type_hash(self) -> str:
-        """The RIHS01 type hash the bag records for its topic."""
-        return self.connection.digest
-
-    @property
-    def closed(self) -> bool:
-        return self._writer is None
-
-    def write(self, timestamp_ns: int, data: bytes) -> int:
-        """Append one serialized PointCloud2 logged at timestamp_ns; returns the number of messages now written."""
-        if self._writer is None:
-            raise RuntimeError(f"{self.path}: the bag is closed")
-        self._writer.write(self.connection, int(timestamp_ns), data)
-        self.count += 1
-        return self.count
-
-    def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-
-
 class BagWriterThread:
-    """A BagRecording opened, written and closed by one thread of its own, fed through a queue, so that the
+    """A PointCloud2BagWriter (the core's bag writer) opened, written and closed by one thread of its own, fed through a queue, so that the
     executor never waits for the disk and a signal in the main thread never interrupts a write.
 
     Opening errors are raised by the constructor. `on_written(count)` and `on_failed(exc)` run in the writer thread.
@@ -213,7 +152,7 @@ class BagWriterThread:
 
     def __init__(self, path, topic: str, storage: str, on_written, on_failed, depth: int = WRITE_QUEUE_DEPTH):
         self.depth = depth
-        self.bag: BagRecording | None = None
+        self.bag: PointCloud2BagWriter | None = None
         self._on_written, self._on_failed = on_written, on_failed
         self._queue: queue.Queue = queue.Queue()  # unbounded, so that close() never blocks; put() keeps the depth
         self._opened = threading.Event()
@@ -229,7 +168,7 @@ class BagWriterThread:
 
     def _run(self, path, topic, storage) -> None:
         try:
-            self.bag = BagRecording(path, topic, storage)
+            self.bag = PointCloud2BagWriter(path, topic, storage)
         except BaseException as exc:
             self._open_error = exc
             return
@@ -238,7 +177,7 @@ class BagWriterThread:
         try:
             while (item := self._queue.get()) is not None:
                 try:
-                    count = self.bag.write(*item)
+                    count = self.bag.write_serialized(*item)
                 except Exception as exc:  # disk full, anything unforeseen: stop with what is written
                     self._on_failed(exc)
                     return
@@ -321,7 +260,7 @@ class CalibrationRecorder(Node):
                                f"{self.settings.output} ({self.settings.storage})")
 
     @property
-    def bag(self) -> BagRecording:
+    def bag(self) -> PointCloud2BagWriter:
         return self._writer.bag
 
     # -- parameters ---------------------------------------------------------------------------------------------
@@ -329,7 +268,7 @@ class CalibrationRecorder(Node):
         """The bag must describe the bytes it stores: rosbags' PointCloud2 hash must be the one rclpy uses."""
         local = [str(info.topic_type_hash) for info in self.get_subscriptions_info_by_topic(self.topic)
                  if info.node_name == self.get_name() and info.node_namespace == self.get_namespace()]
-        written = rosbags_type_hash()
+        written = pointcloud2_type_hash()
         if local and local[0] != written:
             raise StartupError(f"{POINTCLOUD2_TYPE}: this ROS 2 has type hash {local[0]}, rosbags writes "
                                f"{written}; the bag would not describe the recorded messages")
@@ -386,31 +325,7 @@ class CalibrationRecorder(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = start_node(CalibrationRecorder, NODE_NAME)
-    if node is None:
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    status = 0
-    try:
-        executor.spin_until_future_complete(node.finished)
-        if node.finished.done():
-            status = node.finished.result()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / SIGTERM: keep what was recorded
-    except Exception:
-        if not shut_down_by_signal():
-            status = 1
-            raise
-    except BaseException:
-        status = 1
-        raise
-    finally:
-        executor.shutdown()
-        node.destroy_node()  # closes the bag
-        rclpy.try_shutdown()
-    return status
+    return run_node_main(CalibrationRecorder, NODE_NAME, args)
 
 
 if __name__ == "__main__":

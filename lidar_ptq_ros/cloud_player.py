@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-import rclpy
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -36,7 +34,8 @@ from std_msgs.msg import Header
 from lidar_ptq_core.pointcloud import KITTI_FIELDS, PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics
 
 from .conversions import pointcloud_to_msg
-from .node_parameters import ParameterSpec, StartupError, declare_parameters, shut_down_by_signal, start_node
+from .node_main import run_node_main
+from .node_parameters import ParameterSpec, StartupError, declare_parameters
 
 NODE_NAME = "lidar_ptq_cloud_player"
 SIM_SOURCE = "sim"
@@ -264,27 +263,7 @@ class CloudPlayer(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = start_node(CloudPlayer, NODE_NAME)
-    if node is None:
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    status = 0
-    try:
-        executor.spin_until_future_complete(node.finished)
-        if node.finished.done():
-            status = node.finished.result()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if not shut_down_by_signal():
-            raise
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return status
+    return run_node_main(CloudPlayer, NODE_NAME, args)
 
 
 if __name__ == "__main__":

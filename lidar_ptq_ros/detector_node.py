@@ -25,9 +25,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
-import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
@@ -38,7 +36,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from lidar_ptq_core.detections import Detections
 
 from .conversions import detections_to_msg, msg_to_detector_input
-from .node_parameters import ParameterSpec, StartupError, declare_parameters, shut_down_by_signal, start_node
+from .node_main import run_node_main
+from .node_parameters import ParameterSpec, StartupError, declare_parameters
 from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
 
@@ -268,24 +267,7 @@ class DetectorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = start_node(DetectorNode, NODE_NAME)
-    if node is None:
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if not shut_down_by_signal():
-            raise
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node_main(DetectorNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.exceptions import ParameterException
 
@@ -55,19 +54,3 @@ def declare_parameters(node, specs: Sequence[ParameterSpec], validate: Callable[
         return validate(values)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-
-
-def shut_down_by_signal() -> bool:
-    """True once rclpy's signal handler (SIGINT / SIGTERM) has shut the default context down. An error raised then
-    by a callback that was running at that moment (a publish on the dead context) is the stop, not a failure."""
-    return not rclpy.ok()
-
-
-def start_node(factory: Callable[[], object], node_name: str):
-    """The node, or None after logging why it cannot start (the caller exits with status 1)."""
-    try:
-        return factory()
-    except StartupError as exc:
-        rclpy.logging.get_logger(node_name).error(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return None

@@ -42,7 +42,8 @@ from lidar_ptq_core.pointcloud import (  # noqa: E402
     write_pcd,
 )
 from lidar_ptq_ros import calibration_recorder, cloud_player  # noqa: E402
-from lidar_ptq_ros.calibration_recorder import BagRecording, CalibrationRecorder, FrameSelector  # noqa: E402
+from lidar_ptq_core.pointcloud.bag import PointCloud2BagWriter  # noqa: E402
+from lidar_ptq_ros.calibration_recorder import CalibrationRecorder, FrameSelector  # noqa: E402
 from test_detector_node import wait_for  # noqa: E402  (one polling helper for the ROS tests)
 from lidar_ptq_ros.cloud_player import CloudPlayer, FrameSource  # noqa: E402
 from lidar_ptq_ros.conversions import msg_to_pointcloud, pointcloud_to_msg  # noqa: E402
@@ -208,11 +209,12 @@ def test_player_invalid_parameter_values(name, value, message):
 
 # -- the bag writer (no ROS graph) --------------------------------------------------------------------------------
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_bag_recording_of_serialized_messages_reads_back(tmp_path, storage):
+def test_bag_writer_of_serialized_messages_reads_back(tmp_path, storage):
+    """The core's bag writer, as the recorder uses it: rclpy's CDR bytes written as they are."""
     clouds = [tiny_cloud(i) for i in range(3)]
-    bag = BagRecording(tmp_path / "bag", "/lidar/points", storage)
+    bag = PointCloud2BagWriter(tmp_path / "bag", "/lidar/points", storage)
     for i, cloud in enumerate(clouds):
-        assert bag.write(1_000 + i, serialize_message(cloud_msg(cloud, sec=10 + i))) == i + 1
+        assert bag.write_serialized(1_000 + i, serialize_message(cloud_msg(cloud, sec=10 + i))) == i + 1
     bag.close()
     bag.close()  # idempotent
     frames = list(iter_bag_frames(tmp_path / "bag"))
@@ -226,15 +228,16 @@ def test_bag_recording_of_serialized_messages_reads_back(tmp_path, storage):
     topic = meta["topics_with_message_count"][0]["topic_metadata"]
     assert topic["name"] == "/lidar/points" and topic["type"] == "sensor_msgs/msg/PointCloud2"
     assert topic["type_description_hash"] == bag.type_hash
+    assert topic["type_description_hash"] == calibration_recorder.pointcloud2_type_hash()
     with pytest.raises(RuntimeError, match="closed"):
-        bag.write(5, b"")
+        bag.write_serialized(5, b"")
 
 
-def test_bag_recording_refuses_an_existing_path(tmp_path):
+def test_bag_writer_refuses_an_existing_path(tmp_path):
     (tmp_path / "bag").mkdir()
     (tmp_path / "bag" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="never overwritten"):
-        BagRecording(tmp_path / "bag", "/points")
+        PointCloud2BagWriter(tmp_path / "bag", "/points")
     assert [p.name for p in (tmp_path / "bag").iterdir()] == ["keep.txt"]
 
 
@@ -391,14 +394,14 @@ def test_recorder_min_interval_follows_the_node_clock(ros, tmp_path):
 def test_recorder_failing_write_leaves_a_readable_bag(ros, tmp_path, monkeypatch):
     ns = namespace()
     recorder = start_recorder(ros, ns, output=str(tmp_path / "calib"), frames=5)
-    real_write = recorder.bag.write
+    real_write = recorder.bag.write_serialized
 
     def failing_write(timestamp_ns, data):
         if recorder.bag.count >= 2:
             raise OSError(28, "No space left on device")
         return real_write(timestamp_ns, data)
 
-    monkeypatch.setattr(recorder.bag, "write", failing_write)
+    monkeypatch.setattr(recorder.bag, "write_serialized", failing_write)
     publisher = ros.client.create_publisher(PointCloud2, f"{ns}/points", POINTS_QOS)
     wait_for(lambda: publisher.get_subscription_count() > 0, "discovery of the recorder")
     for i in range(3):

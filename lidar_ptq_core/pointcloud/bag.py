@@ -16,7 +16,7 @@ from .cloud import PointCloud
 from .pointcloud2 import pointcloud2_message_fields, pointcloud2_to_array
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
-BAG_STORAGES = ("sqlite3", "mcap")
+BAG_STORAGES = ("mcap", "sqlite3")  # rosbag2 storage plugins written here (MCAP: rosbag2's default since Iron)
 
 
 class BagFrame(NamedTuple):
@@ -146,6 +146,71 @@ def make_pointcloud2_message(cloud: PointCloud, timestamp_ns: int, frame_id: str
     return types[POINTCLOUD2_TYPE](header=header, **message)
 
 
+def pointcloud2_type_hash() -> str:
+    """The RIHS01 type hash the bags written here record for sensor_msgs/msg/PointCloud2."""
+    return _typestore().hash_rihs01(POINTCLOUD2_TYPE)
+
+
+class PointCloud2BagWriter:
+    """A new rosbag2 bag at `path` with one PointCloud2 topic, written message by message: the one place that writes
+    bags (write_bag_frames, the calibration_recorder node).
+
+    close() writes metadata.yaml and so makes the bag readable; what was written before a failure stays readable
+    once closed. Use it from one thread: an sqlite3 storage may only be used by the thread that opened it."""
+
+    def __init__(self, path: str | os.PathLike, topic: str = "/points", storage: str = "mcap"):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in BAG_STORAGES:
+            raise ValueError(f"bag storage must be one of {BAG_STORAGES}, got {storage!r}")
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(f"{self.path}: exists already; rosbag2 bags are never overwritten")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self.count = 0
+        self._writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+        self._writer.open()
+        try:
+            self.connection = self._writer.add_connection(topic, POINTCLOUD2_TYPE, typestore=_typestore())
+        except BaseException:
+            self._writer.close()
+            raise
+
+    @property
+    def type_hash(self) -> str:
+        """The RIHS01 type hash the bag records for its topic."""
+        return self.connection.digest
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    def write_serialized(self, timestamp_ns: int, data: bytes) -> int:
+        """Append one CDR-serialized PointCloud2 logged at timestamp_ns; returns the number of messages written."""
+        if self._writer is None:
+            raise RuntimeError(f"{self.path}: the bag is closed")
+        self._writer.write(self.connection, int(timestamp_ns), data)
+        self.count += 1
+        return self.count
+
+    def write_cloud(self, timestamp_ns: int, frame_id: str, cloud: PointCloud, point_step: int | None = None) -> int:
+        """Append `cloud` stamped and logged at timestamp_ns; returns the number of messages written."""
+        msg = make_pointcloud2_message(cloud, timestamp_ns, frame_id, point_step)
+        return self.write_serialized(timestamp_ns, _typestore().serialize_cdr(msg, POINTCLOUD2_TYPE))
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def __enter__(self) -> "PointCloud2BagWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def write_bag_frames(
     path: str | os.PathLike,
     frames: Iterable[tuple[int, str, PointCloud]],
@@ -159,8 +224,6 @@ def write_bag_frames(
     The bag is written beside `path` and renamed into place at the end, so `path` never holds a half bag.
     Refuses to overwrite an existing path. Returns the number of frames written; the log time is timestamp_ns.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     if storage not in BAG_STORAGES:
         raise ValueError(f"bag storage must be one of {BAG_STORAGES}, got {storage!r}")
     path = Path(path)
@@ -171,16 +234,10 @@ def write_bag_frames(
     try:
         # The staged bag has the final name so that the storage file inside is named after it.
         staged_bag = staging / path.name
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        typestore = _typestore()
-        count = 0
-        with Writer(staged_bag, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
-            connection = writer.add_connection(topic, POINTCLOUD2_TYPE, typestore=typestore)
+        with PointCloud2BagWriter(staged_bag, topic, storage) as writer:
             for timestamp_ns, frame_id, cloud in frames:
-                msg = make_pointcloud2_message(cloud, timestamp_ns, frame_id, point_step)
-                writer.write(connection, int(timestamp_ns), typestore.serialize_cdr(msg, POINTCLOUD2_TYPE))
-                count += 1
+                writer.write_cloud(timestamp_ns, frame_id, cloud, point_step)
         os.rename(staged_bag, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return count
+    return writer.count
