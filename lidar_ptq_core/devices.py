@@ -12,12 +12,13 @@ DEVICE_CHOICES_HELP = ("torch device for the network: auto (cuda where torch see
 
 
 def resolve_device(name: str | None = "auto"):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; ValueError if the device does not exist here."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; ValueError if the device does not exist here. A CUDA
+    device comes with TF32 off (exact_fp32)."""
     import torch
 
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -32,7 +33,19 @@ def resolve_device(name: str | None = "auto"):
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise ValueError(f"device {name!r}: torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    exact_fp32()
     return device
+
+
+def exact_fp32(enabled: bool = True) -> None:
+    """FP32 means FP32 on the GPU: torch lets cuDNN convolutions use TF32 (10-bit mantissa) by default on Ampere and
+    later, which moved the sim pillar model's heatmap probabilities by up to 3e-3 against the CPU and flipped INT8
+    rounding decisions (benchmarks/gpu_check.py). Quantization calibrates on these outputs, so the commands turn TF32
+    off; `enabled=False` gives TF32 back (faster, for timing comparisons)."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = not enabled
+    torch.backends.cuda.matmul.allow_tf32 = not enabled
 
 
 def batch_to(batch, device):

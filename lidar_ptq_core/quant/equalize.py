@@ -48,7 +48,7 @@ def equalization_scales(channel_range: torch.Tensor, column_weight: torch.Tensor
     """s per channel: r^alpha / w^(1 - alpha), normalised so that the largest activation range stays as it was
     (a common factor changes nothing), bounded to [1/limit, limit]; channels that never moved keep s = 1."""
     r = channel_range.double().clamp(min=0)
-    w = column_weight.double().clamp(min=1e-12)
+    w = column_weight.to(r.device).double().clamp(min=1e-12)  # statistics live on the CPU, weights maybe on a GPU
     live = r > 0
     scales = torch.ones_like(r)
     if not live.any():
