@@ -38,7 +38,7 @@ import torch
 from lidar_ptq_core.agreement import detection_agreement
 from lidar_ptq_core.bench import fit_point_features, random_model
 from lidar_ptq_core.decode import decode_batch
-from lidar_ptq_core.devices import batch_to, synchronize
+from lidar_ptq_core.devices import batch_to, exact_fp32, resolve_device, synchronize
 from lidar_ptq_core.evaluate import evaluate
 from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
 from lidar_ptq_core.voxelize import voxelize_clouds
@@ -129,8 +129,8 @@ def spconv_check() -> dict:
     dense = torch.nn.functional.conv3d(x_cpu.dense(), conv_cpu.weight.permute(0, 4, 1, 2, 3), padding=1)
     mask = (x_cpu.dense().abs().sum(1, keepdim=True) > 0).float()
     info = {"spconv": getattr(spconv, "__version__", None) or __import__("spconv").__version__,
-            "gpu_vs_cpu_max_abs": float((y_gpu - y_cpu).abs().max()),
-            "cpu_vs_dense_max_abs": float((y_cpu - dense * mask).abs().max())}
+            "gpu_vs_cpu_max_abs": float((y_gpu - y_cpu).detach().abs().max()),
+            "cpu_vs_dense_max_abs": float((y_cpu - dense * mask).detach().abs().max())}
     say(f"  spconv {info['spconv']}: GPU vs CPU max |diff| {info['gpu_vs_cpu_max_abs']:.2e}, CPU vs dense conv3d "
         f"{info['cpu_vs_dense_max_abs']:.2e}")
     return info
@@ -149,8 +149,10 @@ def sim_frames(split: str, count: int, workers: int):
 
 # -- running a model, stage by stage
 
-def run_model(model, clouds, device, fp16: bool = False, keep_outputs: int = 4):
-    """Per-stage ms (median), detections per frame, head outputs of the first `keep_outputs` frames (on the CPU)."""
+def run_model(model, clouds, device, fp16: bool = False, keep_outputs: int = 4, tf32: bool = False):
+    """Per-stage ms (median), detections per frame, head outputs of the first `keep_outputs` frames (on the CPU).
+    tf32: let cuDNN and matmuls use TF32 for this run (torch's default for convolutions; the commands turn it off)."""
+    exact_fp32(not tf32)
     config = model.config
     features = config.num_point_features
     geometry, post = config.head_geometry(), config.post_processing
@@ -181,6 +183,7 @@ def run_model(model, clouds, device, fp16: bool = False, keep_outputs: int = 4):
             detections.append(dets)
             if len(outputs_kept) < keep_outputs:
                 outputs_kept.append([{k: v.cpu() for k, v in task.items()} for task in outputs])
+    exact_fp32(True)
     return {k: float(np.median(v)) for k, v in times.items()}, detections, outputs_kept
 
 
@@ -205,19 +208,19 @@ def accuracy(detections, gts, config) -> dict:
 
 
 def compare_rows(name: str, models: dict, clouds, gts, cpu_frames: int) -> dict:
-    """models: row -> (model, device, fp16). CPU rows run on the first `cpu_frames` frames, GPU rows on all; parity
-    and agreement are taken on the frames both have."""
+    """models: row -> (model, device, fp16, tf32). CPU rows run on the first `cpu_frames` frames, GPU rows on all;
+    parity and agreement are taken on the frames both have."""
     rows, runs = {}, {}
-    for row, (model, device, fp16) in models.items():
+    for row, (model, device, fp16, tf32) in models.items():
         frames = clouds[:cpu_frames] if row.endswith("-cpu") else clouds
-        ms, dets, outs = run_model(model, frames, device, fp16)
+        ms, dets, outs = run_model(model, frames, device, fp16, tf32=tf32)
         runs[row] = (dets, outs)
-        rows[row] = {"device": str(device), "fp16": fp16, "frames": len(frames), "ms": ms}
+        rows[row] = {"device": str(device), "fp16": fp16, "tf32": tf32, "frames": len(frames), "ms": ms}
         if gts is not None:
             rows[row]["accuracy"] = accuracy(dets, gts, model.config)
     for row in rows:
-        reference = {"fp32-cuda": "fp32-cpu", "fp16-cuda": "fp32-cuda", "int8-cuda": "int8-cpu",
-                     "int8-cpu": "fp32-cpu"}.get(row)
+        reference = {"fp32-cuda": "fp32-cpu", "tf32-cuda": "fp32-cpu", "fp16-cuda": "fp32-cuda",
+                     "int8-cuda": "int8-cpu", "int8-cpu": "fp32-cpu"}.get(row)
         if reference in runs:
             common = min(len(runs[row][0]), len(runs[reference][0]))
             rows[row]["vs"] = reference
@@ -240,11 +243,11 @@ def compare_rows(name: str, models: dict, clouds, gts, cpu_frames: int) -> dict:
 
 
 def model_rows(fp32_cpu, fp32_gpu, int8_cpu, int8_gpu) -> dict:
-    rows = {"fp32-cpu": (fp32_cpu, "cpu", False), "fp32-cuda": (fp32_gpu, GPU, False),
-            "fp16-cuda": (fp32_gpu, GPU, True)}
+    rows = {"fp32-cpu": (fp32_cpu, "cpu", False, False), "fp32-cuda": (fp32_gpu, GPU, False, False),
+            "tf32-cuda": (fp32_gpu, GPU, False, True), "fp16-cuda": (fp32_gpu, GPU, True, False)}
     if int8_cpu is not None:
-        rows["int8-cpu"] = (int8_cpu, "cpu", False)
-        rows["int8-cuda"] = (int8_gpu, GPU, False)
+        rows["int8-cpu"] = (int8_cpu, "cpu", False, False)
+        rows["int8-cuda"] = (int8_gpu, GPU, False, False)
     return rows
 
 
@@ -260,8 +263,9 @@ def trained_model_part(name: str, clouds, gts, cpu_frames: int):
     return run()
 
 
-def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_frames: int):
-    @part(f"{label}: lidar-ptq-fast quantization, GPU vs CPU from the same calibration frames")
+def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_frames: int,
+                  method: str = "lidar-ptq-fast"):
+    @part(f"{label}: {method} quantization, GPU vs CPU from the same calibration frames")
     def run():
         from lidar_ptq_core.quant import method_config
         from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
@@ -270,13 +274,15 @@ def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_f
         results, models = {}, {}
         for key, device, model, frames in (("cuda", GPU, model_gpu, len(calib)),
                                            ("cpu", "cpu", model_cpu, cpu_calib_frames)):
+            if frames == 0:
+                say(f"  cpu: skipped ({elapsed():.0f} s used of the budget)")
+                continue
             batches = [batch_to(voxelize_clouds([fit_point_features(c, config.num_point_features)],
                                                 config.voxelization, config.num_point_features)[0], device)
                        for c in calib[:frames]]
             synchronize(device)
             t0 = time.perf_counter()
-            qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq-fast", method_config("lidar-ptq-fast"),
-                                                  progress=False)
+            qmodel, report = quantize_centerpoint(model, batches, method, method_config(method), progress=False)
             synchronize(device)
             seconds = time.perf_counter() - t0
             models[key] = qmodel
@@ -284,7 +290,7 @@ def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_f
                             "stages": {k: v.get("seconds") for k, v in report.stages.items()}}
             say(f"  {key}: {frames} calibration frames, {seconds:.1f} s (stages "
                 + ", ".join(f"{k} {v}" for k, v in results[key]["stages"].items()) + ")")
-        if results["cpu"]["frames"] == results["cuda"]["frames"]:
+        if results.get("cpu", {}).get("frames") == results["cuda"]["frames"]:
             cpu_state = models["cpu"].state_dict()
             gpu_state = {k: v.cpu() for k, v in models["cuda"].state_dict().items()}
             amax = [k for k in cpu_state if k.endswith("amax")]
@@ -306,8 +312,9 @@ def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/benchmarks/gpu_check", help="OUT.txt and OUT.json")
-    parser.add_argument("--frames", type=int, default=48, help="sim val frames run on the GPU rows")
-    parser.add_argument("--cpu-frames", type=int, default=12, help="of those, frames run on the CPU rows")
+    parser.add_argument("--frames", type=int, default=200, help="sim test frames run on every row")
+    parser.add_argument("--cpu-frames", type=int, default=200,
+                        help="of those, frames the sim models' CPU rows run (the full-size model's: 4)")
     parser.add_argument("--calib-frames", type=int, default=32, help="calibration frames for lidar-ptq-fast")
     parser.add_argument("--budget-s", type=float, default=420, help="skip the optional parts after this many seconds")
     parser.add_argument("--dry-run-on-cpu", action="store_true",
@@ -320,18 +327,21 @@ def main() -> int:
     if args.dry_run_on_cpu:
         GPU = "cpu"
         say("DRY RUN: the CPU stands in for the GPU; no figure below is a GPU figure")
-    elif not torch.cuda.is_available():
+    elif torch.cuda.is_available():
+        resolve_device(GPU)  # as the commands do: TF32 off
+    else:
         say("no CUDA GPU: this check needs one (the CPU paths are covered by the test suite)")
         write(args.out)
         return 1
     have_spconv = spconv_check() is not None
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     t0 = time.perf_counter()
-    val, gts = sim_frames("val", args.frames, workers)
+    # The test split: no choice is made on these frames here, and they are not the frames the recipes were tuned on.
+    val, gts = sim_frames("test", args.frames, workers)
     calib, _ = sim_frames("calib", args.calib_frames, workers)
-    say(f"\nsim frames: {len(val)} val, {len(calib)} calib, generated in {time.perf_counter() - t0:.1f} s "
-        f"({workers} workers)")
-    RESULT["frames"] = {"val": len(val), "calib": len(calib), "cpu_rows": args.cpu_frames}
+    say(f"\nsim frames: {len(val)} test, {len(calib)} calib, generated in {time.perf_counter() - t0:.1f} s "
+        f"({workers} workers); TF32 off unless a row says tf32")
+    RESULT["frames"] = {"test": len(val), "calib": len(calib), "cpu_rows": args.cpu_frames}
 
     trained_model_part("sim_pillar", val, gts, args.cpu_frames)
     from lidar_ptq_core.recipes.centerpoint import load_any_checkpoint
@@ -339,12 +349,15 @@ def main() -> int:
 
     pillar = [load_any_checkpoint(bundled_checkpoint("sim_pillar"), device=d).eval() for d in ("cpu", GPU)]
     quantize_part("sim_pillar", pillar[0], pillar[1], calib, val, gts, len(calib))
+    # The paper's stages (grid search, TGPL, adaptive rounding) on the GPU too, on small budgets.
+    quantize_part("sim_pillar", pillar[0], pillar[1], calib, val, gts,
+                  len(calib) if elapsed() < args.budget_s - 200 else 0, method="lidar-ptq-quick")
 
     @part("waymo-pillar-random (full-size Waymo CenterPoint-Pillar, 468 x 468 BEV, RANDOM weights: timing and parity)")
     def waymo():
         fp32_cpu = random_model("waymo-pillar-random")
         fp32_gpu = copy.deepcopy(fp32_cpu).to(GPU)
-        return compare_rows("waymo", model_rows(fp32_cpu, fp32_gpu, None, None), val, None, max(2, args.cpu_frames // 3))
+        return compare_rows("waymo", model_rows(fp32_cpu, fp32_gpu, None, None), val[:48], None, 4)
     waymo()
 
     @part("waymo-pillar-random: lidar-ptq-fast on the GPU (full-size quantization time), INT8 rows")
@@ -357,7 +370,7 @@ def main() -> int:
     waymo_quant()
 
     if have_spconv:
-        trained_model_part("sim_voxel", val, gts, max(4, args.cpu_frames // 2))
+        trained_model_part("sim_voxel", val, gts, args.cpu_frames)
         if elapsed() < args.budget_s:
             voxel = [load_any_checkpoint(bundled_checkpoint("sim_voxel"), device=d).eval() for d in ("cpu", GPU)]
             quantize_part("sim_voxel", voxel[0], voxel[1], calib, val, gts,
