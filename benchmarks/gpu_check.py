@@ -304,7 +304,7 @@ def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_f
                     _, dets, _ = run_model(models[key].to(GPU), val, GPU)
                     results[key]["accuracy"] = accuracy(dets, gts, config)
                     say(f"  INT8 quantized on {key}, run on the GPU: mAP {results[key]['accuracy']['mAP']:.2f}, "
-                        f"BEV IoU {results[key]['accuracy']['bev_iou_mAP']:.2f} on {len(val)} val frames")
+                        f"BEV IoU {results[key]['accuracy']['bev_iou_mAP']:.2f} on {len(val)} test frames")
         return results
     return run()
 
