@@ -245,6 +245,11 @@ def test_cache_builds_once_then_loads(tmp_path):
     assert path.name.startswith(f"dense-{hashlib.sha256(ONNX).hexdigest()[:16]}-trt10.3.0-orin-nvgpu-sm87-int8-fp16")
 
 
+def test_cache_without_a_folder_uses_the_cache_roots_engines(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path))
+    assert EngineCache(FakeToolkit()).directory == tmp_path / "engines"
+
+
 def test_key_covers_onnx_tensorrt_gpu_and_precision(tmp_path):
     def key(onnx=ONNX, fp16=True, quantized=True, **toolkit):
         return EngineCache(FakeToolkit(**toolkit), tmp_path).key(onnx, BuildOptions(fp16=fp16), quantized)

@@ -32,6 +32,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..io_utils import default_cache_root
+
 ENGINE_MAGIC = b"LPTQTRT1"
 ENGINE_SUFFIX = ".engine"
 DEFAULT_WORKSPACE_MB = 1024
