@@ -16,7 +16,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
-        (f"share/{PACKAGE}/checkpoints", glob("checkpoints/*.safetensors")),
+        (f"share/{PACKAGE}/checkpoints", glob("checkpoints/*.safetensors") + glob("checkpoints/*.lptq")),
         # Fast DDS profile (shared memory for large clouds, UDP on loopback only), named by FASTDDS_DEFAULT_PROFILES_FILE.
         (f"share/{PACKAGE}/config/dds", glob("config/dds/*.xml")),
     ]

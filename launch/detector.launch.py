@@ -1,7 +1,8 @@
 """The detector, optionally fed by the cloud player and watched in RViz.
 
-    ros2 launch lidar_ptq_ros detector.launch.py points_topic:=/lidar/points model:=/path/int8.safetensors
-    ros2 launch lidar_ptq_ros detector.launch.py model:=/path/int8.lptq backend:=onnxruntime   # an exported bundle
+    ros2 launch lidar_ptq_ros detector.launch.py points_topic:=/lidar/points   # the bundled INT8 bundle (default)
+    ros2 launch lidar_ptq_ros detector.launch.py model:=/path/int8.lptq        # your exported bundle, fastest backend
+    ros2 launch lidar_ptq_ros detector.launch.py model:=sim_pillar backend:=torch   # FP32, an explicit choice
     ros2 launch lidar_ptq_ros detector.launch.py use_player:=true use_rviz:=true          # simulated sweeps
     ros2 launch lidar_ptq_ros detector.launch.py use_player:=true player_source:=calib_bag player_rate:=5.0
 
@@ -28,11 +29,13 @@ def generate_launch_description():
     arguments = [
         DeclareLaunchArgument("points_topic", default_value="/points",
                               description="PointCloud2 topic the detector subscribes (and the player publishes)"),
-        DeclareLaunchArgument("model", default_value="sim_pillar",
-                              description="checkpoint: a bundled name (sim_pillar, sim_voxel) or a .safetensors path, "
-                                          "FP32 or INT8 (lidar-ptq quantize), or a .lptq bundle (lidar-ptq export)"),
-        DeclareLaunchArgument("backend", default_value="torch",
-                              description="torch, or onnxruntime for a .lptq bundle (its dense part as ONNX)"),
+        DeclareLaunchArgument("model", default_value="sim_pillar_int8.lptq",
+                              description="a .lptq bundle (lidar-ptq export; default: the bundled INT8 model), or a "
+                                          "checkpoint: a bundled name (sim_pillar = FP32, sim_voxel) or a "
+                                          ".safetensors path, FP32 or INT8 (lidar-ptq quantize)"),
+        DeclareLaunchArgument("backend", default_value="auto",
+                              description="auto (a bundle: tensorrt where it exists, else onnxruntime; a checkpoint: "
+                                          "torch), torch, onnxruntime or tensorrt"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "detector.yaml"]),
                               description="detector parameters (ros__parameters YAML); `model` and `backend` "
                                           "override its own"),

@@ -42,7 +42,8 @@ from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
 
 NODE_NAME = "lidar_ptq_detector"
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+DEFAULT_MODEL = "sim_pillar_int8.lptq"  # the product is INT8: the bundled INT8 model as a bundle; FP32 is a choice
 BUNDLE_SUFFIX = ".lptq"
 # What lidar drivers publish with; depth 1 so the middleware never queues old sweeps either.
 POINTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -51,16 +52,18 @@ LOG_THROTTLE_S = 5.0
 
 
 PARAMETERS = (
-    ParameterSpec("model", "sim_pillar",
-                  "Checkpoint: a bundled name (checkpoints/<name>.safetensors, e.g. sim_pillar, sim_voxel), a path "
-                  "to a .safetensors file, FP32 or INT8 fake-quant (from `lidar-ptq quantize`), or a .lptq bundle "
-                  "(from `lidar-ptq export`).", read_only=True, constraints="non-empty"),
-    ParameterSpec("backend", "torch",
-                  "Inference backend: 'torch' (FP32, or INT8 as fake-quant, on CPU; a bundle runs its checkpoint "
-                  "part) or 'onnxruntime' (a .lptq bundle only: the dense part in onnxruntime, an INT8 one as its "
-                  "integer graph) or 'tensorrt' (a .lptq bundle on a GPU with TensorRT 10: written, unverified; "
-                  "not installable on these CPU machines).", read_only=True,
-                  constraints="one of: torch, onnxruntime, tensorrt"),
+    ParameterSpec("model", DEFAULT_MODEL,
+                  "A .lptq bundle (from `lidar-ptq export`; default: the bundled INT8 sim pillar model), or a "
+                  "checkpoint: a bundled name (checkpoints/<name>.safetensors, e.g. sim_pillar for FP32), a path "
+                  "to a .safetensors file, FP32 or INT8 fake-quant (from `lidar-ptq quantize`).", read_only=True,
+                  constraints="non-empty"),
+    ParameterSpec("backend", "auto",
+                  "Inference backend: 'auto' (a bundle on the fastest backend here: tensorrt where it imports and a "
+                  "CUDA GPU exists, else onnxruntime; a checkpoint in torch), 'torch' (FP32, or INT8 as fake-quant, "
+                  "on CPU; a bundle runs its checkpoint part), 'onnxruntime' (a .lptq bundle only: the dense part in "
+                  "onnxruntime, an INT8 one as its integer graph) or 'tensorrt' (a .lptq bundle on a GPU with "
+                  "TensorRT 10: written, unverified; not installable on these CPU machines).", read_only=True,
+                  constraints="one of: auto, torch, onnxruntime, tensorrt"),
     ParameterSpec("score_threshold", 0.3,
                   "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",
                   constraints="0 <= x <= 1"),
@@ -77,6 +80,12 @@ PARAMETERS = (
     ParameterSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", read_only=True,
                   constraints="finite, > 0"),
 )
+def _resolved_backend(detector, asked: str) -> str:
+    """' (onnxruntime)' when 'auto' chose a backend, else ''."""
+    name = getattr(getattr(detector, "backend", None), "name", None)
+    return f" ({name})" if name and name != asked else ""
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str
@@ -167,7 +176,8 @@ class DetectorNode(Node):
         self._worker = threading.Thread(target=self._process_loop, name="lidar_ptq_detector_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"model {self.settings.model} ({', '.join(self.detector.class_names)}), backend {self.settings.backend}: "
+            f"model {self.settings.model} ({', '.join(self.detector.class_names)}), backend {self.settings.backend}"
+            f"{_resolved_backend(self.detector, self.settings.backend)}: "
             f"{self._subscription.topic_name} -> {self._detections_pub.topic_name}"
         )
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -372,3 +373,23 @@ def test_inspect_bad_file_is_a_one_line_error(good, capsys):
                             "the manifest says 500 bytes, the archive holds 5\n")
     assert cli.main(["inspect", str(good.parent / "gone.lptq")]) == 2
     assert capsys.readouterr().err == f"lidar-ptq inspect: error: bundle not found: {good.parent / 'gone.lptq'}\n"
+
+
+def test_the_shipped_int8_bundle_is_todays_export_of_the_shipped_int8_checkpoint(tmp_path):
+    """checkpoints/sim_pillar_int8.lptq (the detector node's default model) holds exactly the bytes of the committed
+    INT8 checkpoint and the dense graph today's export writes for it (export is deterministic), and a bare file name
+    finds it. When this fails, remake it: `lidar-ptq export --checkpoint sim_pillar_int8 --out
+    checkpoints/sim_pillar_int8.lptq`."""
+    from lidar_ptq_core.export.bundle import read_bundle
+    from lidar_ptq_core.export.export_bundle import export_bundle
+    from lidar_ptq_core.runtime import bundled_checkpoint
+    from lidar_ptq_core.runtime.detector import bundled_bundle
+
+    path = bundled_bundle("sim_pillar_int8.lptq")
+    assert path.is_file() and path.parent.name == "checkpoints"
+    shipped = read_bundle(path)  # verifies every part's checksum
+    fresh = read_bundle(export_bundle(bundled_checkpoint("sim_pillar_int8"), tmp_path / "fresh.lptq"))
+    assert sorted(shipped.manifest.parts) == sorted(fresh.manifest.parts)
+    for name in fresh.manifest.parts:
+        assert shipped.read_part(name) == fresh.read_part(name), f"{name} differs from today's export"
+    assert bundled_bundle("elsewhere/none.lptq") == Path("elsewhere/none.lptq"), "paths are taken as given"

@@ -37,6 +37,9 @@ from lidar_ptq_core.models.checkpoint import save_checkpoint  # noqa: E402
 from lidar_ptq_core.runtime import Detector  # noqa: E402
 from lidar_ptq_ros.conversions import msg_to_detections, msg_to_detector_input, quaternion_to_yaw  # noqa: E402
 from lidar_ptq_ros.detector_node import POINTS_QOS, DetectorNode, StartupError, validate_settings  # noqa: E402
+from lidar_ptq_core.runtime.backends import tensorrt_unavailable  # noqa: E402
+
+HAVE_TENSORRT_AND_GPU = tensorrt_unavailable() is None
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_ID = "lidar_test"
@@ -436,7 +439,7 @@ VALID = {"model": "sim_pillar", "backend": "torch", "score_threshold": 0.3, "max
 
 @pytest.mark.parametrize("name, value, message", [
     ("backend", "tensorrt", "cannot be installed on these CPU machines"),
-    ("backend", "cuda", "allowed: torch, onnxruntime"),
+    ("backend", "cuda", "allowed: auto, torch, onnxruntime"),
     ("backend", "onnxruntime", "not a .lptq bundle"),
     ("score_threshold", 1.5, "0 <= x <= 1"),
     ("score_threshold", "high", "must be a number"),
@@ -455,8 +458,9 @@ def test_invalid_parameter_values_are_refused_with_the_reason(name, value, messa
 
 
 def test_shipped_parameter_file_and_the_bundled_model_on_a_sim_frame():
-    """config/detector.yaml loads into the node (bundled sim_pillar); the node's boxes for one simulated frame are
-    the library's, and they find cars. Parameters carry descriptions; runtime changes are validated."""
+    """config/detector.yaml loads into the node: the bundled INT8 bundle on the fastest backend here (onnxruntime
+    without TensorRT); the node's boxes for one simulated frame are the library's, and they find cars. Parameters
+    carry descriptions; runtime changes are validated."""
     from lidar_ptq_core.config_files import load_yaml
     from lidar_ptq_core.sim import generate_frame, load_sim_config
 
@@ -473,9 +477,12 @@ def test_shipped_parameter_file_and_the_bundled_model_on_a_sim_frame():
         assert h.node.settings.score_threshold == 0.5
         assert not h.node.set_parameters([Parameter("backend", value="torch")])[0].successful, "read-only"
 
+        assert shipped["model"] == "sim_pillar_int8.lptq" and shipped["backend"] == "auto", "INT8 by default"
+        assert type(h.node.detector.backend).__name__ == ("TensorRTBackend" if HAVE_TENSORRT_AND_GPU
+                                                          else "OnnxRuntimeBackend")
         frame = generate_frame(load_sim_config("default"), 0)
         msg, _ = h.detect(xyzi_cloud(frame.points))
-        expected = Detector.from_checkpoint("sim_pillar").detect(frame.points)
+        expected = Detector.load("sim_pillar_int8.lptq", "auto").detect(frame.points)
         expected = expected.select(expected.scores >= 0.5)
         assert_same_detections(msg, expected, expected.class_names)
         assert "Car" in {d.results[0].hypothesis.class_id for d in msg.detections}

@@ -308,8 +308,8 @@ def test_detector_launch_model_and_rviz(monkeypatch):
     desc = load_launch_file(REPO / "launch" / "detector.launch.py", monkeypatch)
     nodes = {n.arg("executable"): n for n in of_kind(desc, "Node")}
     inline = next(p for p in nodes["detector_node"].arg("parameters") if isinstance(p, dict))
-    assert evaluate(inline["model"], desc) == "sim_pillar" and inline["model"].arg("value_type") is str
-    assert evaluate(inline["backend"], desc) == "torch" and inline["backend"].arg("value_type") is str
+    assert evaluate(inline["model"], desc) == "sim_pillar_int8.lptq" and inline["model"].arg("value_type") is str
+    assert evaluate(inline["backend"], desc) == "auto" and inline["backend"].arg("value_type") is str
     bundle = {"model": "q.lptq", "backend": "onnxruntime"}
     from lidar_ptq_ros.detector_node import validate_settings
 

@@ -11,6 +11,7 @@ import torch
 from ..config_files import data_roots
 from ..decode import decode_batch
 from ..detections import Detections
+from ..pointcloud.features import PointPreparer
 from ..voxelize import voxelize_clouds
 
 def bundled_checkpoint(name: str = "sim_pillar") -> Path:
@@ -26,6 +27,18 @@ def bundled_checkpoint(name: str = "sim_pillar") -> Path:
     raise FileNotFoundError(f"no bundled checkpoint {name!r}; available: {available}")
 
 
+def bundled_bundle(name: str) -> Path:
+    """A .lptq path that exists, or a bundle shipped with the project by file name (checkpoints/sim_pillar_int8.lptq:
+    the node's default model)."""
+    path = Path(name)
+    if path.exists() or path.parent != Path("."):
+        return path
+    for root in data_roots("checkpoints"):
+        if (root / path.name).is_file():
+            return root / path.name
+    return path  # reading it gives the not-found error with the name as given
+
+
 class Detector:
     def __init__(self, model: torch.nn.Module, backend=None):
         """`backend` runs the network on a voxel batch (runtime/backends.py); default: the model in torch."""
@@ -37,6 +50,8 @@ class Detector:
         self.geometry = self.config.head_geometry()
         self.device = next(model.parameters()).device
         self.last_voxel_report = None  # what voxelization kept and dropped in the last frame detected
+        # The model config's rule for missing point features (zeros + one warning, or an error): pointcloud/features.py
+        self.prepare_points = PointPreparer(self.config.point_features)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path = "sim_pillar", device: str = "cpu") -> "Detector":
@@ -77,7 +92,7 @@ class Detector:
 
         device = resolve_device(device)
         if str(source).endswith(".lptq"):
-            return cls.from_bundle(source, backend, threads, device=device)
+            return cls.from_bundle(bundled_bundle(str(source)), backend, threads, device=device)
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend {backend!r} needs a bundle (lidar-ptq export); a checkpoint runs in torch")
         return cls.from_checkpoint(source, device=device)
@@ -97,7 +112,9 @@ class Detector:
 
     @torch.inference_mode()
     def detect_batch(self, clouds: list[np.ndarray]) -> list[Detections]:
-        """Points (N, C) with x, y, z, intensity first -> Detections per cloud."""
+        """Points (N, C) in the model's feature order (x, y, z, intensity, ...; missing trailing features are
+        filled by the config's rule) or PointClouds (features by name) -> Detections per cloud."""
+        clouds = [self.prepare_points(c, "points passed to Detector.detect") for c in clouds]
         batch, reports = voxelize_clouds(clouds, self.config.voxelization, self.config.num_point_features)
         self.last_voxel_report = reports[-1]
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
