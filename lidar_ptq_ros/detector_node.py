@@ -80,6 +80,8 @@ PARAMETERS = (
     ParameterSpec("diagnostics_period", 1.0, "Seconds between two /diagnostics messages.", read_only=True,
                   constraints="finite, > 0"),
 )
+
+
 def _resolved_backend(detector, asked: str) -> str:
     """' (onnxruntime)' when 'auto' chose a backend, else ''."""
     name = getattr(getattr(detector, "backend", None), "name", None)
