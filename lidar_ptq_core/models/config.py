@@ -18,6 +18,7 @@ from ..config_files import build_config
 from ..config_files import check_keys as _check_keys
 from ..config_files import load_yaml
 from ..decode import DecodeConfig, HeadGeometry
+from ..pointcloud.features import InputSettings, PointFeature, parse_point_features
 from ..voxelize import VoxelConfig
 
 REQUIRED_BOX_HEADS = ("center", "center_z", "dim", "rot")
@@ -199,6 +200,11 @@ class CenterPointConfig:
     post_processing: DecodeConfig = field(default_factory=DecodeConfig)
     backbone_3d: VoxelBackboneConfig | None = None
     source: str = ""  # provenance note, e.g. the OpenPCDet config this mirrors
+    # Names of the per-point features in order and how a sensor lacking one is filled (pointcloud/features.py);
+    # empty (old configs and checkpoints): x, y, z, intensity, then unnamed extras, filled with zeros.
+    point_features: tuple[PointFeature, ...] = ()
+    # Corrections for the sensor this checkpoint was calibrated on (recorded by `lidar-ptq quantize`).
+    input_settings: InputSettings = field(default_factory=InputSettings)
 
     def __post_init__(self) -> None:
         names = tuple(str(n) for n in self.class_names)
@@ -208,6 +214,7 @@ class CenterPointConfig:
         object.__setattr__(self, "num_point_features", int(self.num_point_features))
         if self.num_point_features < 3:
             raise ValueError("num_point_features must be >= 3 (x, y, z first)")
+        object.__setattr__(self, "point_features", parse_point_features(self.point_features, self.num_point_features))
         in_tasks = [n for task in self.dense_head.class_names_each_head for n in task]
         if sorted(in_tasks) != sorted(names):
             raise ValueError(
@@ -304,6 +311,10 @@ class CenterPointConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "CenterPointConfig":
+        if isinstance(data, Mapping) and isinstance(data.get("point_features"), (list, tuple)):
+            # Bare names are the short form of {name: ...}; the dataclass builder reads mappings.
+            data = {**data, "point_features": [{"name": e} if isinstance(e, str) else e
+                                               for e in data["point_features"]]}
         return build_config(cls, data, label="model config")
 
     def to_dict(self) -> dict:
@@ -330,7 +341,10 @@ class CenterPointConfig:
                 "head_dict": {k: _plain(v) for k, v in self.dense_head.head_dict.items()},
             },
             "post_processing": self.post_processing.to_dict(),
+            "point_features": [f.to_plain() for f in self.point_features],
         }
+        if not self.input_settings.is_identity:  # only checkpoints calibrated with corrections carry them
+            out["input_settings"] = self.input_settings.to_dict()
         return out
 
     def to_yaml(self) -> str:
