@@ -161,16 +161,21 @@ def _weighted_ap(outcomes: ClassOutcomes, criterion: int, range_index: int, coun
     segment = np.cumsum(is_tp) - is_tp
     segment_frames = sparse.csr_matrix((np.ones(len(frame)), (segment, frame)),
                                        shape=(len(tp_frame), outcomes.gt_per_frame.shape[1]))
+    # Layout (TPs, resamples): the running sums go down rows, each a contiguous vector over resamples.
+    counts_by_frame = np.ascontiguousarray(counts.T, dtype=np.float64)
     chunk = max(1, _CELLS_PER_CHUNK // len(tp_frame))
     for start in range(0, len(counts), chunk):
-        weights = counts[start:start + chunk].astype(np.float64)
-        predictions_so_far = np.cumsum((segment_frames @ weights.T).T, axis=1)
-        tp_weight = weights[:, tp_frame]
-        precision = np.cumsum(tp_weight, axis=1) / np.maximum(predictions_so_far, 1.0)
-        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-        rows = slice(start, start + len(weights))
+        weights = counts_by_frame[:, start:start + chunk]
+        predictions_so_far = np.asarray(segment_frames @ weights)  # counted predictions per segment
+        np.cumsum(predictions_so_far, axis=0, out=predictions_so_far)
+        np.maximum(predictions_so_far, 1.0, out=predictions_so_far)  # 0 only where the TP weight is 0 too
+        tp_weight = weights[tp_frame]
+        precision = np.cumsum(tp_weight, axis=0)
+        precision /= predictions_so_far
+        envelope = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
+        rows = slice(start, start + weights.shape[1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            ap[rows] = np.sum(tp_weight * envelope, axis=1) / num_gt[rows]
+            ap[rows] = np.einsum("tb,tb->b", tp_weight, envelope) / num_gt[rows]
     return ap
 
 
