@@ -12,7 +12,6 @@ correlation with mAP and with 50 m+ AP. This is the evidence behind `stage_check
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,37 +19,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from lidar_ptq_core.benchmarking import ROW_DIR, held_out_scorer, read_jsonl, row_stem
 from lidar_ptq_core.io_utils import write_bytes_atomic
 from lidar_ptq_core.models.checkpoint import load_checkpoint
-from lidar_ptq_core.quant.reconstruct import fp_references, network_loss
-from lidar_ptq_core.recipes.centerpoint import TGPLHook, load_any_checkpoint
+from lidar_ptq_core.recipes.centerpoint import load_any_checkpoint
 from lidar_ptq_core.runtime import bundled_checkpoint
-from lidar_ptq_core.sim import SimDataset, load_sim_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import ROW_DIR, calibration_batches, row_stem  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def forward(model, batch):
-    return model(batch)
-
-
-def calib_batches(fp32, start: int, count: int) -> list:
-    """Collated batches of sim calib frames start..start+count-1, one per frame."""
-    data = SimDataset("calib", count, load_sim_config("default"), start=start)
-    data.prepare(num_workers=1)
-    return calibration_batches(fp32.config, data)
-
-
-def held_out_scorer(fp32, start: int, count: int):
-    """A function scoring an INT8 network by its mean TGPL loss against `fp32` on calib frames start..start+count-1
-    (the FP32 references and pseudo-labels are computed once, here)."""
-    batches = calib_batches(fp32, start, count)
-    hook = TGPLHook(fp32)
-    references = fp_references(fp32, batches, forward, hook)
-    return lambda net: network_loss(net, batches, forward, hook, references)
 
 
 def main() -> int:
@@ -65,8 +40,7 @@ def main() -> int:
     held_out_loss = held_out_scorer(fp32, args.start, args.frames)
     rows = {}
     for path in sorted((REPO / "docs" / "benchmarks").glob("ptq_sim_pillar*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
+        for row in read_jsonl(path):
             if row["method"] in ("fp32", "qat"):
                 continue
             stem = row_stem(row["method"], row.get("calib_frames", 256), row.get("calib_start", 0))

@@ -19,15 +19,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_rank import calib_batches, held_out_scorer  # noqa: E402
-from ptq_accuracy import parse_method_spec  # noqa: E402
-
-from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
-from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
-from lidar_ptq_core.quant import method_config  # noqa: E402
-from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint  # noqa: E402
-from lidar_ptq_core.runtime import bundled_checkpoint  # noqa: E402
+from lidar_ptq_core.benchmarking import calib_window_batches, held_out_scorer, parse_method_spec
+from lidar_ptq_core.io_utils import write_bytes_atomic
+from lidar_ptq_core.models.checkpoint import load_checkpoint
+from lidar_ptq_core.quant import method_config
+from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
+from lidar_ptq_core.runtime import bundled_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +42,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     fp32 = load_checkpoint(bundled_checkpoint("sim_pillar")).eval()
     held_out_loss = held_out_scorer(fp32, args.held_out_start, args.held_out_frames)
-    windows = {start: calib_batches(fp32, start, args.frames) for start in args.starts}
+    windows = {start: calib_window_batches(fp32, start, args.frames) for start in args.starts}
     end = args.held_out_start + args.held_out_frames - 1
     lines = [f"sim_pillar: held-out TGPL loss on calib {args.held_out_start}-{end} of recipes calibrated on "
              f"{args.frames}-frame windows; lower is better (saved models above 71 mAP: 5-8; heldout_rank_sim_pillar.txt)",

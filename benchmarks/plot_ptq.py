@@ -7,6 +7,7 @@ per-layer sensitivity of the LiDAR-PTQ report (docs/ptq_sensitivity_<model>.png)
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from lidar_ptq_core.benchmarking import file_stem, read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "docs" / "benchmarks"
@@ -27,14 +30,8 @@ COMMITTED_ROW = {model: (f"ptq_{model}_{'tgpl' if model == 'sim_pillar' else 'eq
 EARLY_PRESET = "lidar-ptq, no equalization"
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def committed_stem(model: str) -> str:
     """The file stem of the committed checkpoint's report and evaluation (named as ptq_accuracy.py names them)."""
-    from ptq_accuracy import file_stem
-
     return file_stem(COMMITTED_ROW[model][1])
 
 
@@ -137,7 +134,9 @@ def markdown_table(model: str) -> str:
 
 
 def main() -> int:
-    if "--markdown" in sys.argv:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown instead of plotting")
+    if parser.parse_args().markdown:
         for model in MODELS:
             print(f"\n{model}\n\n{markdown_table(model)}")
         return 0

@@ -17,20 +17,17 @@ every activation FP32: which layers' weights cost accuracy before any method tou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from lidar_ptq_core.benchmarking import append_jsonl, calibration_batches, evaluate_network, read_jsonl
 from lidar_ptq_core.io_utils import write_bytes_atomic
 from lidar_ptq_core.quant import quant_wrappers
 from lidar_ptq_core.recipes.centerpoint import load_any_checkpoint
 from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import evaluate_network  # noqa: E402  (the benchmarks' one way to score a model)
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("vfe", "backbone_3d", "backbone_2d.blocks", "backbone_2d.deblocks", "dense_head.shared_conv",
@@ -55,7 +52,6 @@ def weights_by_group(fp32, fp32_name: str, args):
     """A max-calibrated copy of the FP32 model whose weights are fake-quantized on the fly (nothing baked)."""
     from lidar_ptq_core.quant import method_config
     from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
-    from ptq_accuracy import calibration_batches
 
     calib = SimDataset("calib", args.calib_frames, load_sim_config("default"))
     calib.prepare(num_workers=1)
@@ -99,7 +95,7 @@ def main() -> int:
         path = Path(f"{fp32_name}_weights_alpha{args.input_channel_alpha:g}")
     out = Path(args.out or REPO / "docs" / "benchmarks" / f"ptq_diagnose_{path.stem}")
     rows_path = out.with_suffix(".jsonl")
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
+    rows = read_jsonl(rows_path)
     val = SimDataset("val", args.frames, load_sim_config("default"))
     val.prepare(num_workers=1)
     for label, switches in rows_spec:
@@ -116,8 +112,7 @@ def main() -> int:
         row = {"row": label, "mAP": result.distance_map["all"], "bev_iou_mAP": result.iou_map["all"],
                "mAP_by_range": {r: result.distance_map[r] for r in result.ranges if r != "all"}}
         rows.append(row)
-        with rows_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(rows_path, row)
         reference = next((r for r in rows if r["row"].startswith("FP32")), None)
         ranges = list(row["mAP_by_range"])
         lines = [f"{args.checkpoint}: the INT8 model with parts of it in FP32 (same weights and scales); "

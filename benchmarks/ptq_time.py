@@ -22,30 +22,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import ROW_DIR, calibration_batches, parse_method_spec, row_stem  # noqa: E402
-
-from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
-from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
-from lidar_ptq_core.quant import method_config  # noqa: E402
-from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint  # noqa: E402
-from lidar_ptq_core.runtime import bundled_checkpoint  # noqa: E402
-from lidar_ptq_core.sim import SimDataset, load_sim_config  # noqa: E402
+from lidar_ptq_core.benchmarking import ROW_DIR, calibration_batches, parse_method_spec, row_stem, same_model
+from lidar_ptq_core.io_utils import write_bytes_atomic
+from lidar_ptq_core.models.checkpoint import load_checkpoint
+from lidar_ptq_core.quant import method_config
+from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
+from lidar_ptq_core.runtime import bundled_checkpoint
+from lidar_ptq_core.sim import SimDataset, load_sim_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def same_model(net, saved: Path) -> str:
-    if not saved.is_file():
-        return "no saved row to compare"
-    from safetensors.torch import load_file
-
-    reference = load_file(str(saved))
-    state = net.state_dict()
-    if set(reference) != set(state):
-        return "NOT the same model (other tensors)"
-    differ = [k for k, v in state.items() if not torch.equal(v.detach().cpu(), reference[k])]
-    return "same model as the accuracy row" if not differ else f"NOT the same model ({len(differ)} tensors differ)"
 
 
 def main() -> int:

@@ -27,18 +27,22 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import ROW_DIR, calibration_batches, parse_method_spec, row_stem  # noqa: E402
-from ptq_time import same_model  # noqa: E402
-from qat import qat_train_config, scores_on  # noqa: E402
-
-from lidar_ptq_core.io_utils import write_bytes_atomic  # noqa: E402
-from lidar_ptq_core.models.checkpoint import load_checkpoint  # noqa: E402
-from lidar_ptq_core.quant import method_config  # noqa: E402
-from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint  # noqa: E402
-from lidar_ptq_core.runtime import bundled_checkpoint  # noqa: E402
-from lidar_ptq_core.sim import SimDataset, load_sim_config  # noqa: E402
-from lidar_ptq_core.training.train import train  # noqa: E402
+from lidar_ptq_core.benchmarking import (
+    ROW_DIR,
+    calibration_batches,
+    parse_method_spec,
+    qat_train_config,
+    row_stem,
+    same_model,
+    scores_on,
+)
+from lidar_ptq_core.io_utils import write_bytes_atomic
+from lidar_ptq_core.models.checkpoint import load_checkpoint
+from lidar_ptq_core.quant import method_config
+from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
+from lidar_ptq_core.runtime import bundled_checkpoint
+from lidar_ptq_core.sim import SimDataset, load_sim_config
+from lidar_ptq_core.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 

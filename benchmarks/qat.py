@@ -27,17 +27,26 @@ from pathlib import Path
 
 import torch
 
+from lidar_ptq_core.benchmarking import (
+    ROW_DIR,
+    calibration_batches,
+    evaluate_network,
+    first_reaching,
+    format_rows,
+    qat_train_config,
+    read_jsonl,
+    row_of,
+    scores_on,
+)
 from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
 from lidar_ptq_core.models.checkpoint import load_checkpoint
 from lidar_ptq_core.quant import method_config
 from lidar_ptq_core.recipes.centerpoint import load_quantized_checkpoint, quantize_centerpoint
 from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
-from lidar_ptq_core.training.train import TrainConfig, train
+from lidar_ptq_core.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import ROW_DIR, calibration_batches, evaluate_network, format_rows, row_of  # noqa: E402
 
 
 class TargetReached(Exception):
@@ -73,22 +82,6 @@ class ActiveClock:
 
     def now(self) -> float:
         return time.monotonic() - self.paused_seconds()
-
-
-def scores_on(model, dataset) -> tuple[float, float]:
-    """(centre-distance mAP, BEV IoU mAP), fractions."""
-    result = evaluate_network(model, dataset)[0]
-    return result.distance_map["all"], result.iou_map["all"]
-
-
-def qat_train_config(steps: int, lr: float, checkpoint_every: int) -> TrainConfig:
-    """QAT's fine-tuning settings: batch 2, a one-cycle schedule that starts at `lr` (no warm-up to speak of)."""
-    return TrainConfig(steps=steps, batch_size=2, lr=lr, pct_start=0.02, div_factor=1.0,
-                       checkpoint_every=checkpoint_every, log_every=10, loc_weight=1.0)
-
-
-def first_reaching(history: list[dict], key: str, target: float) -> dict | None:
-    return next((h for h in history if h[key] >= target), None)
 
 
 def main() -> int:
@@ -178,8 +171,7 @@ def main() -> int:
     write_json_atomic(docs / f"qat_{args.model}.json", {"history": history, "row": row})
     # Beside the PTQ rows (read only: the PTQ benchmark may still be appending to its file).
     rows_path = REPO / "docs" / "benchmarks" / f"ptq_{args.model}.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
-    rows = [r for r in rows if r["method"] in ("fp32", args.init, "lidar-ptq")] + [row]
+    rows = [r for r in read_jsonl(rows_path) if r["method"] in ("fp32", args.init, "lidar-ptq")] + [row]
     goal = "mAP and BEV IoU mAP" if args.match_iou else "mAP"
     header = (f"{args.model}: QAT from {args.init} until the LiDAR-PTQ {goal} on {len(check)} val frames or "
               f"{args.time_cap_min:g} min of training; rows on {len(val)} val frames; quant s of qat = init + training")

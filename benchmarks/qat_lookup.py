@@ -18,15 +18,12 @@ from pathlib import Path
 
 import torch
 
+from lidar_ptq_core.benchmarking import evaluate_network, first_reaching
 from lidar_ptq_core.io_utils import write_bytes_atomic
 from lidar_ptq_core.models.checkpoint import read_checkpoint_metadata
 from lidar_ptq_core.recipes.centerpoint import load_any_checkpoint
 from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq_accuracy import evaluate_network  # noqa: E402
-from qat import first_reaching  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ after, compare figures only within one run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -36,10 +36,11 @@ CONFIGS = ["sim_pillar", "sim_voxel", "waymo_centerpoint_pillar_1x", "nuscenes_c
 
 
 def reference_implementation():
-    sys.path.insert(0, str(REPO / "test"))
-    from test_voxelize import reference_voxelize  # the pre-speed-work voxelize, kept in the tests only
-
-    return reference_voxelize
+    """The voxelize of before the speed work, kept in the tests only (test/test_voxelize.py), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("test_voxelize", REPO / "test" / "test_voxelize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_voxelize
 
 
 def sim_frames(count: int, num_points: int) -> tuple[list[np.ndarray], list[int]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import sys
 import time
@@ -31,14 +30,20 @@ from pathlib import Path
 
 import torch
 
+from lidar_ptq_core.benchmarking import (
+    append_jsonl,
+    calibration_batches,
+    evaluate_network,
+    format_rows,
+    read_jsonl,
+    row_of,
+)
 from lidar_ptq_core.io_utils import write_bytes_atomic
 from lidar_ptq_core.models.checkpoint import load_checkpoint
 from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from ptq_accuracy import calibration_batches, evaluate_network, format_rows, row_of  # noqa: E402
 
 TOOLS = ("fp32", "modelopt", "pytorch-quantization")
 PQ_METHODS = ("entropy", "percentile", "mse", "max")
@@ -263,8 +268,7 @@ def main() -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = out_dir / f"peers_{args.model}.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()] \
-        if rows_path.is_file() else []
+    rows = read_jsonl(rows_path)
     done = {r["method"] for r in rows}
 
     versions = {name: package_version(name) for name in ("torch", "nvidia-modelopt", "pytorch-quantization")}
@@ -308,8 +312,7 @@ def main() -> int:
         row.update(tool=tool, tool_version=versions[{"fp32": "torch", "modelopt": "nvidia-modelopt"}.get(tool, tool)],
                    torch=versions["torch"], val_frames=args.val_frames, note=note)
         rows.append(row)
-        with rows_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(rows_path, row)
         table = format_table(rows, header)
         write_bytes_atomic(out_dir / f"peers_{args.model}.txt", table.encode())
         print(table, flush=True)
