@@ -1,15 +1,20 @@
 """Calibration frames from where users have them: the sim calib split, a folder of point cloud files, or a rosbag2
 bag. Sources holding more frames than asked are sampled evenly over the whole recording (consecutive sweeps are
-nearly identical, so a spread-out set covers more scenes), deterministically."""
+nearly identical, so a spread-out set covers more scenes), deterministically.
+
+Every frame goes through the model config's point-feature rule (pointcloud/features.py): a missing intensity is
+filled as the config says (zeros, reported once) or refused with one error, the same as in detect and the node;
+`input_settings` (intensity scale, z offset) correct a sensor unlike the training data.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 POINT_FILE_SUFFIXES = (".bin", ".pcd")
-FIELDS = ("x", "y", "z", "intensity")
 
 
 def spread_indices(available: int, wanted: int) -> np.ndarray:
@@ -21,29 +26,26 @@ def spread_indices(available: int, wanted: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, available - 1, wanted)).astype(np.int64))
 
 
-def _points_of(cloud, where: str) -> np.ndarray:
-    missing = [f for f in FIELDS if not cloud.has_field(f)]
-    if missing:
-        raise ValueError(f"{where} lacks fields {missing}; calibration needs x, y, z, intensity")
-    return cloud.select_fields(FIELDS).points.astype(np.float32)
+def sample_clouds(source: str, frames: int = 256, topic: str | None = None, sim_config: str = "default",
+                  sim_split: str = "calib", progress: bool = True):
+    """([(where, PointCloud)], description): up to `frames` clouds spread over `source`: 'sim' (split `sim_split`
+    of the simulator with config `sim_config`), a folder of .bin / .pcd files, one such file, or a rosbag2 bag.
+    Every field of every cloud is kept."""
+    from .pointcloud import PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics, read_points
 
-
-def calibration_clouds(source: str, frames: int = 256, topic: str | None = None, sim_config: str = "default",
-                       progress: bool = True) -> tuple[list[np.ndarray], str]:
-    """(clouds, description). `source`: 'sim', a folder of .bin / .pcd files, or a rosbag2 bag (folder or file)."""
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
     if source == "sim":
         from .sim import SimDataset, load_sim_config
 
-        dataset = SimDataset("calib", frames, load_sim_config(sim_config))
+        dataset = SimDataset(sim_split, frames, load_sim_config(sim_config))
         dataset.prepare(num_workers=1, progress=progress)
-        return [dataset[i].points for i in range(len(dataset))], f"{frames} frames of the sim calib split"
-    from .pointcloud import is_bag_path, iter_bag_frames, pointcloud2_topics, read_points
-
+        clouds = [(f"sim {sim_split} frame {i}", PointCloud(dataset[i].points, ("x", "y", "z", "intensity")))
+                  for i in range(len(dataset))]
+        return clouds, f"{frames} frames of the sim {sim_split} split ({sim_config} sensor)"
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"calibration source {source!r} is neither 'sim' nor an existing folder, file or bag")
+        raise FileNotFoundError(f"point cloud source {source!r} is neither 'sim' nor an existing folder, file or bag")
     if is_bag_path(path):
         topics = pointcloud2_topics(path)
         if not topics:
@@ -51,8 +53,8 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
         # Two passes: count, then decode only the chosen messages' clouds.
         total = sum(1 for _ in iter_bag_frames(path, topic))
         chosen = set(spread_indices(total, frames).tolist())
-        clouds = [_points_of(f.cloud, f"{path} message {i}") for i, f in
-                  enumerate(iter_bag_frames(path, topic)) if i in chosen]
+        clouds = [(f"{path} message {i}", f.cloud) for i, f in enumerate(iter_bag_frames(path, topic))
+                  if i in chosen]
         if not clouds:
             raise ValueError(f"{path}: no point cloud messages on {topic or topics}")
         return clouds, f"{len(clouds)} of {total} messages of bag {path} spread over the recording"
@@ -61,5 +63,41 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
         if not files:
             raise ValueError(f"{path}: no .bin or .pcd point cloud files")
         picked = [files[i] for i in spread_indices(len(files), frames)]
-        return [_points_of(read_points(f), str(f)) for f in picked], f"{len(picked)} of {len(files)} files in {path}"
-    return [_points_of(read_points(path), str(path))], f"the single file {path}"
+        return [(str(f), read_points(f)) for f in picked], f"{len(picked)} of {len(files)} files in {path}"
+    return [(str(path), read_points(path))], f"the single file {path}"
+
+
+def calibration_clouds(source: str, frames: int = 256, topic: str | None = None, sim_config: str = "default",
+                       progress: bool = True, *, model_config=None, intensity_scale: float = 1.0,
+                       z_offset: float = 0.0) -> tuple[list[np.ndarray], str]:
+    """(clouds (N, F) float32 in the model's point-feature order, description). `source`: 'sim', a folder of .bin /
+    .pcd files, or a rosbag2 bag (folder or file). `model_config` (a CenterPointConfig) names the point features and
+    how a missing one is filled (default: x, y, z, intensity, zeros for a missing intensity). The model's recorded
+    input settings and then intensity_scale / z_offset are applied."""
+    from .pointcloud.features import InputSettings, PointPreparer, default_point_features
+
+    features = model_config.point_features if model_config is not None else default_point_features(4)
+    settings = model_input_settings(model_config, intensity_scale, z_offset)
+    prepare = PointPreparer(features, settings, notify=lambda text: print(f"note: {text}", file=sys.stderr))
+    sampled, described = sample_clouds(source, frames, topic, sim_config, progress=progress)
+    clouds = [prepare(cloud, where) for where, cloud in sampled]
+    if not settings.is_identity:
+        described += f"; input corrected: {settings.describe()}"
+    return clouds, described
+
+
+def model_input_settings(model_config, intensity_scale: float = 1.0, z_offset: float = 0.0):
+    """The settings a model's points get: those its checkpoint recorded at calibration, then the given ones."""
+    from .pointcloud.features import InputSettings
+
+    given = InputSettings(intensity_scale, z_offset)
+    recorded = getattr(model_config, "input_settings", None) or InputSettings()
+    return recorded.then(given)
+
+
+def record_input_settings(model, intensity_scale: float = 1.0, z_offset: float = 0.0) -> None:
+    """Store the settings calibration used in the model's config, so that the INT8 checkpoint and bundle written
+    from it carry them (their embedded config) and detect / check / the node apply them by default."""
+    from dataclasses import replace
+
+    model.config = replace(model.config, input_settings=model_input_settings(model.config, intensity_scale, z_offset))

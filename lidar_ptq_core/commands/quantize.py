@@ -18,9 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'sim' (the sim calib split), a folder of .bin/.pcd frames, or a rosbag2 bag")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of the bag (needed if it has several)")
     parser.add_argument("--frames", type=int, default=256, help="calibration frames, spread over the source")
+    parser.add_argument("--intensity-scale", type=float, default=1.0,
+                        help="multiply the calibration frames' intensity (0.00392 for a 0..255 sensor; lidar-ptq "
+                        "check suggests it); recorded in the INT8 checkpoint, which detect and the node then apply")
+    parser.add_argument("--z-offset", type=float, default=0.0,
+                        help="metres added to z of the calibration frames (lidar-ptq check suggests it); recorded "
+                        "in the INT8 checkpoint like --intensity-scale")
     parser.add_argument("--method", default="lidar-ptq", choices=sorted(METHODS))
     parser.add_argument("--config", default=None, metavar="YAML",
-                        help="quantization settings overriding the method's preset (keys of quant.QuantConfig)")
+                        help="quantization settings overriding the method's preset (keys of quant.QuantConfig, "
+                        "e.g. tgpl_steps: 400, tgpl_score_threshold: 0.4)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="quantization settings overriding the preset and --config (values read as YAML: "
+                        "tgpl_top_k=50 grid_ratios=[0.5,1.0])")
     parser.add_argument("--keep-float", nargs="+", default=None, metavar="LAYER",
                         help="layers (module names or prefixes) left in FP32")
     parser.add_argument("--seed", type=int, default=None)
@@ -37,12 +47,13 @@ def run(args) -> int:
 
     import torch
 
-    from ..calibration_data import calibration_clouds
+    from ..calibration_data import calibration_clouds, record_input_settings
     from ..config_files import load_yaml
     from ..devices import batch_to, describe, resolve_device
     from ..io_utils import write_bytes_atomic
     from ..models.checkpoint import load_checkpoint
     from ..quant import QuantConfig, method_config
+    from ..quant.config import parse_settings
     from ..recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
     from ..runtime import bundled_checkpoint
     from ..voxelize import voxelize_clouds
@@ -54,8 +65,9 @@ def run(args) -> int:
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out}")
     config = method_config(args.method)
-    if args.config:
-        overrides = load_yaml(args.config)
+    overrides = load_yaml(args.config) if args.config else {}
+    overrides.update(parse_settings(args.settings))
+    if overrides:
         config = QuantConfig.from_dict({**config.to_dict(), **overrides, "method": args.method})
     if args.keep_float is not None:
         config = replace(config, keep_float=tuple(args.keep_float))
@@ -70,13 +82,16 @@ def run(args) -> int:
         model = import_openpcdet_checkpoint(args.checkpoint, resolve_config(args.model_config, "models"), device=device)
     else:
         model = load_checkpoint(bundled_checkpoint(args.checkpoint), device=device)
-    clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet)
+    clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet,
+                                           model_config=model.config, intensity_scale=args.intensity_scale,
+                                           z_offset=args.z_offset)
+    record_input_settings(model, args.intensity_scale, args.z_offset)
     print(f"calibration: {described}; network on {describe(device)}")
     batches = [batch_to(voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0], device)
                for c in clouds]
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".work")
     qmodel, report = quantize_centerpoint(model, batches, args.method, config, progress=not args.quiet,
-                                          work_dir=work_dir)
+                                          work_dir=work_dir, log=print)
     save_quantized_checkpoint(qmodel, report, out)
     text = report.format()
     write_bytes_atomic(out.with_suffix(".report.txt"), (text + "\n").encode())
