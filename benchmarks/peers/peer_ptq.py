@@ -10,8 +10,8 @@ via `mtq.register`, pytorch-quantization's TensorQuantizer), with the same layou
 output channel, input features per tensor); each row's "note" says so.
 
 Calibration batches and evaluation are exactly those of benchmarks/ptq_accuracy.py (same sim calib and val frames,
-one frame per batch, Detector + run_detector_on_dataset + evaluate in the detector's region, its row_of and
-format_rows). Rows land in <out-dir>/peers_<model>.jsonl as they finish (a rerun skips rows already there) and the
+one frame per batch, Detector + run_detector_on_dataset + evaluate in the detector's region; the helpers of
+lidar_ptq_core/benchmarking.py, row_of and format_rows included). Rows land in <out-dir>/peers_<model>.jsonl as they finish (a rerun skips rows already there) and the
 table goes to <out-dir>/peers_<model>.txt. Runs in the peers venv (benchmarks/peers/setup_venv.sh), never in .venv:
 
     benchmarks/peers/setup_venv.sh
@@ -239,7 +239,7 @@ def quantize_pytorch_quantization(model, batches, calib_method: str) -> tuple[to
 
 # ---------------------------------------------------------------------------------------------------- table
 def format_table(rows: list[dict], header: str) -> str:
-    """ptq_accuracy.format_rows, with its 18-character method column widened to fit the peers' longer names."""
+    """benchmarking.format_rows, with its 18-character method column widened to fit the peers' longer names."""
     table = format_rows(rows, header).splitlines()
     width = max([18] + [len(r["method"]) for r in rows])
     first = 2  # format_rows: header, blank line, column titles, one line per row
