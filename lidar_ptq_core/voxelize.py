@@ -270,25 +270,32 @@ def voxelize(points: np.ndarray, config: VoxelConfig) -> Voxels:
     )
 
 
-def collate_voxels(batch: list[Voxels]) -> dict:
-    """Stack per-frame voxels into the batch dict the models take (OpenPCDet's names):
+def stack_voxels(batch: list[Voxels]) -> dict:
+    """Stack per-frame voxels into the batch dict the models take (OpenPCDet's names), as numpy arrays:
     voxels (M, P, C) float32, voxel_num_points (M,) int32, voxel_coords (M, 4) int32 as (batch, z, y, x), batch_size."""
-    import torch  # local: the rest of this module stays numpy-only
-
     if not batch:
-        raise ValueError("collate_voxels needs at least one frame")
+        raise ValueError("stacking voxels needs at least one frame")
     coords = [np.concatenate([np.full((len(v), 1), i, np.int32), v.coords], axis=1) for i, v in enumerate(batch)]
     return {
-        "voxels": torch.from_numpy(np.concatenate([v.features for v in batch], axis=0)),
-        "voxel_num_points": torch.from_numpy(np.concatenate([v.num_points for v in batch], axis=0)),
-        "voxel_coords": torch.from_numpy(np.concatenate(coords, axis=0)),
+        "voxels": np.concatenate([v.features for v in batch], axis=0),
+        "voxel_num_points": np.concatenate([v.num_points for v in batch], axis=0),
+        "voxel_coords": np.concatenate(coords, axis=0),
         "batch_size": len(batch),
     }
 
 
-def voxelize_clouds(clouds, config: VoxelConfig, num_point_features: int) -> tuple[dict, list[VoxelizeReport]]:
+def collate_voxels(batch: list[Voxels]) -> dict:
+    """stack_voxels as torch tensors (shared memory, no copy)."""
+    import torch  # local: the rest of this module stays numpy-only
+
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in stack_voxels(batch).items()}
+
+
+def voxelize_clouds(clouds, config: VoxelConfig, num_point_features: int,
+                    as_numpy: bool = False) -> tuple[dict, list[VoxelizeReport]]:
     """Clouds (each (N, >= num_point_features), x, y, z, intensity first) -> one collated batch and the voxelization
-    report of each cloud: the one path from points to network input for inference, training and calibration."""
+    report of each cloud: the one path from points to network input for inference, training and calibration.
+    `as_numpy`: the batch holds numpy arrays (stack_voxels; the torch-free runtime) instead of torch tensors."""
     frames = []
     for points in clouds:
         points = np.asarray(points, np.float32)
@@ -297,4 +304,4 @@ def voxelize_clouds(clouds, config: VoxelConfig, num_point_features: int) -> tup
                 f"points must be (N, >= {num_point_features}) x, y, z, intensity...; got {points.shape}"
             )
         frames.append(voxelize(points[:, :num_point_features], config))
-    return collate_voxels(frames), [frame.report for frame in frames]
+    return (stack_voxels(frames) if as_numpy else collate_voxels(frames)), [frame.report for frame in frames]
