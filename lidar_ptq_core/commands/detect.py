@@ -17,6 +17,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP + "; a bundle's onnxruntime graphs "
                         "run on the CPU")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
+    parser.add_argument("--intensity-scale", type=float, default=1.0,
+                        help="multiply intensity (0.00392 for a 0..255 sensor; `lidar-ptq check` suggests it); "
+                        "applied after what an INT8 checkpoint recorded at calibration")
+    parser.add_argument("--z-offset", type=float, default=0.0,
+                        help="metres added to z (`lidar-ptq check` suggests it); applied after what an INT8 "
+                        "checkpoint recorded at calibration")
     parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of the first frame's points and boxes")
     parser.add_argument("--out", default=None,
                         help="a folder: one <frame_id>.json box file per frame (for `lidar-ptq eval`); with a single "
@@ -26,12 +32,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the per-frame counts")
 
 
-FIELDS = ("x", "y", "z", "intensity")
 POINT_FILE_SUFFIXES = (".bin", ".pcd")
 
 
 def iter_frames(inputs, topic=None):
-    """(frame_id, points) for every frame of every input, in order."""
+    """(frame_id, PointCloud with every field the source has, where) for every frame of every input, in order."""
     from pathlib import Path
 
     from ..pointcloud import is_bag_path, iter_bag_frames, read_points
@@ -42,28 +47,25 @@ def iter_frames(inputs, topic=None):
             raise FileNotFoundError(f"input not found: {path}")
         if is_bag_path(path):
             for index, frame in enumerate(iter_bag_frames(path, topic)):
-                yield f"{path.name.split('.')[0]}_{index:06d}", _points(frame.cloud, f"{path} message {index}")
+                yield f"{path.name.split('.')[0]}_{index:06d}", frame.cloud, f"{path} message {index}"
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
             if not files:
                 raise ValueError(f"{path}: no .bin or .pcd point cloud files")
             for file in files:
-                yield file.name.split(".")[0], _points(read_points(file), str(file))
+                yield file.name.split(".")[0], read_points(file), str(file)
         else:
-            yield path.name.split(".")[0], _points(read_points(path), str(path))
-
-
-def _points(cloud, where: str):
-    missing = [f for f in FIELDS if not cloud.has_field(f)]
-    if missing:
-        raise ValueError(f"{where} lacks fields {missing}; the detector needs x, y, z, intensity")
-    return cloud.select_fields(FIELDS).points
+            yield path.name.split(".")[0], read_points(path), str(path)
 
 
 def run(args) -> int:
     from pathlib import Path
 
+    import sys
+
     from ..boxfile import read_ground_truth, write_detections
+    from ..calibration_data import model_input_settings
+    from ..pointcloud.features import PointPreparer
     from ..render import render_bev
     from ..runtime import Detector
 
@@ -74,9 +76,16 @@ def run(args) -> int:
     # One plain file in and a .json out: write that file (as before); anything else writes a folder of box files.
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file() and not is_bag_path(args.inputs[0])
     single_file = out is not None and out.suffix == ".json" and single
+    settings = model_input_settings(detector.config, args.intensity_scale, args.z_offset)
+    if not settings.is_identity:
+        print(f"input corrected: {settings.describe()}")
+    # The model config's rule for missing features (zeros + one note, or an error), as in calibration and the node.
+    prepare = PointPreparer(detector.config.point_features, settings,
+                            notify=lambda text: print(f"note: {text}", file=sys.stderr))
     frames = iter_frames(args.inputs, args.topic)
     count = 0
-    for frame_id, points in frames:
+    for frame_id, cloud, where in frames:
+        points = prepare(cloud, where)
         detections = detector.detect(points)
         shown = detections.select(detections.scores >= args.min_score)
         count += 1
