@@ -119,6 +119,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for detection (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating test frames (default: 1)")
     parser.add_argument("--out", default=None, help="default docs/benchmarks/test_split_<model>")
+    parser.add_argument("--note", default=None,
+                        help="a line for the table's header, e.g. how checkpoints that are not committed were made")
     args = parser.parse_args()
     if args.frames < 1:
         raise SystemExit("--frames must be at least 1")
@@ -145,7 +147,7 @@ def main() -> int:
               f"for any choice), detector region; AP in %: centre-distance mAP, BEV IoU mAP, far-range "
               f"centre-distance mAP; INT8 - FP32 with paired bootstrap 95 % intervals over frames ({args.resamples} "
               f"resamples, seed {args.seed}); ms = median detection time per frame on {args.threads} thread(s) "
-              f"({platform.processor() or platform.machine()})")
+              f"({platform.processor() or platform.machine()})" + (f"\n{args.note}" if args.note else ""))
 
     fp32_detector = Detector.from_checkpoint(fp32_path)  # every row is scored on its classes, in its region
     class_names, region = list(fp32_detector.class_names), fp32_detector.evaluation_region
