@@ -9,7 +9,8 @@ PACKAGE = "lidar_ptq_ros"
 setup(
     name="lidar_ptq",
     version="0.1.0",
-    description="INT8 post-training quantization (LiDAR-PTQ) and deployment of CenterPoint lidar 3D detectors, with a ROS 2 node",
+    description="INT8 post-training quantization (LiDAR-PTQ) and deployment of CenterPoint lidar 3D detectors, "
+                "with a ROS 2 node",
     packages=find_packages(include=["lidar_ptq_core", "lidar_ptq_core.*", "lidar_ptq_ros", "lidar_ptq_ros.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -17,7 +18,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
         (f"share/{PACKAGE}/checkpoints", glob("checkpoints/*.safetensors") + glob("checkpoints/*.lptq")),
-        # Fast DDS profile (shared memory for large clouds, UDP on loopback only), named by FASTDDS_DEFAULT_PROFILES_FILE.
+        # Fast DDS profile (shared memory for large clouds, UDP on loopback only), named by
+        # FASTDDS_DEFAULT_PROFILES_FILE.
         (f"share/{PACKAGE}/config/dds", glob("config/dds/*.xml")),
     ]
     # Library configs (simulator, models) install beside the ROS parameters, one folder per kind.

@@ -53,7 +53,8 @@ def main() -> int:
         result = evaluate(detection_run.predictions, detection_run.ground_truths, class_names=detector.class_names,
                           region=detector.evaluation_region)
         header = (
-            f"checkpoint {shown_path(bundled_checkpoint(name))} ({detector.config.name}); {len(dataset)} sim val frames "
+            f"checkpoint {shown_path(bundled_checkpoint(name))} ({detector.config.name}); {len(dataset)} sim val "
+            "frames "
             f"(sim config {args.sim!r}); median {detection_run.median_ms:.0f} ms/frame for voxelize + FP32 torch "
             f"network + decode on {args.threads} CPU threads ({platform.processor() or platform.machine()}); "
             f"wall {time.time() - started:.0f} s"

@@ -85,8 +85,9 @@ def part(name: str):
 
 @part("machine")
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-            "torch_cuda": torch.version.cuda, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))

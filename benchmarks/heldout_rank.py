@@ -48,7 +48,8 @@ def main() -> int:
             if checkpoint.is_file():
                 rows[stem] = (row["mAP"], row["mAP_by_range"]["50m+"], checkpoint)
     if len(rows) < 3:
-        raise SystemExit(f"only {len(rows)} saved checkpoints under {ROW_DIR / 'sim_pillar'}: run ptq_accuracy.py first")
+        raise SystemExit(f"only {len(rows)} saved checkpoints under {ROW_DIR / 'sim_pillar'}: "
+                         "run ptq_accuracy.py first")
     lines = [f"held-out TGPL loss on sim calib frames {args.start}..{args.start + args.frames - 1} against mAP on 500 "
              f"val frames, {len(rows)} saved pillar checkpoints", "", f"{'mAP':>6} {'50m+':>6} {'loss':>8}  row"]
     scored = []

@@ -45,7 +45,8 @@ def main() -> int:
     windows = {start: calib_window_batches(fp32, start, args.frames) for start in args.starts}
     end = args.held_out_start + args.held_out_frames - 1
     lines = [f"sim_pillar: held-out TGPL loss on calib {args.held_out_start}-{end} of recipes calibrated on "
-             f"{args.frames}-frame windows; lower is better (saved models above 71 mAP: 5-8; heldout_rank_sim_pillar.txt)",
+             f"{args.frames}-frame windows; lower is better (saved models above 71 mAP: 5-8; "
+             "heldout_rank_sim_pillar.txt)",
              "", " / ".join(f"calib {s}" for s in args.starts) + "   seconds   recipe   (stages undone by the check)"]
     print(lines[-1], flush=True)
     for spec in args.specs:

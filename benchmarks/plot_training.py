@@ -39,7 +39,8 @@ def main() -> int:
         for key in sorted(k for k in log[0] if k.startswith(("hm", "loc"))):
             ax_parts.plot(steps, [r[key] for r in log], label=f"{name} {key}", alpha=0.8)
         ax_lr.plot(steps, [r["lr"] for r in log], label=name)
-    for ax, title in ((ax_loss, "total loss"), (ax_parts, "heatmap focal (hm) / box L1 (loc)"), (ax_lr, "learning rate")):
+    titles = ((ax_loss, "total loss"), (ax_parts, "heatmap focal (hm) / box L1 (loc)"), (ax_lr, "learning rate"))
+    for ax, title in titles:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

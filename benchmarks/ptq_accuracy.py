@@ -51,7 +51,8 @@ def main() -> int:
                         help="presets, each optionally with settings: 'lidar-ptq:tgpl_steps=400,seed=1'")
     parser.add_argument("--calib-frames", type=int, default=256)
     parser.add_argument("--calib-start", type=int, default=0,
-                        help="first calib-split frame: another calibration set for the same rows (files get _calib<N>, and _<frames>f without the default 256 frames)")
+                        help="first calib-split frame: another calibration set for the same rows (files get "
+                             "_calib<N>, and _<frames>f without the default 256 frames)")
     parser.add_argument("--val-frames", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default docs/benchmarks/ptq_<model>")
@@ -72,7 +73,8 @@ def main() -> int:
     batches = calibration_batches(model.config, calib)
     header = (f"{args.model}: LiDAR-PTQ and baselines, every layer INT8 (weights per channel, activations per tensor, "
               f"BN folded); {args.val_frames} sim val frames, centre-distance mAP and BEV IoU mAP in %, mAP by range; "
-              f"quantization wall time on {args.threads} threads of this machine ({platform.processor() or platform.machine()})"
+              f"quantization wall time on {args.threads} threads of this machine "
+              f"({platform.processor() or platform.machine()})"
               + (f"; calibration frames calib {args.calib_start}..{args.calib_start + args.calib_frames - 1}"
                  if args.calib_start else ""))
     for method in args.methods:

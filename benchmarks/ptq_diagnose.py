@@ -9,7 +9,8 @@ the table says how much of the gap to FP32 the weights and each group's activati
 
 With --weights-by-group the rows are instead the FP32 model with the weights of one group of layers rounded to
 INT8 (per output channel, round-to-nearest, BN folded, first-layer channel scaling with --input-channel-alpha),
-every activation FP32: which layers' weights cost accuracy before any method touches them. A diagnosis, not a deployable configuration. Rows land as they finish (resumable):
+every activation FP32: which layers' weights cost accuracy before any method touches them. A diagnosis, not a
+deployable configuration. Rows land as they finish (resumable):
 
     ./dev run python benchmarks/ptq_diagnose.py --checkpoint sim_pillar_int8 --frames 500
 """

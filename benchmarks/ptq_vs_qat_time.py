@@ -80,7 +80,8 @@ def main() -> int:
     preset, overrides, recipe = parse_method_spec(args.spec)
 
     lines = [f"{args.model}: PTQ '{args.spec}' on {args.calib_frames} calib frames against QAT "
-             f"({qat_row['qat_init']} init on {qat_row['calib_frames']} calib frames, then training), timed in one run; "
+             f"({qat_row['qat_init']} init on {qat_row['calib_frames']} calib frames, then training), timed in one "
+             "run; "
              f"{args.threads} threads ({platform.processor() or platform.machine()}), load average "
              f"{os.getloadavg()[0]:.2f} at the start", ""]
 
@@ -136,7 +137,8 @@ def main() -> int:
             else:
                 total = init_seconds + first["step"] * step_seconds
                 cells.append(f"{first['step']} steps, {total:.0f} s, {total / seconds:.1f}x")
-        log(f"{start:>8} {seconds:6.1f} {100 * target[0]:5.1f} {100 * target[1]:5.1f}   {cells[0]:>22}   {cells[1]:>26}")
+        log(f"{start:>8} {seconds:6.1f} {100 * target[0]:5.1f} {100 * target[1]:5.1f}   "
+            f"{cells[0]:>22}   {cells[1]:>26}")
     out = Path(args.out or REPO / "docs" / "benchmarks" / f"ptq_vs_qat_time_{args.model}.txt")
     write_bytes_atomic(out, ("\n".join(lines) + "\n").encode())
     print(f"wrote {out}")

@@ -6,7 +6,8 @@ init and training time, paused time left out). This scores another checkpoint on
 QAT check at or above it, for centre-distance mAP and for BEV IoU mAP; the ratio to the checkpoint's own
 quantization time (from its metadata, or --ptq-seconds when that was measured elsewhere) is printed beside.
 
-    ./dev run python benchmarks/qat_lookup.py --checkpoint sim_pillar_int8 --qat docs/benchmarks/qat_sim_pillar_both.json
+    ./dev run python benchmarks/qat_lookup.py --checkpoint sim_pillar_int8 \
+        --qat docs/benchmarks/qat_sim_pillar_both.json
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ def main() -> int:
     ptq_time = "unknown" if ptq_seconds is None else f"{ptq_seconds:.0f} s"
     lines = [f"{args.checkpoint} on the first {len(check)} val frames: mAP {100 * target['mAP']:.1f}, BEV IoU mAP "
              f"{100 * target['bev_iou_mAP']:.1f}; quantization time {ptq_time}",
-             f"recorded QAT run: {shown(Path(args.qat))} (init {row['qat_init']} {init_seconds:.0f} s, {history[-1]['step']} steps, "
+             f"recorded QAT run: {shown(Path(args.qat))} (init {row['qat_init']} {init_seconds:.0f} s, "
+             f"{history[-1]['step']} steps, "
              f"checks every {history[1]['step'] - history[0]['step'] if len(history) > 1 else '?'} steps)"]
     for key, label in (("mAP", "centre-distance mAP"), ("bev_iou_mAP", "BEV IoU mAP")):
         first = first_reaching(history, key, target[key])
         if first is None:
-            lines.append(f"{label}: QAT did not reach it in {(init_seconds + history[-1]['train_seconds']) / 60:.1f} min "
-                         f"(ratio > {(init_seconds + history[-1]['train_seconds']) / ptq_seconds:.1f}x)"
+            qat_seconds = init_seconds + history[-1]["train_seconds"]
+            lines.append(f"{label}: QAT did not reach it in {qat_seconds / 60:.1f} min "
+                         f"(ratio > {qat_seconds / ptq_seconds:.1f}x)"
                          if ptq_seconds else f"{label}: not reached")
             continue
         qat_seconds = init_seconds + first["train_seconds"]

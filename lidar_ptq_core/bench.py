@@ -109,8 +109,13 @@ def quantize_for_bench(model, clouds: list[np.ndarray], method: str = "max"):
 def ort_quantize_static(fp32_model, calib_bevs: list[np.ndarray]) -> bytes:
     """onnxruntime.quantization.quantize_static of the FP32 dense graph: QDQ, u8 activations, s8 per-channel weights,
     MinMax calibration over `calib_bevs` (BEV feature maps, one frame each)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from .export.onnx_qdq import INPUT_NAME, export_dense_onnx
 

@@ -47,7 +47,8 @@ def write_ground_truth(path, frame_id: str, gt: GroundTruth) -> None:
 
 def write_detections(path, frame_id: str, det: Detections) -> None:
     objects = [
-        {"box": _round_box(det.boxes[i]), "label": det.class_names[det.labels[i]], "score": round(float(det.scores[i]), 6)}
+        {"box": _round_box(det.boxes[i]), "label": det.class_names[det.labels[i]],
+         "score": round(float(det.scores[i]), 6)}
         for i in range(len(det))
     ]
     _write(path, "detections", frame_id, det.class_names, objects)
@@ -80,7 +81,8 @@ def _round_box(box) -> list[float]:
 def _write(path, kind, frame_id, class_names, objects) -> None:
     write_json_atomic(
         path,
-        {"format": FORMAT, "kind": kind, "frame_id": str(frame_id), "class_names": list(class_names), "objects": objects},
+        {"format": FORMAT, "kind": kind, "frame_id": str(frame_id), "class_names": list(class_names),
+         "objects": objects},
         indent=None,
     )
 

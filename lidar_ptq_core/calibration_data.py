@@ -74,7 +74,7 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
     .pcd files, or a rosbag2 bag (folder or file). `model_config` (a CenterPointConfig) names the point features and
     how a missing one is filled (default: x, y, z, intensity, zeros for a missing intensity). The model's recorded
     input settings and then intensity_scale / z_offset are applied."""
-    from .pointcloud.features import InputSettings, PointPreparer, default_point_features
+    from .pointcloud.features import PointPreparer, default_point_features
 
     features = model_config.point_features if model_config is not None else default_point_features(4)
     settings = model_input_settings(model_config, intensity_scale, z_offset)

@@ -12,7 +12,7 @@ it) -> boxes in metres -> score threshold and centre range limit -> NMS within t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np

@@ -66,7 +66,8 @@ def run_offline(args) -> int:
     picture = out / "detections.png"
     shown = "INT8" if "INT8" in runs else "FP32"
     render_bev(picture, first.points, gt=first.gt, detections=runs[shown].predictions[0], min_score=0.3,
-               title=f"{first.frame_id}: {shown} {detectors[shown].config.name} detections (score >= 0.3) vs ground truth")
+               title=f"{first.frame_id}: {shown} {detectors[shown].config.name} detections (score >= 0.3) "
+                     "vs ground truth")
     print(f"[{steps}/{steps}] wrote {picture}, {out / 'eval.json'}, per-frame boxes in "
           f"{', '.join(str(out / n.lower()) for n in detectors)}")
     return 0

@@ -27,7 +27,8 @@ class VoxelConfig:
         pcr = tuple(float(v) for v in self.point_cloud_range)
         size = tuple(float(v) for v in self.voxel_size)
         if len(pcr) != 6 or not all(pcr[i] < pcr[i + 3] for i in range(3)):
-            raise ValueError(f"point_cloud_range must be 6 numbers with min < max per axis, got {self.point_cloud_range}")
+            raise ValueError(f"point_cloud_range must be 6 numbers with min < max per axis, "
+                             f"got {self.point_cloud_range}")
         if len(size) != 3 or not all(s > 0 for s in size):
             raise ValueError(f"voxel_size must be 3 positive numbers, got {self.voxel_size}")
         if int(self.max_points_per_voxel) < 1 or int(self.max_voxels) < 1:

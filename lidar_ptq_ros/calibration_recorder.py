@@ -9,7 +9,8 @@ exits with status 0:
     lidar-ptq quantize --calib calib_bag --checkpoint sim_pillar --out int8.safetensors
 
 Messages are taken as the CDR bytes DDS delivered (an rclpy subscription with raw=True) and written as they are by
-the core's bag writer (lidar_ptq_core/pointcloud/bag.py, rosbags underneath), never deserialised; the bag's connection carries rosbags' message definition and type hash of
+the core's bag writer (lidar_ptq_core/pointcloud/bag.py, rosbags underneath), never deserialised; the bag's
+connection carries rosbags' message definition and type hash of
 sensor_msgs/msg/PointCloud2, checked at start against the hash rclpy gives this subscription. The bag topic is the
 subscription's resolved name (for example /lidar/points), the log time the node's clock at arrival (ROS time: the
 bag's clock when use_sim_time is set), which is also the clock `min_interval` is measured with.
@@ -144,8 +145,8 @@ class FrameSelector:
 
 
 class BagWriterThread:
-    """A PointCloud2BagWriter (the core's bag writer) opened, written and closed by one thread of its own, fed through a queue, so that the
-    executor never waits for the disk and a signal in the main thread never interrupts a write.
+    """A PointCloud2BagWriter (the core's bag writer) opened, written and closed by one thread of its own, fed through
+    a queue, so that the executor never waits for the disk and a signal in the main thread never interrupts a write.
 
     Opening errors are raised by the constructor. `on_written(count)` and `on_failed(exc)` run in the writer thread.
     close() writes what is queued, then closes the bag; it also runs at interpreter exit if nobody called it."""

@@ -3,8 +3,8 @@
 Node `lidar_ptq_cloud_player`, for demos, tests and users without a robot. Publishes `points` (relative, so
 remappable) from `source`: a rosbag2 bag (its PointCloud2 topic), a folder of .bin / .pcd files (sorted by name), a
 single such file, or `sim` (the first `sim_frames` frames of the simulator's `sim_split`, the validation split by
-default, generated into the cache when missing). One cloud every 1/`rate` seconds, stamped with the current time and `frame_id`; after the last
-cloud the node exits with status 0, or starts over with `loop`:
+default, generated into the cache when missing). One cloud every 1/`rate` seconds, stamped with the current time and
+`frame_id`; after the last cloud the node exits with status 0, or starts over with `loop`:
 
     cloud_player --ros-args -p source:=sim -p rate:=10.0 -p loop:=true
     cloud_player --ros-args -p source:=calib_bag -r points:=/lidar/points
@@ -53,8 +53,8 @@ PARAMETERS = (
                   read_only=True, constraints=">= 1"),
     ParameterSpec("sim_split", "val",
                   "With source 'sim': the simulator split to play: 'val' (what the demo and the benchmarks evaluate "
-                  "on), 'calib' (scenes for recording a calibration bag), 'train' or 'test' (headline figures only); the "
-                  "splits never share a scene.",
+                  "on), 'calib' (scenes for recording a calibration bag), 'train' or 'test' (headline figures "
+                  "only); the splits never share a scene.",
                   read_only=True, constraints="one of: " + ", ".join(SIM_SPLITS)),
     ParameterSpec("sim_config", "default",
                   "With source 'sim': simulator config, a name in config/sim (default, vlp32) or a YAML path.",

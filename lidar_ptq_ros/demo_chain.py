@@ -310,8 +310,15 @@ def run_demo(args) -> int:
     from lidar_ptq_core.runtime import bundled_checkpoint
     from lidar_ptq_core.sim import SimDataset, load_sim_config
 
-    from .chain_report import (SHOWN_MIN_SCORE, accuracy, agreement, format_latency_table, frame_line,
-                               keep_up_sentence, latency_summary)
+    from .chain_report import (
+        SHOWN_MIN_SCORE,
+        accuracy,
+        agreement,
+        format_latency_table,
+        frame_line,
+        keep_up_sentence,
+        latency_summary,
+    )
 
     started = time.perf_counter()
     out = Path(args.out)

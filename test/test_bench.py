@@ -9,6 +9,7 @@ import yaml
 
 from lidar_ptq_core import bench, cli
 from lidar_ptq_core.detections import GroundTruth
+
 from test_models import TINY_PILLAR, random_frame
 from test_quant import tiny_model
 

@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
-import yaml
 import pytest
+import yaml
 
 from lidar_ptq_core import cli
 
@@ -41,10 +41,10 @@ def test_voxelize_command_reports_drops(tmp_path, capsys):
 def test_demo_runs_end_to_end_with_a_checkpoint(tmp_path, monkeypatch, capsys):
     """The README's main job as library calls (--no-ros, what runs where ROS 2 is missing) on one frame, with a tiny
     untrained checkpoint (the real one is exercised by ./dev demo)."""
-    from test_train import tiny_pillar_config
-
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    from test_train import tiny_pillar_config
 
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
@@ -62,11 +62,11 @@ def test_demo_runs_end_to_end_with_a_checkpoint(tmp_path, monkeypatch, capsys):
 
 def test_demo_without_ros_says_so_and_runs_as_library_calls(tmp_path, monkeypatch, capsys):
     """Where the ROS layer does not import, the demo says why and runs the steps offline (the core never needs ROS)."""
-    from test_train import tiny_pillar_config
-
     from lidar_ptq_core.commands import demo
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    from test_train import tiny_pillar_config
 
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
     from importlib.metadata import EntryPoint
@@ -85,10 +85,11 @@ def test_demo_without_ros_says_so_and_runs_as_library_calls(tmp_path, monkeypatc
 def test_import_openpcdet_command_round_trip(tmp_path, capsys):
     """An OpenPCDet-style {'model_state': ...} .pth becomes a checkpoint that detects exactly like the source model."""
     import torch
-    from test_train import tiny_pillar_config
 
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.runtime import Detector
+
+    from test_train import tiny_pillar_config
 
     config = tiny_pillar_config()
     (tmp_path / "tiny.yaml").write_text(config.to_yaml())
@@ -100,7 +101,8 @@ def test_import_openpcdet_command_round_trip(tmp_path, capsys):
     assert "imported" in capsys.readouterr().out
     points = np.random.default_rng(0).uniform(-20, 20, (3000, 4)).astype(np.float32)
     points[:, 2] = np.abs(points[:, 2]) % 2 - 1.5
-    np.testing.assert_array_equal(Detector(model).detect(points).boxes, Detector.from_checkpoint(out).detect(points).boxes)
+    np.testing.assert_array_equal(Detector(model).detect(points).boxes,
+                                  Detector.from_checkpoint(out).detect(points).boxes)
     # A checkpoint of another architecture is refused with the reason, not loaded half-way.
     other = tiny_pillar_config().to_dict()
     other["vfe"]["num_filters"] = [16]
@@ -115,10 +117,10 @@ def test_eval_takes_the_region_from_the_checkpoint_like_demo(tmp_path, monkeypat
     """Same box files, same table: eval --checkpoint uses the detector's range, as demo and the benchmarks do."""
     import json
 
-    from test_train import tiny_pillar_config
-
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    from test_train import tiny_pillar_config
 
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
@@ -127,8 +129,8 @@ def test_eval_takes_the_region_from_the_checkpoint_like_demo(tmp_path, monkeypat
                      "--no-quantize"]) == 0
     demo = json.loads((out / "eval.json").read_text())["FP32"]
     capsys.readouterr()
-    assert cli.main(["eval", "--pred", str(out / "fp32" / "pred"), "--gt", str(out / "fp32" / "gt"), "--checkpoint", str(ckpt),
-                     "--out", str(tmp_path / "r.json")]) == 0
+    assert cli.main(["eval", "--pred", str(out / "fp32" / "pred"), "--gt", str(out / "fp32" / "gt"),
+                     "--checkpoint", str(ckpt), "--out", str(tmp_path / "r.json")]) == 0
     text = capsys.readouterr().out
     assert "region: x -40.96..40.96 m, y -40.96..40.96 m" in text
     again = json.loads((tmp_path / "r.json").read_text())
@@ -139,18 +141,18 @@ def test_eval_takes_the_region_from_the_checkpoint_like_demo(tmp_path, monkeypat
 
 def test_quantize_a_folder_then_detect_a_folder_into_box_files(tmp_path, capsys):
     """The newcomer's path on their own frames: quantize from a folder, detect every frame with the INT8 model."""
-    from test_train import tiny_pillar_config
-
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    from test_train import tiny_pillar_config
 
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
     frames = tmp_path / "frames"
     frames.mkdir()
     rng = np.random.default_rng(0)
     for i in range(3):
-        pts = np.concatenate([rng.uniform(-12, 12, (400, 2)), rng.uniform(-2, 2, (400, 1)), rng.uniform(0, 1, (400, 1))],
-                             axis=1).astype(np.float32)
+        pts = np.concatenate([rng.uniform(-12, 12, (400, 2)), rng.uniform(-2, 2, (400, 1)),
+                              rng.uniform(0, 1, (400, 1))], axis=1).astype(np.float32)
         pts.tofile(frames / f"{i:06d}.bin")
     int8 = tmp_path / "tiny_int8.safetensors"
     assert cli.main(["quantize", "--checkpoint", str(ckpt), "--calib", str(frames), "--frames", "2", "--method",
@@ -169,10 +171,11 @@ def test_quantize_a_folder_then_detect_a_folder_into_box_files(tmp_path, capsys)
 def test_newcomer_quantizes_an_openpcdet_pth_from_a_bag_in_one_command(tmp_path, monkeypatch, capsys):
     """README: own OpenPCDet weights + own recorded bag -> INT8 checkpoint, one command."""
     import torch
-    from test_train import tiny_pillar_config
 
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.runtime import Detector
+
+    from test_train import tiny_pillar_config
 
     monkeypatch.setenv("LIDAR_PTQ_CACHE", str(tmp_path / "cache"))
     config = tiny_pillar_config()

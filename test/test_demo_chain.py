@@ -90,7 +90,6 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     pytest.importorskip("rclpy", reason="rclpy is installed by ./dev")
     pytest.importorskip("vision_msgs.msg", reason="vision_msgs is built into the venv by ./dev")
     import torch
-    from test_train import tiny_pillar_config
 
     from lidar_ptq_core import cli
     from lidar_ptq_core.boxfile import read_detections, read_ground_truth
@@ -99,6 +98,8 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     from lidar_ptq_core.pointcloud import iter_bag_frames
     from lidar_ptq_core.runtime import Detector
     from lidar_ptq_core.sim import SimDataset, load_sim_config
+
+    from test_train import tiny_pillar_config
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
@@ -138,7 +139,8 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
             np.testing.assert_allclose(published.scores, expected.scores, atol=2e-3)
             gt_id, gt = read_ground_truth(out / f"node_{label.lower()}" / "gt" / path.name)
             assert gt_id == frame_id and len(gt) == len(val[index].gt)
-    assert summary["runs"]["INT8"]["model"].endswith("int8.lptq") and summary["runs"]["INT8"]["backend"] == "onnxruntime"
+    int8 = summary["runs"]["INT8"]
+    assert int8["model"].endswith("int8.lptq") and int8["backend"] == "onnxruntime"
     agree = summary["agreement"]
     assert agree["frames"] == summary["runs"]["INT8"]["answered"]
     assert 0 <= agree["matched"] <= min(agree["reference_boxes"], agree["other_boxes"])

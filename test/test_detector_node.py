@@ -28,16 +28,17 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
-from test_train import tiny_pillar_config  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from lidar_ptq_core.models.centerpoint import build_centerpoint  # noqa: E402
 from lidar_ptq_core.models.checkpoint import save_checkpoint  # noqa: E402
 from lidar_ptq_core.runtime import Detector  # noqa: E402
+from lidar_ptq_core.runtime.backends import tensorrt_unavailable  # noqa: E402
 from lidar_ptq_ros.conversions import msg_to_detections, msg_to_detector_input, quaternion_to_yaw  # noqa: E402
 from lidar_ptq_ros.detector_node import POINTS_QOS, DetectorNode, StartupError, validate_settings  # noqa: E402
-from lidar_ptq_core.runtime.backends import tensorrt_unavailable  # noqa: E402
+
+from test_train import tiny_pillar_config  # noqa: E402
 
 HAVE_TENSORRT_AND_GPU = tensorrt_unavailable() is None
 
@@ -201,7 +202,8 @@ def _stamp_of(msg):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return save_checkpoint(build_centerpoint(tiny_pillar_config()),
+                           tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +275,8 @@ def _reordered_padded(p):
 
 LAYOUTS = {
     "reordered_padded_fields": _reordered_padded,
-    "float64_xyz": lambda p: make_cloud([("x", "f8", p[:, 0].astype(np.float64)), ("y", "f8", p[:, 1].astype(np.float64)),
+    "float64_xyz": lambda p: make_cloud([("x", "f8", p[:, 0].astype(np.float64)),
+                                         ("y", "f8", p[:, 1].astype(np.float64)),
                                          ("z", "f8", p[:, 2].astype(np.float64)), ("intensity", "f4", p[:, 3])]),
     "big_endian": lambda p: xyzi_cloud(p, big_endian=True),
     "organised_with_row_padding": lambda p: xyzi_cloud(p, height=4, row_padding=12),
@@ -501,7 +504,7 @@ def test_real_kitti_sweeps_get_the_library_detections(kitti_frames):
     h = Harness(overrides={"model": "sim_pillar", "score_threshold": 0.3, "max_points": 0})
     try:
         library = Detector.from_checkpoint("sim_pillar")
-        for index, path in enumerate(kitti_frames[:2]):
+        for path in kitti_frames[:2]:
             header = Header(frame_id="velodyne")
             msg = pointcloud_to_msg(read_points(path), header)
             got, markers = h.detect(msg)
@@ -539,7 +542,8 @@ def test_unloadable_model_refuses_to_start(tmp_path):
     rclpy.init(context=context)
     try:
         with pytest.raises(StartupError, match="parameter 'model'.*cannot load"):
-            DetectorNode(context=context, parameter_overrides=[Parameter("model", value=str(tmp_path / "no.safetensors"))])
+            DetectorNode(context=context,
+                         parameter_overrides=[Parameter("model", value=str(tmp_path / "no.safetensors"))])
     finally:
         rclpy.shutdown(context=context)
 
@@ -612,7 +616,8 @@ def test_ten_megabyte_cloud_from_another_process(harness, reference, tmp_path):
     frame_id = f"big_cloud_{os.getpid()}"
     log = open(tmp_path / "publisher.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, str(tmp_path / "publisher.py"), f"{harness.ns}/points", str(tmp_path / "points.npy"), frame_id],
+        [sys.executable, str(tmp_path / "publisher.py"), f"{harness.ns}/points", str(tmp_path / "points.npy"),
+         frame_id],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), cwd=tmp_path,
     )
     try:

@@ -53,10 +53,10 @@ def _frames(tmp_path, count=3):
 
 
 def _tiny_checkpoint(tmp_path):
-    from test_train import tiny_pillar_config
-
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.models.checkpoint import save_checkpoint
+
+    from test_train import tiny_pillar_config
 
     torch.manual_seed(0)
     return save_checkpoint(build_centerpoint(tiny_pillar_config()), tmp_path / "tiny.safetensors")
@@ -82,12 +82,11 @@ def test_quantize_with_device_cpu_equals_the_default_on_this_machine(tmp_path, c
 
 
 def test_backends_report_their_device_and_the_torch_split_equals_the_model():
-    from test_train import tiny_pillar_config
-
     from lidar_ptq_core.models.centerpoint import build_centerpoint
     from lidar_ptq_core.runtime.backends import OnnxRuntimeBackend, TorchBackend
-
     from lidar_ptq_core.voxelize import voxelize_clouds
+
+    from test_train import tiny_pillar_config
 
     model = build_centerpoint(tiny_pillar_config()).eval()
     backend = TorchBackend(model)

@@ -7,6 +7,7 @@ import torch
 from lidar_ptq_core.export.onnx_qdq import check_onnx, export_dense_onnx, output_names
 from lidar_ptq_core.quant import method_config
 from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
+
 from test_models import TINY_PILLAR
 from test_quant import FAST, calibration_batches, tiny_model
 
@@ -70,6 +71,7 @@ def test_export_bundle_round_trip_and_backends(quantized, tmp_path, capsys):
     from lidar_ptq_core import cli
     from lidar_ptq_core.recipes.centerpoint import save_quantized_checkpoint
     from lidar_ptq_core.runtime import Detector
+
     from test_models import random_frame
 
     qmodel, _ = quantized

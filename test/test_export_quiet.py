@@ -12,6 +12,7 @@ from lidar_ptq_core.models.centerpoint import build_centerpoint
 from lidar_ptq_core.quant import method_config
 from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
 from lidar_ptq_core.voxelize import voxelize_clouds
+
 from test_train import tiny_pillar_config
 
 SILENCED = (torch.jit.TracerWarning,)
@@ -29,8 +30,8 @@ def test_int8_export_is_quiet_and_the_filters_stay_local():
         warnings.simplefilter("always")
         data = export_dense_onnx(qmodel)
         # Outside the export the filters are gone: the same kinds of warning still reach the user.
-        warnings.warn("a tracer warning outside the export", torch.jit.TracerWarning)
-        warnings.warn(f"{FOLDING_NOTE} (outside the export)", UserWarning)
+        warnings.warn("a tracer warning outside the export", torch.jit.TracerWarning, stacklevel=1)
+        warnings.warn(f"{FOLDING_NOTE} (outside the export)", UserWarning, stacklevel=1)
     graph = check_onnx(data)
     assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node), "the INT8 graph was exported"
     shown = [str(w.message) for w in caught if issubclass(w.category, SILENCED) or FOLDING_NOTE in str(w.message)]

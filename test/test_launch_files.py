@@ -518,9 +518,10 @@ def test_colcon_build_installs_scripts_launch_files_and_configs(tmp_path):
     # After `. install/setup.sh`: the installed copy comes first on the Python path, the package's share folder is
     # found through the ament index (as FindPackageShare and `ros2 launch` look it up), and the installed script runs.
     site = next(install.glob("lib/python3*/site-packages"))
-    probe = ("import lidar_ptq_core.cli as m; from ament_index_python.packages import get_package_share_directory as g; "
+    probe = ("import lidar_ptq_core.cli as m; "
+             "from ament_index_python.packages import get_package_share_directory as g; "
              f"print(m.__file__); print(g('{PACKAGE}'))")
-    sourced = subprocess.run(["sh", "-c", f'. ./install/setup.sh && "$0" -c "$1" && "$2" --help',
+    sourced = subprocess.run(["sh", "-c", '. ./install/setup.sh && "$0" -c "$1" && "$2" --help',
                               sys.executable, probe, str(scripts / "lidar-ptq")],
                              cwd=workspace, capture_output=True, text=True, timeout=120)
     assert sourced.returncode == 0, sourced.stdout + sourced.stderr

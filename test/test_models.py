@@ -191,7 +191,7 @@ def test_sim_configs_cover_the_benchmark():
         pcr = config.voxelization.point_cloud_range
         assert config.class_names == tuple(CLASSES) and config.num_point_features == 4
         assert pcr[0] <= -76.8 and pcr[3] >= 76.8 and pcr[2] <= -2.5 and pcr[5] >= 2.5
-        config.voxelization.grid_size  # whole number of voxels, else raises
+        _ = config.voxelization.grid_size  # whole number of voxels, else raises
 
 
 def test_full_config_geometry_matches_openpcdet():

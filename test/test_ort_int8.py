@@ -13,6 +13,7 @@ from lidar_ptq_core.quant import method_config
 from lidar_ptq_core.quant.quantizer import TensorQuantizer
 from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
 from lidar_ptq_core.runtime.ort_profile import parse_profile, profile_session
+
 from test_models import TINY_PILLAR
 from test_quant import FAST, calibration_batches, tiny_model
 

@@ -8,8 +8,8 @@ import pytest
 from lidar_ptq_core.config_files import config_roots, resolve_config
 
 CORE = Path(__file__).resolve().parents[1] / "lidar_ptq_core"
-ROS_MODULES = {"rclpy", "sensor_msgs", "vision_msgs", "visualization_msgs", "geometry_msgs", "std_msgs", "builtin_interfaces",
-               "lidar_ptq_ros", "launch", "launch_ros"}
+ROS_MODULES = {"rclpy", "sensor_msgs", "vision_msgs", "visualization_msgs", "geometry_msgs", "std_msgs",
+               "builtin_interfaces", "lidar_ptq_ros", "launch", "launch_ros"}
 
 
 def imported_top_level_modules(path: Path) -> set[str]:
@@ -32,10 +32,10 @@ def test_core_library_imports_no_ros():
 
 @pytest.mark.parametrize("kind", ["sim", "models", "train"])
 def test_every_shipped_config_loads(kind):
+    from lidar_ptq_core.config_files import load_yaml
     from lidar_ptq_core.models.config import load_model_config
     from lidar_ptq_core.sim import load_sim_config
     from lidar_ptq_core.training.train import TrainConfig
-    from lidar_ptq_core.config_files import load_yaml
 
     files = sorted((config_roots()[0] / kind).glob("*.yaml"))
     assert files, f"no {kind} configs shipped"

@@ -31,7 +31,7 @@ from lidar_ptq_core.pointcloud import (
     write_points,
 )
 from lidar_ptq_core.pointcloud.lzf import lzf_compress, lzf_decompress
-from lidar_ptq_core.pointcloud.pointcloud2 import FLOAT32, FLOAT64, INT8, INT16, UINT8, UINT16, UINT32
+from lidar_ptq_core.pointcloud.pointcloud2 import FLOAT32, FLOAT64, INT8, INT16, UINT8, UINT16
 
 from conftest import SHARED_KITTI as KITTI_DIR
 
@@ -435,7 +435,8 @@ def test_bag_without_pointcloud2_topic(tmp_path):
 
 def test_bag_with_two_pointcloud2_topics_needs_a_topic(tmp_path):
     bag = tmp_path / "two"
-    write_string_bag(bag, {"/front/points": "sensor_msgs/msg/PointCloud2", "/rear/points": "sensor_msgs/msg/PointCloud2"})
+    write_string_bag(bag, {"/front/points": "sensor_msgs/msg/PointCloud2",
+                           "/rear/points": "sensor_msgs/msg/PointCloud2"})
     with pytest.raises(ValueError, match=r"several PointCloud2 topics \['/front/points', '/rear/points'\]"):
         next(iter_bag_frames(bag))
     assert list(iter_bag_frames(bag, topic="/rear/points")) == []

@@ -41,13 +41,14 @@ from lidar_ptq_core.pointcloud import (  # noqa: E402
     write_kitti_bin,
     write_pcd,
 )
-from lidar_ptq_ros import calibration_recorder, cloud_player  # noqa: E402
 from lidar_ptq_core.pointcloud.bag import PointCloud2BagWriter  # noqa: E402
+from lidar_ptq_ros import calibration_recorder, cloud_player  # noqa: E402
 from lidar_ptq_ros.calibration_recorder import CalibrationRecorder, FrameSelector  # noqa: E402
-from test_detector_node import wait_for  # noqa: E402  (one polling helper for the ROS tests)
 from lidar_ptq_ros.cloud_player import CloudPlayer, FrameSource  # noqa: E402
 from lidar_ptq_ros.conversions import msg_to_pointcloud, pointcloud_to_msg  # noqa: E402
 from lidar_ptq_ros.detector_node import POINTS_QOS  # noqa: E402
+
+from test_detector_node import wait_for  # noqa: E402  (one polling helper for the ROS tests)
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0  # a deadline for things that normally take well under a second; never asserted as a duration

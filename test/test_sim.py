@@ -11,6 +11,7 @@ import yaml
 
 from lidar_ptq_core import boxfile
 from lidar_ptq_core.commands import sim as sim_command
+from lidar_ptq_core.config_files import resolve_config
 from lidar_ptq_core.detections import Detections
 from lidar_ptq_core.geometry import bev_iou_matrix
 from lidar_ptq_core.sim import (
@@ -33,7 +34,6 @@ from lidar_ptq_core.sim import (
     split_frame_id,
     split_seed,
 )
-from lidar_ptq_core.config_files import resolve_config
 from lidar_ptq_core.sim.config import beam_elevations_deg
 from lidar_ptq_core.sim.scene import CAR, PEDESTRIAN, TRUCK
 

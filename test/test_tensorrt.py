@@ -11,7 +11,13 @@ import pytest
 
 from lidar_ptq_core.export.validate import validate_tensorrt_onnx
 from lidar_ptq_core.runtime.tensorrt_backend import (
-    BuildOptions, EngineCache, EngineKey, TensorRTUnavailable, build_engine, pack_engine, unpack_engine,
+    BuildOptions,
+    EngineCache,
+    EngineKey,
+    TensorRTUnavailable,
+    build_engine,
+    pack_engine,
+    unpack_engine,
 )
 
 pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
@@ -30,6 +36,7 @@ def int8_bundle(tmp_path_factory):
     from lidar_ptq_core import cli
     from lidar_ptq_core.quant import method_config
     from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
+
     from test_models import TINY_PILLAR
     from test_quant import FAST, calibration_batches, tiny_model
 
@@ -70,6 +77,7 @@ def test_polygraphy_inspects_the_graph(dense_onnx):
 
 def test_fp32_graph_is_valid_without_qdq():
     from lidar_ptq_core.export.onnx_qdq import export_dense_onnx
+
     from test_models import TINY_PILLAR
     from test_quant import tiny_model
 
@@ -166,6 +174,7 @@ def test_garbage_is_not_onnx():
 def test_backend_without_tensorrt_is_one_clear_error(dense_onnx):
     from lidar_ptq_core.runtime.backends import resolve_backend, tensorrt_unavailable
     from lidar_ptq_core.runtime.tensorrt_backend import TensorRTBackend
+
     from test_models import TINY_PILLAR
     from test_quant import tiny_model
 

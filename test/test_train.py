@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lidar_ptq_core.models.centerpoint import build_centerpoint
-from lidar_ptq_core.models.checkpoint import load_checkpoint, save_checkpoint
+from lidar_ptq_core.models.checkpoint import save_checkpoint
 from lidar_ptq_core.models.config import CenterPointConfig, load_model_config
 from lidar_ptq_core.runtime import Detector
 from lidar_ptq_core.sim import generate_frame, load_sim_config
@@ -16,7 +16,8 @@ from lidar_ptq_core.training.train import TrainConfig, _batch_indices, train
 
 def tiny_pillar_config() -> CenterPointConfig:
     data = load_model_config("config/models/sim_pillar.yaml").to_dict()
-    data["voxelization"].update(point_cloud_range=[-40.96, -40.96, -3.0, 40.96, 40.96, 3.0], voxel_size=[0.64, 0.64, 6.0])
+    data["voxelization"].update(point_cloud_range=[-40.96, -40.96, -3.0, 40.96, 40.96, 3.0],
+                                voxel_size=[0.64, 0.64, 6.0])
     data["vfe"]["num_filters"] = [8]
     data["map_to_bev"]["num_bev_features"] = 8
     data["backbone_2d"].update(layer_nums=[1, 1], layer_strides=[2, 2], num_filters=[8, 16],

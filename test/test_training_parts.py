@@ -1,13 +1,14 @@
 import numpy as np
 import torch
 
+from lidar_ptq_core.decode import HeadGeometry
 from lidar_ptq_core.training.augment import AugmentConfig, augment_scene
 from lidar_ptq_core.training.losses import gather_at_index, heatmap_focal_loss, regression_l1_loss
-from lidar_ptq_core.decode import HeadGeometry
 from lidar_ptq_core.training.targets import build_task_targets, draw_gaussian, gaussian_radius
 
 # 40 x 40 cells of 0.5 m from (-10, -10): 0.25 m voxels, out_size_factor 2.
-GEOM = HeadGeometry((-10.0, -10.0, -3.0, 10.0, 10.0, 3.0), (0.25, 0.25, 6.0), 2, (40, 40), (("Car", "Truck", "Pedestrian"),))
+GEOM = HeadGeometry((-10.0, -10.0, -3.0, 10.0, 10.0, 3.0), (0.25, 0.25, 6.0), 2, (40, 40),
+                    (("Car", "Truck", "Pedestrian"),))
 
 
 def test_gaussian_radius_grows_with_size_and_shrinks_with_overlap():

@@ -26,7 +26,7 @@ def test_grid_size_and_config_validation():
     assert PILLARS.grid_size == (40, 40, 1)
     assert VOXELS.grid_size == (80, 80, 12)
     with pytest.raises(ValueError, match="whole number"):
-        VoxelConfig((0, 0, 0, 1, 1, 1), (0.3, 0.3, 1), 4, 10).grid_size
+        _ = VoxelConfig((0, 0, 0, 1, 1, 1), (0.3, 0.3, 1), 4, 10).grid_size
     with pytest.raises(ValueError, match="min < max"):
         VoxelConfig((1, 0, 0, 0, 1, 1), (0.5, 0.5, 1), 4, 10)
     with pytest.raises(ValueError, match="unknown keys in voxelization"):

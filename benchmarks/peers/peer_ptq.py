@@ -11,8 +11,9 @@ output channel, input features per tensor); each row's "note" says so.
 
 Calibration batches and evaluation are exactly those of benchmarks/ptq_accuracy.py (same sim calib and val frames,
 one frame per batch, Detector + run_detector_on_dataset + evaluate in the detector's region; the helpers of
-lidar_ptq_core/benchmarking.py, row_of and format_rows included). Rows land in <out-dir>/peers_<model>.jsonl as they finish (a rerun skips rows already there) and the
-table goes to <out-dir>/peers_<model>.txt. Runs in the peers venv (benchmarks/peers/setup_venv.sh), never in .venv:
+lidar_ptq_core/benchmarking.py, row_of and format_rows included). Rows land in <out-dir>/peers_<model>.jsonl as
+they finish (a rerun skips rows already there) and the table goes to <out-dir>/peers_<model>.txt. Runs in the peers
+venv (benchmarks/peers/setup_venv.sh), never in .venv:
 
     benchmarks/peers/setup_venv.sh
     .venv-peers/bin/python benchmarks/peers/peer_ptq.py --model sim_pillar > runs/peers_pillar.log 2>&1 &

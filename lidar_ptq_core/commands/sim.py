@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         frames = (generate_frame(config, args.seed),) if dataset is None else (dataset[i] for i in range(count))
         written_to_bag = write_bag_frames(
             args.bag,
-            ((start_ns + k * period_ns, args.sensor_frame, PointCloud(f.points, KITTI_FIELDS)) for k, f in enumerate(frames)),
+            ((start_ns + k * period_ns, args.sensor_frame, PointCloud(f.points, KITTI_FIELDS))
+             for k, f in enumerate(frames)),
             topic=args.topic,
             storage=args.bag_storage,
         )

@@ -14,9 +14,8 @@ from typing import Mapping
 
 import yaml
 
-from ..config_files import build_config
+from ..config_files import build_config, load_yaml
 from ..config_files import check_keys as _check_keys
-from ..config_files import load_yaml
 from ..decode import DecodeConfig, HeadGeometry
 from ..pointcloud.features import InputSettings, PointFeature, parse_point_features
 from ..voxelize import VoxelConfig

@@ -33,7 +33,8 @@ from .pointcloud2 import (
 
 __all__ = [
     "BagFrame", "FORMATS", "INTENSITY_ALIASES", "KITTI_FIELDS", "MissingFieldError", "NUSCENES_FIELDS", "PointCloud",
-    "PointFieldSpec", "array_to_pointcloud2_fields", "pointcloud2_message_fields", "canonical_field_names", "detect_format", "encode_pcd",
+    "PointFieldSpec", "array_to_pointcloud2_fields", "pointcloud2_message_fields", "canonical_field_names",
+    "detect_format", "encode_pcd",
     "is_bag_path", "iter_bag_frames", "make_pointcloud2_message", "parse_pcd_header", "pointcloud2_dtype",
     "pointcloud2_to_array", "pointcloud2_topics", "read_bag_frame", "read_float32_records", "read_kitti_bin",
     "read_nuscenes_bin", "read_pcd", "read_points", "write_bag_frames", "write_float32_records",

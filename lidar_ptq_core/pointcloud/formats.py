@@ -60,8 +60,10 @@ def read_points(
     return cloud if field_names is None else cloud.select_fields(field_names)
 
 
-def write_points(path: str | os.PathLike, cloud: PointCloud, fmt: str | None = None, *, pcd_data: str = "binary") -> None:
-    """Write one point cloud file atomically: KITTI .bin, nuScenes .pcd.bin or PCD (pcd_data ascii/binary/binary_compressed).
+def write_points(path: str | os.PathLike, cloud: PointCloud, fmt: str | None = None, *,
+                 pcd_data: str = "binary") -> None:
+    """Write one point cloud file atomically: KITTI .bin, nuScenes .pcd.bin or PCD (pcd_data ascii, binary or
+    binary_compressed).
 
     Bags hold frame sequences: use `write_bag_frames` for those.
     """

@@ -45,7 +45,8 @@ class PcdHeader:
         return sum(s * c for s, c in zip(self.sizes, self.counts))
 
     def numpy_dtypes(self) -> list[np.dtype]:
-        return [np.dtype(f"<{'i' if t == 'I' else 'u' if t == 'U' else 'f'}{s}") for t, s in zip(self.types, self.sizes)]
+        return [np.dtype(f"<{'i' if t == 'I' else 'u' if t == 'U' else 'f'}{s}")
+                for t, s in zip(self.types, self.sizes)]
 
     def output_names(self) -> list[tuple[int, list[str]]]:
         """(field index, column names) for every non-padding field; COUNT > 1 gives name_0, name_1, ..."""
@@ -96,7 +97,8 @@ def parse_pcd_header(raw: bytes, path: str | os.PathLike = "<bytes>") -> PcdHead
         try:
             numbers = tuple(int(v) for v in items)
         except ValueError:
-            raise ValueError(f"{path}: malformed PCD header: {key} must be integers, got {' '.join(items)[:80]!r}") from None
+            raise ValueError(f"{path}: malformed PCD header: {key} must be integers, "
+                             f"got {' '.join(items)[:80]!r}") from None
         if any(v < minimum for v in numbers):
             raise ValueError(f"{path}: malformed PCD header: {key} values must be >= {minimum}, got {numbers}")
         return numbers

@@ -5,9 +5,9 @@ model to it through a QuantTarget.
 """
 
 from .api import QuantReport, QuantTarget, load_quantized_state, quantize
-from .equalize import EqualizationPair
 from .config import METHODS, QuantConfig, method_config
+from .equalize import EqualizationPair
 from .prepare import QuantLayout, quant_wrappers
 
-__all__ = ["EqualizationPair", "METHODS", "QuantConfig", "QuantLayout", "QuantReport", "QuantTarget", "load_quantized_state",
-           "method_config", "quant_wrappers", "quantize"]
+__all__ = ["EqualizationPair", "METHODS", "QuantConfig", "QuantLayout", "QuantReport", "QuantTarget",
+           "load_quantized_state", "method_config", "quant_wrappers", "quantize"]

@@ -12,7 +12,7 @@ from torch import nn
 from .calibrators import ActivationStatistics, compute_amax
 from .config import QuantConfig
 from .fold import input_channel_axis
-from .modules import QuantAdd, QuantLayer
+from .modules import QuantLayer
 from .quantizer import broadcast_along, weight_quantizer_for
 from .state import output_mse, quantizers_disabled, set_quantizers
 

@@ -78,6 +78,11 @@ def apply_equalization(producer, consumers: Sequence[tuple[object, int]], scales
         wrapper.weight_quantizer.set_amax(fresh.amax)
 
 
+def _range_spread(values: torch.Tensor, live: torch.Tensor) -> float:
+    """Largest over smallest of `values` where `live` (1 when nothing is live)."""
+    return float(values[live].max() / values[live].min().clamp(min=1e-12)) if live.any() else 1.0
+
+
 def equalize(wrappers: dict, pairs: Sequence[EqualizationPair], channel_ranges: dict[str, torch.Tensor],
              alpha: float) -> dict[str, dict]:
     """Scale every pair; `channel_ranges[consumer]` is the consumer's per-input-channel |max| (FP32, active sites),
@@ -97,11 +102,8 @@ def equalize(wrappers: dict, pairs: Sequence[EqualizationPair], channel_ranges: 
         apply_equalization(producer, consumers, scales)
         after = ranges / scales
         live = ranges > 0
-
-        def spread(values):
-            return float(values[live].max() / values[live].min().clamp(min=1e-12)) if live.any() else 1.0
-
-        records[pair.producer] = {"consumers": [n for n, _ in pair.consumers], "range_spread_before": spread(ranges),
-                                  "range_spread_after": spread(after), "scale_min": float(scales.min()),
+        records[pair.producer] = {"consumers": [n for n, _ in pair.consumers],
+                                  "range_spread_before": _range_spread(ranges, live),
+                                  "range_spread_after": _range_spread(after, live), "scale_min": float(scales.min()),
                                   "scale_max": float(scales.max())}
     return records

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .fold import fold_batch_norms, find_sequential_pairs, _set_submodule
+from .fold import _set_submodule, find_sequential_pairs, fold_batch_norms
 from .modules import DENSE_WRAPPERS, QuantAdd, QuantLayer
 
 

@@ -34,7 +34,8 @@ def scale_of(amax: torch.Tensor) -> torch.Tensor:
     return amax.clamp(min=_MIN_AMAX) / QMAX
 
 
-def fake_quantize(x: torch.Tensor, amax: torch.Tensor, qrange: tuple[int, int], axis: int | None = None) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, amax: torch.Tensor, qrange: tuple[int, int],
+                  axis: int | None = None) -> torch.Tensor:
     """Quantize-dequantize `x` on the symmetric grid of `amax` (a scalar, or one value per channel along `axis`)."""
     scale = broadcast_along(scale_of(amax), axis, x.dim())
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):

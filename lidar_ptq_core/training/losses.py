@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                       beta: float = 4.0) -> torch.Tensor:
     """CenterNet's focal loss: positives are cells where the target is exactly 1; negatives near a centre are
     down-weighted by (1 - target)^beta so the Gaussian shoulder is not punished as hard as empty space."""
     prob = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
@@ -23,7 +24,8 @@ def gather_at_index(feature: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.gather(2, index.unsqueeze(1).expand(b, c, index.shape[1])).transpose(1, 2)
 
 
-def regression_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, code_weights: torch.Tensor) -> torch.Tensor:
+def regression_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                       code_weights: torch.Tensor) -> torch.Tensor:
     """pred/target (B, K, D), mask (B, K): mean L1 per object, each code dimension weighted."""
     diff = (pred.float() - target).abs() * mask.unsqueeze(-1)
     return (diff * code_weights).sum() / mask.sum().clamp(min=1.0)
