@@ -13,12 +13,12 @@ from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, Object
 
 from lidar_ptq_core.detections import Detections
 from lidar_ptq_core.pointcloud import (
-    INTENSITY_ALIASES,
     MissingFieldError,
     PointCloud,
     pointcloud2_message_fields,
     pointcloud2_to_array,
 )
+from lidar_ptq_core.pointcloud.features import InputSettings, default_point_features, missing_features, prepare_points
 
 
 def pointcloud_to_msg(cloud: PointCloud, header: Header) -> PointCloud2:
@@ -40,47 +40,49 @@ DETECTOR_FIELDS = ("x", "y", "z", "intensity")
 class DetectorInput:
     """What a PointCloud2 gives the detector, and what was left out on the way."""
 
-    points: np.ndarray  # (N, 4) float32 x, y, z, intensity; every value finite
+    points: np.ndarray  # (N, F) float32 in the model's point-feature order; every value finite
     received: int  # width * height points in the message
-    non_finite: int  # points dropped for a NaN/inf coordinate or intensity
+    non_finite: int  # points dropped for a NaN/inf coordinate or feature
     thinned: int  # finite points left out to stay within max_points
-    has_intensity: bool  # False: the message had no intensity field and the column is zeros
+    has_intensity: bool  # False: the message had no intensity field (filled as the model config says)
+    filled: tuple[str, ...] = ()  # the model's features the message lacked, filled by the config's rule
+    cloud: PointCloud | None = None  # the decoded fields the model uses, before the fill and the settings
 
 
-def msg_to_detector_input(msg: PointCloud2, intensity_scale: float = 1.0, max_points: int = 0) -> DetectorInput:
-    """PointCloud2 -> (N, 4) float32 x, y, z, intensity for the detector, vectorised.
+def msg_to_detector_input(msg: PointCloud2, intensity_scale: float = 1.0, max_points: int = 0,
+                          point_features=None, z_offset: float = 0.0) -> DetectorInput:
+    """PointCloud2 -> (N, F) float32 in the model's point-feature order, vectorised.
 
     Any field order, padding inside points and rows, float64 or integer fields, big endian and organised clouds are
-    read by lidar_ptq_core's decoder; only x, y, z and intensity (or an alias) are decoded. A cloud without intensity
-    gets zeros. Points with a non-finite value are dropped; intensity is multiplied by `intensity_scale`. With
-    max_points > 0, a larger cloud is thinned to max_points points spread evenly over the message order.
-    Raises ValueError (MissingFieldError for missing x, y or z) on a malformed message.
+    read by lidar_ptq_core's decoder; only the fields the model uses are decoded. A missing feature is filled by the
+    model config's rule (pointcloud/features.py, the same as detect and calibration; default x, y, z, intensity with
+    zeros for a missing intensity). Points with a non-finite value are dropped; intensity is multiplied by
+    `intensity_scale` and `z_offset` added to z. With max_points > 0, a larger cloud is thinned to max_points points
+    spread evenly over the message order. Raises ValueError (MissingFieldError for missing x, y or z or a feature
+    the config refuses to fill) on a malformed message.
     """
+    features = tuple(point_features) if point_features is not None else default_point_features(4)
     names = [str(field.name) for field in msg.fields]
     missing = [axis for axis in DETECTOR_FIELDS[:3] if axis not in names]
     if missing:
         raise MissingFieldError(f"PointCloud2 has no field {missing[0]!r}; it has {names}")
-    has_intensity = any(alias in names for alias in INTENSITY_ALIASES)
-    wanted = DETECTOR_FIELDS if has_intensity else DETECTOR_FIELDS[:3]
+    absent = {f.name for f in missing_features(names, features)}
+    wanted = [f.name for f in features if f.name not in absent]
     cloud = pointcloud2_to_array(msg, wanted)
     if len(cloud.fields) != len(wanted):
         raise ValueError(f"PointCloud2 fields {list(wanted)} must hold one value each (count 1); got {cloud.fields}")
-    points = cloud.points
-    if not has_intensity:
-        points = np.concatenate([points, np.zeros((len(points), 1), np.float32)], axis=1)
+    points, filled = prepare_points(cloud, features, InputSettings(intensity_scale, z_offset), "PointCloud2")
     received = len(points)
     finite = np.isfinite(points).all(axis=1)
     if not finite.all():
         points = points[finite]
-    if intensity_scale != 1.0:
-        points[:, 3] *= np.float32(intensity_scale)
     thinned = 0
     if max_points and len(points) > max_points:
         keep = np.linspace(0, len(points) - 1, int(max_points)).round().astype(np.int64)
         thinned = len(points) - len(keep)
         points = points[keep]
     return DetectorInput(np.ascontiguousarray(points, np.float32), received, int(received - finite.sum()), thinned,
-                         has_intensity)
+                         "intensity" not in absent, tuple(f.name for f in filled), cloud)
 
 
 def yaw_to_quaternion(yaw: float) -> Quaternion:

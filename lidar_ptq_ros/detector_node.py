@@ -16,7 +16,6 @@ The node converts messages and calls lidar_ptq_core's Detector, nothing more.
 from __future__ import annotations
 
 import importlib.util
-
 import math
 import sys
 import threading
@@ -25,21 +24,22 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
-from diagnostic_msgs.msg import DiagnosticArray
 
 from lidar_ptq_core.detections import Detections
+from lidar_ptq_core.pointcloud.features import InputSettings
 
 from .conversions import detections_to_msg, msg_to_detector_input
-from .node_main import run_node_main
-from .node_parameters import ParameterSpec, StartupError, declare_parameters
 from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
 from .markers import detections_to_markers
+from .node_main import run_node_main
+from .node_parameters import ParameterSpec, StartupError, declare_parameters
 
 NODE_NAME = "lidar_ptq_detector"
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -72,7 +72,17 @@ PARAMETERS = (
                   "before detection; 0 means no limit.", constraints=">= 0"),
     ParameterSpec("intensity_scale", 1.0,
                   "Multiplies the intensity field before detection: the bundled models expect 0..1, so a driver "
-                  "publishing 0..255 needs 0.00392.", constraints="finite, > 0"),
+                  "publishing 0..255 needs 0.00392 (`lidar-ptq check` tells). Applied after the scale an INT8 "
+                  "checkpoint recorded at calibration (`lidar-ptq quantize --intensity-scale`), which the node "
+                  "applies by itself.", constraints="finite, > 0"),
+    ParameterSpec("z_offset", 0.0,
+                  "Metres added to z before detection, for a sensor mounted at another height than the training "
+                  "data's (`lidar-ptq check` tells). Applied after the offset an INT8 checkpoint recorded at "
+                  "calibration, which the node applies by itself.", constraints="finite"),
+    ParameterSpec("input_check_frames", 5,
+                  "After this many frames, compare them with the model's reference input statistics (as `lidar-ptq "
+                  "check`): one log line and a WARN on /diagnostics per problem found; 0 turns the check off.",
+                  read_only=True, constraints=">= 0"),
     ParameterSpec("publish_markers", True, "Publish detection_markers (visualization_msgs/MarkerArray) for RViz."),
     ParameterSpec("num_threads", 0, "CPU threads for inference (torch, and onnxruntime's intra-op threads); 0 keeps "
                   "the libraries' defaults.", read_only=True,
@@ -98,6 +108,8 @@ class Settings:
     publish_markers: bool
     num_threads: int
     diagnostics_period: float
+    z_offset: float = 0.0
+    input_check_frames: int = 0
 
 
 def validate_settings(values: Mapping[str, object]) -> Settings:
@@ -139,6 +151,8 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
         score_threshold=number("score_threshold", 0.0, 1.0),
         max_points=integer("max_points"),
         intensity_scale=number("intensity_scale", 0.0, low_open=True),
+        z_offset=number("z_offset") if "z_offset" in values else 0.0,
+        input_check_frames=integer("input_check_frames") if "input_check_frames" in values else 0,
         publish_markers=publish_markers,
         num_threads=integer("num_threads"),
         diagnostics_period=number("diagnostics_period", 0.0, low_open=True),
@@ -168,7 +182,15 @@ class DetectorNode(Node):
         self._mailbox = None  # the newest message not yet taken by the processing thread
         self._cond = threading.Condition()
         self._stopping = False
-        self._warned_intensity = False
+        # The model's point features and the input settings its checkpoint recorded at calibration (none for a
+        # stand-in detector without a config): the node applies them before its own parameters.
+        config = getattr(self.detector, "config", None)
+        self._point_features = getattr(config, "point_features", None)
+        self._recorded_input = getattr(config, "input_settings", None) or InputSettings()
+        self._warned_filled: set[str] = set()
+        self._check_clouds = []  # the first frames, for the input check; None once it ran
+        self._input_problems = ""  # what the input check found, shown on /diagnostics
+        self._input_check_value = None  # its /diagnostics entry once it ran
 
         self._detections_pub = self.create_publisher(Detection3DArray, "detections", OUTPUT_QOS)
         self._markers_pub = self.create_publisher(MarkerArray, "detection_markers", OUTPUT_QOS)
@@ -182,6 +204,10 @@ class DetectorNode(Node):
             f"{_resolved_backend(self.detector, self.settings.backend)}: "
             f"{self._subscription.topic_name} -> {self._detections_pub.topic_name}"
         )
+        if not self._recorded_input.is_identity:
+            self.get_logger().info(f"input settings recorded in the model at calibration: "
+                                   f"{self._recorded_input.describe()} (the intensity_scale and z_offset parameters "
+                                   "apply after them)")
 
     # -- parameters ---------------------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
@@ -238,7 +264,9 @@ class DetectorNode(Node):
         start = time.perf_counter()
         settings = self.settings
         try:
-            cloud = msg_to_detector_input(msg, settings.intensity_scale, settings.max_points)
+            given = self._recorded_input.then(InputSettings(settings.intensity_scale, settings.z_offset))
+            cloud = msg_to_detector_input(msg, given.intensity_scale, settings.max_points, self._point_features,
+                                          given.z_offset)
         except (ValueError, TypeError, OverflowError) as exc:
             self.stats.add(malformed_messages=1)
             self.stats.set(last_problem=str(exc))
@@ -247,11 +275,18 @@ class DetectorNode(Node):
             return
         if not cloud.has_intensity:
             self.stats.add(clouds_without_intensity=1)
-            if not self._warned_intensity:
-                self._warned_intensity = True
-                self.get_logger().warning(f"{self._subscription.topic_name}: PointCloud2 without an intensity field; "
-                                          "detecting with intensity 0 (warned once)")
+        for name in cloud.filled:
+            if name not in self._warned_filled:
+                self._warned_filled.add(name)
+                self.get_logger().warning(f"{self._subscription.topic_name}: PointCloud2 without a {name} field; "
+                                          "detecting with it filled as the model config says (zeros unless it "
+                                          "names a constant; warned once)")
         self.stats.add(non_finite_points=cloud.non_finite, thinned_points=cloud.thinned)
+        if settings.input_check_frames and self._point_features is not None and cloud.cloud is not None \
+                and self._check_clouds is not None:  # None once the check ran
+            self._check_clouds.append(cloud.cloud)
+            if len(self._check_clouds) == settings.input_check_frames:
+                self._check_input(given)
 
         if len(cloud.points):
             detections = self.detector.detect(cloud.points)
@@ -263,9 +298,33 @@ class DetectorNode(Node):
             self._markers_pub.publish(detections_to_markers(detections, msg.header))
         self.stats.frame_done(1000.0 * (time.perf_counter() - start), len(cloud.points), len(detections))
 
+    def _check_input(self, given: InputSettings) -> None:
+        """`lidar-ptq check` on the first frames: one log line, and a WARN on /diagnostics from then on."""
+        from diagnostic_msgs.msg import KeyValue
+        from lidar_ptq_core.pointcloud.input_check import cloud_statistics, compare_statistics, reference_statistics
+
+        config = self.detector.config
+        clouds, self._check_clouds = self._check_clouds, None
+        try:
+            stats = cloud_statistics(clouds, config.point_features, config.voxelization.point_cloud_range, given)
+            problems = compare_statistics(stats, reference_statistics(config.name), config.point_features)
+        except ValueError as exc:  # a reference file that does not parse: say so, keep detecting
+            problems, self._input_problems = [], f"input check failed: {exc}"
+        if problems:
+            self._input_problems = "; ".join(p.line() for p in problems)
+        if self._input_problems:
+            self.get_logger().warning(f"{self._subscription.topic_name}: input check on the first {len(clouds)} "
+                                      f"frames: {self._input_problems}")
+        self._input_check_value = KeyValue(key="input_check", value=self._input_problems or "ok")
+
     def _publish_diagnostics(self) -> None:
         now, before = self.stats.since_last_report()
         status = diagnostic_status(now, before, f"{self.get_name()}: detector", self.settings.model)
+        if self._input_check_value is not None:
+            status.values.append(self._input_check_value)
+            if self._input_problems and status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+                status.message = f"input unlike the model's training data: {self._input_problems}"
         self._diagnostics_pub.publish(diagnostic_array(status, self.get_clock().now().to_msg()))
 
     def destroy_node(self):
