@@ -60,9 +60,6 @@ class MeanVFEConfig:
     type = "MeanVFE"
 
 
-VFE_TYPES = {"PillarVFE": PillarVFEConfig, "MeanVFE": MeanVFEConfig}
-
-
 @dataclass(frozen=True)
 class VoxelBackboneConfig:
     """VoxelResBackBone8x. OpenPCDet's layout is channels (16, 32, 64, 128), two residual blocks per stage,

@@ -43,7 +43,7 @@ class QuantLayer(nn.Module):
         self.frozen_weight: torch.Tensor | None = None
         in_channels = layer.weight.shape[input_channel_axis(layer)]
         # Per-channel input scale folded into the weights (first layers: metres beside centimetres), see
-        # quant/channel_scaling.py. Exact in FP32: x / s times w * s.
+        # quant/calibrate.py apply_input_channel_scaling. Exact in FP32: x / s times w * s.
         self.register_buffer("input_channel_scale", torch.ones(in_channels) if input_channel_scaling else None)
 
     # -- the layer's own computation with given (already quantized) input and weight
@@ -110,7 +110,3 @@ DENSE_WRAPPERS: dict[type, type] = {
     nn.Conv2d: QuantConv2d,
     nn.ConvTranspose2d: QuantConvTranspose2d,
 }
-
-
-def quantizers_of(module: nn.Module) -> list[TensorQuantizer]:
-    return [m for m in module.modules() if isinstance(m, TensorQuantizer)]

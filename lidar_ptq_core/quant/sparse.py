@@ -36,6 +36,3 @@ class QuantSparseConv(QuantLayer, spconv.SparseModule):
         if layer.bias is not None:
             out = out.replace_feature(out.features + layer.bias)
         return out
-
-
-SPARSE_BASE = spconv.conv.SparseConvolution

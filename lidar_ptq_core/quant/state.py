@@ -53,13 +53,3 @@ def output_mse(output, reference) -> torch.Tensor:
         raise ValueError("outputs differ in structure")
     total = sum(((x - y.detach()) ** 2).sum() for x, y in zip(a, b))
     return total / sum(x.numel() for x in a)
-
-
-def detach_to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {k: detach_to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(detach_to_cpu(v) for v in value)
-    return value

@@ -454,7 +454,7 @@ class _StreetBuilder:
                 elif kind == "gap":
                     s += self.yard(side, s)
                 else:
-                    s += self.wall(side, s, urban)
+                    s += self.wall(side, s)
 
     def _block_end_clipped(self, s, length):
         """Shorten a block so it stops before the cross street."""
@@ -503,7 +503,7 @@ class _StreetBuilder:
             d = side * (self.layout.property_line(side) + rng.uniform(1, max(depth, 6)))
             self.tree_or_bush(s + rng.uniform(0, length), d)
 
-    def wall(self, side, s, urban) -> float:
+    def wall(self, side, s) -> float:
         rng = self.rng
         length = self._block_end_clipped(s, rng.uniform(6, 30))
         if length < 3:
@@ -585,7 +585,7 @@ class _StreetBuilder:
                     continue
                 inset = rng.uniform(0.3, 0.8)  # near the curb or along the property line
                 d = side * (curb + inset if rng.random() < 0.6 else self.layout.property_line(side) - inset)
-                self.furniture(s, d, side)
+                self.furniture(s, d)
 
     def street_light(self, s, d, side):
         x, y, yaw = self.pose(s, d)
@@ -597,7 +597,7 @@ class _StreetBuilder:
         ax, ay, _ = self.pose(s, d - side * arm / 2)
         self.scene.add_box((ax, ay, z + height - 0.1), (0.25, arm, 0.2), yaw, 0.35)
 
-    def furniture(self, s, d, side):
+    def furniture(self, s, d):
         rng = self.rng
         x, y, yaw = self.pose(s, d)
         z = self.ground(x, y)
@@ -647,7 +647,7 @@ class _StreetBuilder:
         self.scene.add_object(label, (x, y, self.ground(x, y) + h / 2, l, w, h, yaw), rng)
         return True
 
-    def pedestrian(self, s, d, heading_offset, on_road_ok=False) -> bool:
+    def pedestrian(self, s, d, heading_offset) -> bool:
         rng = self.rng
         x, y, yaw = self.pose(s, d, heading_offset)
         if not self.in_range(x, y):
