@@ -17,7 +17,8 @@ COMMANDS = {
     "quantize": "INT8 post-training quantization (LiDAR-PTQ or a baseline) from a sim split, frames or a bag.",
     "export": "Write a checkpoint (FP32 or INT8) as a .lptq bundle: checkpoint + dense part as (QDQ) ONNX.",
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
-    "check": "Compare a sample of frames (file, folder, bag) with what a model expects; name each mismatch and its fix.",
+    "check": ("Compare a sample of frames (file, folder, bag) with what a model expects; name each mismatch and its "
+              "fix."),
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "inspect": "Show what a .lptq bundle holds (model, classes, decoding, quantization, parts) after checking it.",
     "build-engine": "Build (and cache) the TensorRT engine of a bundle's dense part; --check validates its ONNX.",

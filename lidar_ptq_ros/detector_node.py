@@ -301,6 +301,7 @@ class DetectorNode(Node):
     def _check_input(self, given: InputSettings) -> None:
         """`lidar-ptq check` on the first frames: one log line, and a WARN on /diagnostics from then on."""
         from diagnostic_msgs.msg import KeyValue
+
         from lidar_ptq_core.pointcloud.input_check import cloud_statistics, compare_statistics, reference_statistics
 
         config = self.detector.config

@@ -171,9 +171,9 @@ def test_same_model_compares_every_tensor(tmp_path):
 
 
 def test_calibration_batches_are_one_voxelized_frame_each():
-    from test_models import TINY_PILLAR, random_frame
-
     from lidar_ptq_core.models.config import CenterPointConfig
+
+    from test_models import TINY_PILLAR, random_frame
 
     config = CenterPointConfig.from_dict(TINY_PILLAR)
     frames = [SimpleNamespace(points=random_frame(seed, 200 + 100 * seed)) for seed in range(3)]

@@ -18,7 +18,6 @@ from lidar_ptq_core.models.config import CenterPointConfig, load_model_config
 from lidar_ptq_core.pointcloud import MissingFieldError, PointCloud, read_points, write_points
 from lidar_ptq_core.pointcloud.features import (
     InputSettings,
-    PointFeature,
     PointPreparer,
     default_point_features,
     parse_point_features,

@@ -8,7 +8,8 @@ def add_arguments(parser) -> None:
     from ..devices import DEVICE_CHOICES_HELP
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="point cloud files (KITTI .bin, nuScenes .pcd.bin, .pcd), folders of them, or rosbag2 bags")
+                        help="point cloud files (KITTI .bin, nuScenes .pcd.bin, .pcd), folders of them, or rosbag2 "
+                             "bags")
     parser.add_argument("--checkpoint", default="sim_pillar", help="bundled name or .safetensors path (FP32 or INT8)")
     parser.add_argument("--bundle", default=None, help="a .lptq bundle instead of --checkpoint (lidar-ptq export)")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
@@ -23,7 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--z-offset", type=float, default=0.0,
                         help="metres added to z (`lidar-ptq check` suggests it); applied after what an INT8 "
                         "checkpoint recorded at calibration")
-    parser.add_argument("--render", default=None, help="write a bird's-eye view PNG of the first frame's points and boxes")
+    parser.add_argument("--render", default=None,
+                        help="write a bird's-eye view PNG of the first frame's points and boxes")
     parser.add_argument("--out", default=None,
                         help="a folder: one <frame_id>.json box file per frame (for `lidar-ptq eval`); with a single "
                         "input frame, a path ending in .json writes that file")
@@ -59,9 +61,8 @@ def iter_frames(inputs, topic=None):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import sys
+    from pathlib import Path
 
     from ..boxfile import read_ground_truth, write_detections
     from ..calibration_data import model_input_settings

@@ -10,7 +10,6 @@ detector node on its first frames.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,7 +225,8 @@ def format_table(stats: CloudStatistics, reference: CloudStatistics | None) -> s
     ref = reference
     rows = [
         ("fields", ", ".join(stats.fields), ", ".join(ref.fields) if ref and ref.fields else "-"),
-        ("points per frame", num(stats.points_per_frame, fmt="{:.0f}"), num(ref and ref.points_per_frame, fmt="{:.0f}")),
+        ("points per frame", num(stats.points_per_frame, fmt="{:.0f}"),
+         num(ref and ref.points_per_frame, fmt="{:.0f}")),
         ("intensity", intensity(stats), intensity(ref)),
         ("ground z", num(stats.ground_z, " m"), num(ref and ref.ground_z, " m")),
         ("median z", num(stats.z_p50, " m"), num(ref and ref.z_p50, " m")),
