@@ -75,7 +75,7 @@ def test_round_trip_keeps_parts_and_manifest(good, config):
     assert bundle.config == config and written["model"] == config.to_dict()
     assert written["class_names"] == ["Car", "Truck", "Pedestrian", "Cyclist"]
     assert written["decode"] == config.post_processing.to_dict() and written["quantization"] == QUANTIZATION
-    assert written["format"] == "lidar-ptq-bundle" and written["format_version"] == 1
+    assert written["format"] == "lidar-ptq-bundle" and written["format_version"] == 2
     assert written["created"].endswith("Z") and {"python", "torch", "onnx", "lidar-ptq"} <= set(written["tools"])
     assert written["parts"]["dense.onnx"] == {
         "sha256": hashlib.sha256(PARTS["dense.onnx"]).hexdigest(), "size": 500,
@@ -227,15 +227,28 @@ def test_unknown_format(good):
 
 
 def test_newer_format_version(good):
-    edit(good, lambda manifest, members: manifest.update(format_version=2))
-    assert_refused(good, "unsupported format_version 2 (written by a newer lidar-ptq?); "
-                         "this lidar-ptq reads format_version 1")
+    edit(good, lambda manifest, members: manifest.update(format_version=3))
+    assert_refused(good, "unsupported format_version 3 (written by a newer lidar-ptq?); "
+                         "this lidar-ptq reads format_version 1, 2")
+
+
+def test_a_version_1_bundle_still_reads(good):
+    """Bundles written before the runtime and parity sections existed read back, manifest unchanged."""
+    edit(good, lambda manifest, members: manifest.update(format_version=1))
+    bundle = read_bundle(good)
+    assert bundle.manifest.format_version == 1 and bundle.manifest.runtime is None
+    assert bundle.manifest.to_dict() == archive_contents(good)[0]
+
+
+def test_optional_sections_must_be_objects(good):
+    edit(good, lambda manifest, members: manifest.update(parity=[1]))
+    assert_refused(good, "manifest 'parity' must be an object, got a list")
 
 
 @pytest.mark.parametrize("version", [0, "1", True, None])
 def test_invalid_format_version(good, version):
     edit(good, lambda manifest, members: manifest.update(format_version=version))
-    assert_refused(good, f"unsupported format_version {version!r}; this lidar-ptq reads format_version 1")
+    assert_refused(good, f"unsupported format_version {version!r}; this lidar-ptq reads format_version 1, 2")
 
 
 def test_missing_required_keys(good):
@@ -246,7 +259,8 @@ def test_missing_required_keys(good):
 def test_unknown_manifest_key(good):
     edit(good, lambda manifest, members: manifest.update(extra=1))
     assert_refused(good, "manifest has unknown keys ['extra']; expected ['format', 'format_version', 'created', "
-                         "'model', 'class_names', 'voxelization', 'decode', 'quantization', 'tools', 'parts']")
+                         "'model', 'class_names', 'voxelization', 'decode', 'quantization', 'tools', 'parts'] and optionally "
+                         "['runtime', 'parity']")
 
 
 def test_wrong_type_in_manifest(good):
@@ -345,7 +359,7 @@ def test_inspect_prints_what_the_bundle_holds(good, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"bundle        {good}"
-    assert lines[1].startswith("format        lidar-ptq-bundle v1, created ")
+    assert lines[1].startswith("format        lidar-ptq-bundle v2, created ")
     assert "model         sim_centerpoint_pillar (PillarVFE + PointPillarScatter, 4 point features)" in lines
     assert "classes       Car, Truck, Pedestrian, Cyclist" in lines
     assert "quantization  lidar-ptq: calibration_frames=4 seconds=2.5" in lines

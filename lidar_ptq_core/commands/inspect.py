@@ -1,11 +1,13 @@
 """`lidar-ptq inspect FILE.lptq`: what a bundle holds, checked: model, classes, voxelization, decoding,
-quantization, the tools that made it and its parts (every part's sha256 is verified before anything is printed)."""
+quantization, the tools that made it, which graph runs where, the parity of its graphs at export and its parts (every
+part's sha256 is verified before anything is printed)."""
 
 from __future__ import annotations
 
 import json
 
 from ..export.bundle import read_bundle
+from ..export.parity import parity_lines
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 SHA256_SHOWN = 12  # hex digits of each part's digest in the table
@@ -52,7 +54,16 @@ def describe(bundle) -> list[str]:
         else " ".join([quant["method"] + ":"] + flat_items(quant["summary"])),
         "tools": ", ".join(f"{tool} {version}" for tool, version in manifest.tools.items()),
     }
+    runtime = manifest.runtime
+    if runtime:
+        rows["runtime"] = "; ".join(
+            f"{engine}: " + " -> ".join(filter(None, [runtime[engine]["encoder"] or "encoder in torch",
+                                                      "scatter (numpy)" if runtime[engine]["encoder"] else None,
+                                                      runtime[engine]["dense"]]))
+            for engine in ("onnxruntime", "tensorrt")) + f"; BEV map {runtime['bev']['dtype']}"
     lines = [f"{label:<{LABEL_WIDTH}}{text}" for label, text in rows.items()]
+    if manifest.format_version >= 2:  # version 1 bundles predate the parity check
+        lines += parity_lines(manifest.parity)
     parts = manifest.parts
     lines.append(f"parts ({len(parts)}, sha256 verified)")
     name_width = max([len("name")] + [len(n) for n in parts])

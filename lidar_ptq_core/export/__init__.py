@@ -1,7 +1,8 @@
 """Deployment artefacts: the `.lptq` bundle, one file that holds everything a robot needs to run a detector.
 
-Only the container lives here so far (bundle.py); the export of a model into it (ONNX graphs, encoder weights) and
-the network-level checks of a bundle against its config follow.
+bundle.py is the container (imports no torch: the runtime reads bundles with it); export_bundle.py writes a model
+into it with every graph a backend runs (onnx_qdq.py, onnx_ort_int8.py, pillar_encoder.py) and their parity against
+the torch model (parity.py).
 """
 
 from .bundle import (

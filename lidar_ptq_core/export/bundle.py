@@ -6,9 +6,9 @@ not compressed, so a reader takes their bytes straight from the file without inf
 are deflated. The manifest records every part's sha256 and size, so a bundle that was cut short, bit-flipped or had
 a part swapped is refused with one message naming the file and the part, instead of failing later inside a runtime.
 
-Manifest (a JSON object; format_version 1):
+Manifest (a JSON object; format_version 2, which reads version 1 bundles too):
   format          "lidar-ptq-bundle"
-  format_version  1
+  format_version  2 (1: no runtime or parity sections)
   created         UTC ISO 8601 time, e.g. "2025-01-31T12:00:00Z"
   model           the model config as plain data (CenterPointConfig.to_dict()); must parse with CenterPointConfig
   class_names     the detected classes, equal to model["class_names"]
@@ -17,6 +17,10 @@ Manifest (a JSON object; format_version 1):
   quantization    null for FP32, else {"method": str, "summary": {...}} (further keys allowed)
   tools           {"python": ..., "torch": ..., "onnx": ..., "onnxruntime": ..., "lidar-ptq": ...}, those installed
   parts           {name: {"sha256": 64 lowercase hex, "size": bytes, "media_type": str, "role": str}}
+  runtime         optional: which shipped graph runs where (export/export_bundle.py runtime_plan): the head output
+                  names, the BEV map the dense graphs take, and per engine the parts it runs
+  parity          optional: the shipped graphs against the torch model on calibration frames at export
+                  (export/parity.py): per-output errors, box agreement, the thresholds and whether they held
 
 class_names, voxelization and decode repeat sections of `model` so that a reader (or a person with `unzip -p`) finds
 them without knowing the model config's layout; read_bundle checks that they agree with `model`.
@@ -43,8 +47,8 @@ from ..io_utils import atomic_path
 from ..models.config import CenterPointConfig
 
 BUNDLE_FORMAT = "lidar-ptq-bundle"
-BUNDLE_FORMAT_VERSION = 1  # the version written
-READABLE_FORMAT_VERSIONS = (1,)  # the versions read_bundle accepts
+BUNDLE_FORMAT_VERSION = 2  # the version written
+READABLE_FORMAT_VERSIONS = (1, 2)  # the versions read_bundle accepts
 BUNDLE_SUFFIX = ".lptq"
 MANIFEST_NAME = "manifest.json"
 
@@ -82,6 +86,8 @@ MANIFEST_KEY_TYPES = {
     "tools": (dict,),
     "parts": (dict,),
 }
+# Keys a manifest may hold (written from format_version 2 on), after the required ones.
+OPTIONAL_MANIFEST_KEY_TYPES = {"runtime": (dict,), "parity": (dict,)}
 PART_ENTRY_TYPES = {"sha256": (str,), "size": (int,), "media_type": (str,), "role": (str,)}
 QUANTIZATION_KEY_TYPES = {"method": (str,), "summary": (dict,)}
 # Manifest key -> the model config section it repeats.
@@ -164,6 +170,8 @@ class BundleManifest:
     quantization: dict | None = None
     tools: dict[str, str] = field(default_factory=tool_versions)
     parts: dict[str, dict] = field(default_factory=dict)  # filled by write_bundle
+    runtime: dict | None = None
+    parity: dict | None = None
 
     @classmethod
     def for_model(cls, config: CenterPointConfig, quantization: Mapping | None = None) -> "BundleManifest":
@@ -183,7 +191,14 @@ class BundleManifest:
             raise ValueError(f"unknown format {data['format']!r}; expected {BUNDLE_FORMAT!r}")
         if "format_version" in data:
             _check_format_version(data["format_version"])
-        _check_keys("manifest", data, MANIFEST_KEY_TYPES)
+        _check_keys("manifest", data, MANIFEST_KEY_TYPES, allow_unknown=True)
+        unknown = sorted(set(data) - set(MANIFEST_KEY_TYPES) - set(OPTIONAL_MANIFEST_KEY_TYPES))
+        if unknown:
+            raise ValueError(f"manifest has unknown keys {unknown}; expected {list(MANIFEST_KEY_TYPES)} and "
+                             f"optionally {list(OPTIONAL_MANIFEST_KEY_TYPES)}")
+        for key, types in OPTIONAL_MANIFEST_KEY_TYPES.items():
+            if key in data:
+                _check_type(f"manifest {key!r}", data[key], types)
         try:
             datetime.datetime.fromisoformat(data["created"])
         except ValueError:
@@ -202,10 +217,13 @@ class BundleManifest:
                 raise ValueError(f"manifest part {name!r} sha256 must be 64 lowercase hex digits")
             if entry["size"] < 0:
                 raise ValueError(f"manifest part {name!r} size must be >= 0, got {entry['size']}")
-        return cls(**{key: copy.deepcopy(data[key]) for key in MANIFEST_KEY_TYPES})
+        keys = [*MANIFEST_KEY_TYPES, *(key for key in OPTIONAL_MANIFEST_KEY_TYPES if key in data)]
+        return cls(**{key: copy.deepcopy(data[key]) for key in keys})
 
     def to_dict(self) -> dict:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        """The JSON object; optional sections that are None are left out (a version 1 manifest reads back equal)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if f.name in MANIFEST_KEY_TYPES or getattr(self, f.name) is not None}
 
 
 def check_model_sections(manifest: BundleManifest) -> CenterPointConfig:

@@ -2,9 +2,11 @@
 post-processing (voxelize, decode) are the Detector's and shared by all of them.
 
 - torch: the reference; FP32, or INT8 as fake quantization (FP32 kernels on INT8-exact values).
-- onnxruntime: the encoder (PFN + scatter, or the sparse backbone) in torch, the dense part in onnxruntime. An FP32
-  model runs the bundle's dense.onnx. An INT8 model runs onnxruntime's integer graph, built at load time from the
-  model's own weights and scales (export/onnx_ort_int8.py): onnxruntime fuses it into QLinearConv (uint8 activations,
+- onnxruntime over a torch model (OnnxRuntimeBackend): the encoder (PFN + scatter, or the sparse backbone) in
+  torch, the dense part in onnxruntime. A bundle ships its graphs and runs them as they are (graph="shipped"): a
+  pillar bundle entirely without torch (runtime/onnx_backend.py OnnxRuntimeBackend), a voxel bundle's dense
+  graph here (TorchEncoderOnnxBackend, also importable as OnnxRuntimeBackend from this module). Built from a model instead (benchmarks, experiments): an FP32 model runs its dense ONNX, an INT8 model
+  onnxruntime's integer graph (export/onnx_ort_int8.py): onnxruntime fuses it into QLinearConv (uint8 activations,
   int8 weights). Its input is the BEV map as uint8 codes: a pillar model's features are quantized with the first
   conv's input scale before the scatter (exact: the empty cells hold the code of 0), so neither the FP32 map nor a
   QuantizeLinear over it is ever made. The bundle's dense.onnx stays TensorRT's QDQ graph (zero-point 0), which
@@ -17,7 +19,6 @@ post-processing (voxelize, decode) are the Detector's and shared by all of them.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
@@ -29,11 +30,11 @@ class TorchBackend:
         self.model = model
         self.device = next(model.parameters()).device  # batches are moved here (CPU voxelization, GPU network)
 
-    def bev_input(self, batch: dict) -> torch.Tensor:
+    def bev_input(self, batch: dict):
         """What `dense` takes: the BEV map."""
         return self.model.bev_features(self._on_device(batch))
 
-    def dense(self, bev: torch.Tensor) -> list[dict]:
+    def dense(self, bev) -> list[dict]:
         return self.model.dense(bev.to(self.device))
 
     def __call__(self, batch: dict) -> list[dict]:
@@ -47,17 +48,23 @@ class TorchBackend:
         return batch_to(batch, self.device)
 
 
-ORT_GRAPHS = ("auto", "given")
+ORT_GRAPHS = ("auto", "given", "shipped")
 
 
-class OnnxRuntimeBackend:
+class TorchEncoderOnnxBackend:
+    """onnxruntime for the dense part behind a torch model's encoder. (A pillar bundle runs without torch:
+    runtime/onnx_backend.py OnnxRuntimeBackend.)"""
+
     name = "onnxruntime"
 
-    def __init__(self, model, onnx_bytes: bytes | None = None, threads: int | None = None, graph: str = "auto"):
+    def __init__(self, model, onnx_bytes: bytes | None = None, threads: int | None = None, graph: str = "auto",
+                 code_scale: float | None = None):
         """`graph` "auto": for an INT8 model onnxruntime's integer graph built from the model (onnx_bytes, the
         bundle's TensorRT QDQ graph, is not used), for an FP32 model `onnx_bytes` (exported here when None).
-        "given": run `onnx_bytes` as it is."""
+        "given": run `onnx_bytes` as it is. "shipped": run `onnx_bytes`, a bundle's graph for onnxruntime, as it is;
+        `code_scale` is the grid of its uint8 input (the manifest's runtime.bev.scale), None for an FP32 input."""
         import onnxruntime as ort
+        import torch
 
         from ..export.onnx_ort_int8 import dense_part_quantized, export_dense_ort_int8, input_code_scale
         from ..export.onnx_qdq import INPUT_NAME, export_dense_onnx, output_names
@@ -67,7 +74,12 @@ class OnnxRuntimeBackend:
             raise ValueError(f"graph must be one of {ORT_GRAPHS}, got {graph!r}")
         quantized = dense_part_quantized(model)
         self.code_scale = None  # the input's uint8 grid when the graph takes codes
-        if graph == "auto" and quantized:
+        if graph == "shipped":
+            if onnx_bytes is None:
+                raise ValueError('graph "shipped" needs the bundle\'s graph bytes')
+            self.code_scale = code_scale
+            self.graph = "ort-int8" if code_scale is not None or quantized else "fp32"
+        elif graph == "auto" and quantized:
             self.code_scale = input_code_scale(model)
             onnx_bytes = export_dense_ort_int8(model, input_codes=self.code_scale is not None)
             self.graph = "ort-int8"
@@ -82,7 +94,7 @@ class OnnxRuntimeBackend:
         self.input_name = INPUT_NAME
         self.outputs = [name.split(".", 1) for name in output_names(model)]
 
-    def bev_input(self, batch: dict) -> torch.Tensor:
+    def bev_input(self, batch: dict):
         """What `dense` takes: the BEV map, FP32 or, for the integer graph, uint8 codes."""
         if self.code_scale is None:
             return self.model.bev_features(batch)
@@ -95,9 +107,10 @@ class OnnxRuntimeBackend:
                                                 int(batch["batch_size"]), background=ZERO_POINT)
         return to_input_codes(self.model.to_bev(encoded, batch), self.code_scale)
 
-    def dense(self, bev: torch.Tensor) -> list[dict]:
+    def dense(self, bev) -> list[dict]:
         """Head outputs of a BEV map: FP32, or uint8 codes from bev_input (an FP32 map is quantized here when the
         graph takes codes)."""
+        import torch
         if self.code_scale is not None and bev.dtype != torch.uint8:
             from ..export.onnx_ort_int8 import to_input_codes
 
@@ -117,17 +130,19 @@ class OnnxRuntimeBackend:
         return self.dense(self.bev_input(batch))
 
 
+OnnxRuntimeBackend = TorchEncoderOnnxBackend  # the name benchmarks and experiments build it by
+
+
 def tensorrt_unavailable() -> ValueError | None:
     """The error that asking for backend 'tensorrt' raises here (tensorrt not importable, or no CUDA GPU), or None
     where both are present."""
-    import torch
-
     from .tensorrt_backend import TensorRTUnavailable, import_tensorrt
 
     try:
         import_tensorrt()
     except TensorRTUnavailable as exc:
         return exc
+    import torch  # only where tensorrt imports: the torch-free runtime never gets here
     if not torch.cuda.is_available():
         return TensorRTUnavailable("backend 'tensorrt' needs a CUDA GPU, and torch sees none "
                                    "(torch.cuda.is_available() is False)")

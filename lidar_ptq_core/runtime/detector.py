@@ -1,18 +1,22 @@
 """`Detector`: a checkpoint plus its config, `detect(points) -> Detections`. Backends (runtime/backends.py: torch,
-onnxruntime, and TensorRT in runtime/tensorrt_backend.py, unverified here) run the network behind the same call."""
+onnxruntime, and TensorRT in runtime/tensorrt_backend.py, unverified here) run the network behind the same call.
+
+A pillar bundle on onnxruntime runs with numpy and onnxruntime alone (runtime/onnx_backend.py): this module imports
+torch only where a torch model or a torch backend is asked for, so `Detector.from_bundle` works where torch and spconv
+are not installed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config_files import data_roots
 from ..decode import decode_batch
 from ..detections import Detections
 from ..pointcloud.features import PointPreparer
 from ..voxelize import voxelize_clouds
+
 
 def bundled_checkpoint(name: str = "sim_pillar") -> Path:
     """A .safetensors path as given, or a checkpoint shipped with the project (checkpoints/<name>.safetensors)."""
@@ -40,15 +44,21 @@ def bundled_bundle(name: str) -> Path:
 
 
 class Detector:
-    def __init__(self, model: torch.nn.Module, backend=None):
-        """`backend` runs the network on a voxel batch (runtime/backends.py); default: the model in torch."""
-        from .backends import TorchBackend
+    def __init__(self, model=None, backend=None, config=None):
+        """`backend` runs the network on a voxel batch (runtime/backends.py); default: `model` (a torch module) in
+        torch. A backend without a torch model (`model` None: a bundle's graphs) needs the model `config`."""
+        if model is None and (backend is None or config is None):
+            raise ValueError("a Detector without a torch model needs a backend and the model config")
+        if model is not None:
+            from .backends import TorchBackend
 
-        self.model = model.eval()
-        self.backend = backend or TorchBackend(self.model)
-        self.config = model.config
+            self.model = model.eval()
+            self.backend = backend or TorchBackend(self.model)
+            self.config = model.config
+            self.device = next(model.parameters()).device
+        else:
+            self.model, self.backend, self.config, self.device = None, backend, config, "cpu"
         self.geometry = self.config.head_geometry()
-        self.device = next(model.parameters()).device
         self.last_voxel_report = None  # what voxelization kept and dropped in the last frame detected
         # The model config's rule for missing point features (zeros + one warning, or an error): pointcloud/features.py
         self.prepare_points = PointPreparer(self.config.point_features)
@@ -66,10 +76,13 @@ class Detector:
         """A `.lptq` bundle on a backend: onnxruntime, torch, tensorrt (UNVERIFIED here: needs TensorRT and a CUDA
         GPU; the engine is built on first use and cached in `engine_cache`, default ~/.cache/lidar_ptq/engines), or
         auto: tensorrt where tensorrt imports and CUDA is available, else onnxruntime."""
-        from ..export.export_bundle import DENSE_PART, load_bundle_model
-        from .backends import OnnxRuntimeBackend, resolve_backend, tensorrt_unavailable
+        from .backends import resolve_backend, tensorrt_unavailable
 
         backend = resolve_backend(backend)
+        if backend == "onnxruntime":
+            return cls._on_onnxruntime(bundled_bundle(str(path)), threads)
+        from ..export.export_bundle import DENSE_PART, load_bundle_model  # torch from here on
+
         if backend == "tensorrt":
             error = tensorrt_unavailable()
             if error is not None:
@@ -78,24 +91,48 @@ class Detector:
 
             model, bundle = load_bundle_model(path, device="cuda")
             return cls(model, TensorRTBackend(model, bundle.read_part(DENSE_PART), cache_dir=engine_cache))
-        if backend == "torch":  # the bundle's checkpoint as torch fake-quant, on `device`
-            return cls(load_bundle_model(path, device=device)[0])
-        model, bundle = load_bundle_model(path)  # onnxruntime runs on the CPU provider; its encoder stays on the CPU
-        return cls(model, OnnxRuntimeBackend(model, bundle.read_part(DENSE_PART), threads))
+        from ..devices import resolve_device
+
+        return cls(load_bundle_model(path, device=resolve_device(device))[0])  # torch: the checkpoint, fake-quant
+
+    @classmethod
+    def _on_onnxruntime(cls, path: Path, threads: int | None) -> "Detector":
+        """The bundle's shipped graphs on onnxruntime, nothing built: a pillar bundle entirely (numpy +
+        onnxruntime), a voxel bundle's dense graph behind its sparse encoder in torch + spconv."""
+        from ..export.bundle import read_bundle
+        from .onnx_backend import OnnxRuntimeBackend, runtime_section
+
+        bundle = read_bundle(path)
+        section = runtime_section(bundle)
+        plan = section["onnxruntime"]
+        if plan.get("encoder") is not None:
+            return cls(backend=OnnxRuntimeBackend(bundle, threads), config=bundle.config)
+        try:
+            import spconv.pytorch  # noqa: F401  (the sparse encoder's kernels)
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(f"{path}: a voxel bundle runs its sparse encoder in torch + spconv, which do not import "
+                             f"here ({exc}); only pillar bundles run with numpy + onnxruntime alone") from None
+        from ..export.export_bundle import load_bundle_model
+        from .backends import TorchEncoderOnnxBackend
+
+        model, bundle = load_bundle_model(path)  # the encoder runs on the CPU, beside the CPU provider
+        return cls(model, TorchEncoderOnnxBackend(model, bundle.read_part(plan["dense"]), threads, graph="shipped",
+                                             code_scale=section["bev"]["scale"]))
 
     @classmethod
     def load(cls, source: str | Path, backend: str = "auto", threads: int | None = None,
              device: str = "cpu") -> "Detector":
         """A bundle (.lptq) or a checkpoint (bundled name or .safetensors, FP32 or INT8). `device` (auto, cpu,
-        cuda, cuda:N; devices.resolve_device) is where torch runs the network: checkpoints and the torch backend."""
+        cuda, cuda:N; devices.resolve_device) is where torch runs the network: checkpoints and the torch backend
+        (resolved there, so that a bundle on onnxruntime never imports torch)."""
         from ..devices import resolve_device
 
-        device = resolve_device(device)
         if str(source).endswith(".lptq"):
             return cls.from_bundle(bundled_bundle(str(source)), backend, threads, device=device)
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend {backend!r} needs a bundle (lidar-ptq export); a checkpoint runs in torch")
-        return cls.from_checkpoint(source, device=device)
+        return cls.from_checkpoint(source, device=resolve_device(device))
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -110,13 +147,23 @@ class Detector:
     def detect(self, points: np.ndarray) -> Detections:
         return self.detect_batch([points])[0]
 
-    @torch.inference_mode()
     def detect_batch(self, clouds: list[np.ndarray]) -> list[Detections]:
         """Points (N, C) in the model's feature order (x, y, z, intensity, ...; missing trailing features are
         filled by the config's rule) or PointClouds (features by name) -> Detections per cloud."""
         clouds = [self.prepare_points(c, "points passed to Detector.detect") for c in clouds]
-        batch, reports = voxelize_clouds(clouds, self.config.voxelization, self.config.num_point_features)
+        if getattr(self.backend, "takes_numpy", False):  # the torch-free runtime: numpy batch, numpy outputs
+            batch, reports = voxelize_clouds(clouds, self.config.voxelization, self.config.num_point_features,
+                                             as_numpy=True)
+            outputs = self.backend(batch)
+        else:
+            outputs, reports = self._torch_outputs(clouds)
         self.last_voxel_report = reports[-1]
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        outputs = self.backend(batch)
         return decode_batch(outputs, self.geometry, self.config.post_processing)
+
+    def _torch_outputs(self, clouds: list[np.ndarray]):
+        import torch
+
+        with torch.inference_mode():
+            batch, reports = voxelize_clouds(clouds, self.config.voxelization, self.config.num_point_features)
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            return self.backend(batch), reports
