@@ -2,12 +2,12 @@
 
 Reads a sample of frames (a file, a folder of files, a rosbag2 bag, or 'sim'), computes their statistics as the
 model would see them (its point-feature rule, its recorded input settings, then --intensity-scale / --z-offset) and
-compares them with the model's reference statistics (config/models/<name>.stats.yaml). Prints a table, then one line
-per problem with its fix. Exit code 0: nothing found, 1: problems, 2: bad input.
+compares them with the model's reference statistics (config/input_stats/<model config file>.yaml). Prints a
+table, then one line per problem with its fix. Exit code 0: nothing found, 1: problems, 2: bad input.
 
 `--write-reference PATH` writes the sample's statistics as a model's reference instead (how the sim models' files
 were made: `lidar-ptq check sim --sim-split train --frames 64 --model sim_pillar --write-reference
-config/models/sim_pillar.stats.yaml`).
+config/input_stats/sim_pillar.yaml`).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def run(args) -> int:
                   f"z {result['input_settings']['z_offset']:+.3g} m"))
     print(format_table(stats, reference))
     if reference is None:
-        print(f"no reference statistics for model {config.name} (config/models/*.stats.yaml): only fields checked")
+        print(f"no reference statistics for model {config.name} (config/input_stats/*.yaml): only fields checked")
     for problem in problems:
         print(f"problem: {problem.line()}")
     print("ok: the frames look like the model's training data" if result["ok"]

@@ -2,9 +2,9 @@
 
 `cloud_statistics` summarises a set of clouds (fields, points per frame, intensity distribution, a robust ground
 height, z and range distribution, share of points inside the model's range); `reference_statistics` finds the
-statistics stored beside a model config (config/models/<name>.stats.yaml: computed from the training data for the
-sim models by `lidar-ptq check sim --sim-split train --write-reference ...`, documented values for the full-size
-configs); `compare_statistics` lists the problems, each with its concrete fix. Used by `lidar-ptq check` and the
+statistics stored for a model config (config/input_stats/<model config file>.yaml, found by the model's name:
+computed from the training data for the sim models by `lidar-ptq check sim --sim-split train --write-reference
+...`, documented values for the full-size configs); `compare_statistics` lists the problems, each with its concrete fix. Used by `lidar-ptq check` and the
 detector node on its first frames.
 """
 
@@ -241,11 +241,11 @@ def format_table(stats: CloudStatistics, reference: CloudStatistics | None) -> s
 
 
 def reference_path(model_name: str) -> Path | None:
-    """config/models/*.stats.yaml whose `model` is `model_name` (the model config's name), if any."""
+    """config/input_stats/*.yaml whose `model` is `model_name` (the model config's name), if any."""
     from ..config_files import config_roots
 
     for root in config_roots():
-        for path in sorted((root / "models").glob("*.stats.yaml")):
+        for path in sorted((root / "input_stats").glob("*.yaml")):
             data = yaml.safe_load(path.read_text()) or {}
             if data.get("model") == model_name:
                 return path
