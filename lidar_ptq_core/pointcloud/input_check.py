@@ -4,8 +4,8 @@
 height, z and range distribution, share of points inside the model's range); `reference_statistics` finds the
 statistics stored for a model config (config/input_stats/<model config file>.yaml, found by the model's name:
 computed from the training data for the sim models by `lidar-ptq check sim --sim-split train --write-reference
-...`, documented values for the full-size configs); `compare_statistics` lists the problems, each with its concrete fix. Used by `lidar-ptq check` and the
-detector node on its first frames.
+...`, documented values for the full-size configs); `compare_statistics` lists the problems, each with its
+concrete fix. Used by `lidar-ptq check` and the detector node on its first frames.
 """
 
 from __future__ import annotations
