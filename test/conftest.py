@@ -33,8 +33,12 @@ def kitti_frames() -> list[Path]:
 # machine. A name is a test function (every parametrization) or one parametrization `name[id]`. Tests marked
 # @pytest.mark.slow in place stay slow.
 SLOW_TESTS: dict[str, tuple[str, ...]] = {
-    "test_bench.py": ("test_bench_command_runs_every_row_on_a_folder",
-                      "test_bench_command_with_an_int8_checkpoint_and_chosen_rows"),
+    "test_bench.py": (
+        "test_bench_command_runs_every_row_on_a_folder",
+        "test_bench_command_with_an_int8_checkpoint_and_chosen_rows",
+        "test_run_bench_reports_map_only_with_ground_truth",
+    ),
+    "test_bundle.py": ("test_the_shipped_int8_bundle_is_todays_export_of_the_shipped_int8_checkpoint",),
     "test_cli.py": (
         "test_quantize_a_folder_then_detect_a_folder_into_box_files",
         "test_newcomer_quantizes_an_openpcdet_pth_from_a_bag_in_one_command",
