@@ -259,8 +259,8 @@ def test_missing_required_keys(good):
 def test_unknown_manifest_key(good):
     edit(good, lambda manifest, members: manifest.update(extra=1))
     assert_refused(good, "manifest has unknown keys ['extra']; expected ['format', 'format_version', 'created', "
-                         "'model', 'class_names', 'voxelization', 'decode', 'quantization', 'tools', 'parts'] and optionally "
-                         "['runtime', 'parity']")
+                         "'model', 'class_names', 'voxelization', 'decode', 'quantization', 'tools', 'parts'] and "
+                         "optionally ['runtime', 'parity']")
 
 
 def test_wrong_type_in_manifest(good):

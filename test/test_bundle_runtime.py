@@ -161,6 +161,7 @@ def test_the_detector_node_runs_the_shipped_bundle_where_torch_cannot_be_importe
 def tiny_int8_checkpoint(tmp_path_factory):
     from lidar_ptq_core.quant import method_config
     from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
+
     from test_models import TINY_PILLAR
     from test_quant import FAST, calibration_batches, tiny_model
 
@@ -196,7 +197,8 @@ def test_export_records_parity_and_inspect_shows_it(tiny_int8_checkpoint, frame_
     assert cli.main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "parity        passed on 3 of 3 files" in shown
-    assert "  dense_ort_int8.onnx: 10 outputs, worst " in shown  # two tasks of five heads and "  pillar_encoder.onnx: 1 outputs" in shown
+    assert "  dense_ort_int8.onnx: 10 outputs, worst " in shown  # two tasks of five heads
+    assert "  pillar_encoder.onnx: 1 outputs" in shown
     assert ("runtime       onnxruntime: pillar_encoder.onnx -> scatter (numpy) -> dense_ort_int8.onnx; "
             "tensorrt: encoder in torch -> dense.onnx; BEV map uint8") in shown
 

@@ -2,15 +2,16 @@
 post-processing (voxelize, decode) are the Detector's and shared by all of them.
 
 - torch: the reference; FP32, or INT8 as fake quantization (FP32 kernels on INT8-exact values).
-- onnxruntime over a torch model (OnnxRuntimeBackend): the encoder (PFN + scatter, or the sparse backbone) in
-  torch, the dense part in onnxruntime. A bundle ships its graphs and runs them as they are (graph="shipped"): a
-  pillar bundle entirely without torch (runtime/onnx_backend.py OnnxRuntimeBackend), a voxel bundle's dense
-  graph here (TorchEncoderOnnxBackend, also importable as OnnxRuntimeBackend from this module). Built from a model instead (benchmarks, experiments): an FP32 model runs its dense ONNX, an INT8 model
-  onnxruntime's integer graph (export/onnx_ort_int8.py): onnxruntime fuses it into QLinearConv (uint8 activations,
-  int8 weights). Its input is the BEV map as uint8 codes: a pillar model's features are quantized with the first
-  conv's input scale before the scatter (exact: the empty cells hold the code of 0), so neither the FP32 map nor a
-  QuantizeLinear over it is ever made. The bundle's dense.onnx stays TensorRT's QDQ graph (zero-point 0), which
-  onnxruntime would only run as FP32 kernels around the Q/DQ pairs; graph="given" runs it anyway, for comparison.
+- onnxruntime over a torch model (TorchEncoderOnnxBackend, also importable from here as OnnxRuntimeBackend): the
+  encoder (PFN + scatter, or the sparse backbone) in torch, the dense part in onnxruntime. A bundle ships its graphs
+  and they run as they are: a pillar bundle entirely without torch (runtime/onnx_backend.py OnnxRuntimeBackend), a
+  voxel bundle's dense graph here (graph="shipped"). Built from a model instead (benchmarks, experiments): an FP32
+  model runs its dense ONNX, an INT8 model onnxruntime's integer graph (export/onnx_ort_int8.py): onnxruntime
+  fuses it into QLinearConv (uint8 activations, int8 weights). Its input is the BEV map as uint8 codes: a pillar
+  model's features are quantized with the first conv's input scale before the scatter (exact: the empty cells hold
+  the code of 0), so neither the FP32 map nor a QuantizeLinear over it is ever made. The bundle's dense.onnx stays
+  TensorRT's QDQ graph (zero-point 0), which onnxruntime would only run as FP32 kernels around the Q/DQ pairs;
+  graph="given" runs it anyway, for comparison.
 - tensorrt (runtime/tensorrt_backend.py, UNVERIFIED: TensorRT is not installable on these machines, so it has never
   run): the encoder in torch on the GPU, the bundle's QDQ dense.onnx as a cached TensorRT engine (INT8 + FP16). Where
   tensorrt is not importable, asking for it raises one clear error (TensorRTUnavailable, a ValueError).
