@@ -19,6 +19,8 @@ COMMANDS = {
     "detect": "Run a detector on a point cloud file; print, save or draw the boxes.",
     "check": ("Compare a sample of frames (file, folder, bag) with what a model expects; name each mismatch and its "
               "fix."),
+    "compare": ("Compare two models (FP32 vs INT8, checkpoints or bundles) on frames without labels: boxes "
+                "reproduced by frame, class and range, the worst frames drawn, PASS/FAIL."),
     "eval": "Evaluate predictions against ground truth (centre-distance AP and BEV IoU AP by range).",
     "inspect": "Show what a .lptq bundle holds (model, classes, decoding, quantization, parts) after checking it.",
     "build-engine": "Build (and cache) the TensorRT engine of a bundle's dense part; --check validates its ONNX.",

@@ -1,12 +1,14 @@
 """Bird's-eye-view pictures of a point cloud with ground truth and detections (matplotlib, no screen needed).
 
 Generic over where the data came from: points are (N, >=3) x, y, z[, intensity] in the lidar frame, boxes follow
-lidar_ptq_core.detections. Used by `lidar-ptq sim --render` and `lidar-ptq detect --render`.
+lidar_ptq_core.detections. Used by `lidar-ptq sim --render` and `lidar-ptq detect --render`; `render_comparison`
+draws two detectors' boxes on the same frames side by side (`lidar-ptq compare`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +19,8 @@ from .io_utils import atomic_path
 CLASS_COLOURS = {"Car": "#2f9bff", "Truck": "#ff9f1a", "Pedestrian": "#ff3b6b", "Cyclist": "#35e07a"}
 _FALLBACK = ["#c77dff", "#ffd60a", "#00f5d4", "#f15bb5", "#9b5de5", "#fee440", "#00bbf9", "#e76f51"]
 RING_STEP_M = 25.0
+MISSED_COLOUR = "#ff3030"  # a reference box the candidate did not reproduce
+EXTRA_COLOUR = "#ffd60a"  # a candidate box with no reference box
 
 
 def class_colour(name: str, index: int) -> str:
@@ -61,21 +65,7 @@ def render_bev(
     aspect = float(np.clip((y_max - y_min) / (x_max - x_min), 0.3, 3.0))  # figure follows the view's shape
     fig = plt.figure(figsize=(size_inches, size_inches * aspect), facecolor="black")
     ax = fig.add_axes([0.05, 0.05, 0.9, 0.9], facecolor="black")
-    shown = pts[(pts[:, 0] >= x_min) & (pts[:, 0] <= x_max) & (pts[:, 1] >= y_min) & (pts[:, 1] <= y_max)]
-    if color_by == "height":
-        values, cmap, label = shown[:, 2], "turbo", "height (m)"
-        lo, hi = (np.percentile(values, [2, 99.5]) if len(values) else (0.0, 1.0))
-        lo -= 0.12 * (hi - lo)  # keep the ground out of turbo's near-black low end
-    else:
-        values, cmap, label = shown[:, 3], "inferno", "intensity"
-        lo, hi = 0.0, max(float(np.percentile(values, 99.5)) if len(values) else 1.0, 1e-3)
-    order = np.argsort(values, kind="stable")  # high values drawn last, so objects stand out over the ground
-    # Marker area scaled to the view so a 150 m wide picture and a 40 m wide one both read well.
-    marker = float(np.clip(0.9 * (160.0 / max(x_max - x_min, 1.0)) ** 2, 0.3, 8.0))
-    scatter = ax.scatter(
-        shown[order, 0], shown[order, 1], c=values[order], s=marker, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-3),
-        linewidths=0, marker=".", rasterized=True,
-    )
+    scatter, label = _draw_points(ax, pts, (x_min, x_max, y_min, y_max), color_by)
 
     _draw_rings(ax, x_min, x_max, y_min, y_max)
     ax.plot([0.0], [0.0], marker=(3, 0, -90), markersize=11, color="white", markeredgecolor="black", zorder=5)
@@ -130,6 +120,103 @@ def render_bev(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
+
+
+@dataclass
+class ComparisonPanel:
+    """One frame of `render_comparison`: its points, both detectors' boxes and which of them matched."""
+
+    points: np.ndarray
+    reference: Detections
+    candidate: Detections
+    reference_matched: np.ndarray  # bool per reference box
+    candidate_matched: np.ndarray  # bool per candidate box
+    title: str = ""
+
+
+def render_comparison(path, panels: list[ComparisonPanel], title: str = "", reference_name: str = "reference",
+                      candidate_name: str = "candidate", panel_inches: float = 7.0, dpi: int = 110) -> None:
+    """Write one PNG (atomically) with the panels side by side (2 x 2 from three on): in each, the points, the
+    reference's boxes solid and the candidate's dotted in their class colours, reference boxes the candidate missed
+    in thick red and candidate boxes without a reference in thick yellow."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    if not panels:
+        raise ValueError("render_comparison needs at least one panel")
+    columns = len(panels) if len(panels) <= 2 else 2
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, panel_inches * rows), facecolor="black",
+                             squeeze=False)
+    names: list[str] = []
+    for ax, panel in zip(axes.flat, panels):
+        pts = np.asarray(panel.points, np.float32)
+        if pts.size == 0:
+            pts = np.zeros((0, 4), np.float32)
+        extent = _extent(pts, panel.reference, panel.candidate, None)
+        ax.set_facecolor("black")
+        _draw_points(ax, pts, extent, "height")
+        _draw_rings(ax, *extent)
+        ax.plot([0.0], [0.0], marker=(3, 0, -90), markersize=9, color="white", markeredgecolor="black", zorder=5)
+        for boxes, matched, style, unmatched_colour in ((panel.reference, panel.reference_matched, "-", MISSED_COLOUR),
+                                                        (panel.candidate, panel.candidate_matched, ":", EXTRA_COLOUR)):
+            corners = _corners(boxes.boxes)
+            for i in range(len(boxes)):
+                name = boxes.class_names[boxes.labels[i]]
+                if name not in names:
+                    names.append(name)
+                if matched[i]:
+                    _draw_box(ax, corners[i], boxes.boxes[i], class_colour(name, int(boxes.labels[i])), style, 1.1)
+                else:
+                    _draw_box(ax, corners[i], boxes.boxes[i], unmatched_colour, style, 2.2)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("equal")
+        ax.tick_params(colors="#a0a0a0", labelsize=7)
+        for spine in ax.spines.values():
+            spine.set_color("#606060")
+        ax.set_title(panel.title, color="white", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=class_colour(name, k), lw=2, label=name) for k, name in enumerate(names)]
+    handles += [Line2D([], [], color="white", lw=1.1, ls="-", label=f"{reference_name} (matched)"),
+                Line2D([], [], color="white", lw=1.1, ls=":", label=f"{candidate_name} (matched)"),
+                Line2D([], [], color=MISSED_COLOUR, lw=2.2, ls="-", label=f"{reference_name} only: missed"),
+                Line2D([], [], color=EXTRA_COLOUR, lw=2.2, ls=":", label=f"{candidate_name} only: extra")]
+    legend = axes.flat[0].legend(handles=handles, loc="upper right", fontsize=7, facecolor="#202020",
+                                 edgecolor="#606060")
+    for text in legend.get_texts():
+        text.set_color("white")
+    if title:
+        fig.suptitle(title, color="white", fontsize=11)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+
+
+def _draw_points(ax, pts, extent, color_by: str):
+    """Scatter the points inside `extent` coloured by height or intensity; (the scatter, its colour bar label)."""
+    x_min, x_max, y_min, y_max = extent
+    shown = pts[(pts[:, 0] >= x_min) & (pts[:, 0] <= x_max) & (pts[:, 1] >= y_min) & (pts[:, 1] <= y_max)]
+    if color_by == "height":
+        values, cmap, label = shown[:, 2], "turbo", "height (m)"
+        lo, hi = (np.percentile(values, [2, 99.5]) if len(values) else (0.0, 1.0))
+        lo -= 0.12 * (hi - lo)  # keep the ground out of turbo's near-black low end
+    else:
+        values, cmap, label = shown[:, 3], "inferno", "intensity"
+        lo, hi = 0.0, max(float(np.percentile(values, 99.5)) if len(values) else 1.0, 1e-3)
+    order = np.argsort(values, kind="stable")  # high values drawn last, so objects stand out over the ground
+    # Marker area scaled to the view so a 150 m wide picture and a 40 m wide one both read well.
+    marker = float(np.clip(0.9 * (160.0 / max(x_max - x_min, 1.0)) ** 2, 0.3, 8.0))
+    scatter = ax.scatter(
+        shown[order, 0], shown[order, 1], c=values[order], s=marker, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-3),
+        linewidths=0, marker=".", rasterized=True,
+    )
+    return scatter, label
 
 
 def _class_names(gt, detections) -> tuple[str, ...]:

@@ -1,0 +1,351 @@
+"""`lidar-ptq compare SOURCE --reference A --candidate B`: does B (an INT8 model) detect what A (its FP32 model) detects
+on this sensor's frames? No labels needed: A's boxes are the ground truth.
+
+A and B are checkpoints (bundled name or .safetensors, FP32 or INT8) or .lptq bundles (run by --backend). SOURCE is a
+point cloud file, a folder of .bin / .pcd files, a rosbag2 bag (--topic), or 'sim' (a split of the simulator). Every
+frame goes through each model's point-feature rule and input settings, as in `lidar-ptq detect` and the node.
+
+Reported, frame by frame and in total: the share of A's boxes (score >= --min-score) that B reproduces (same class,
+BEV centre within 1 m, one to one), the share of B's boxes that have such an A box, and B's centre-distance mAP with
+A's boxes as ground truth; by class and by range (evaluate.py's bins). Then the verdict: PASS when B reproduces at
+least --threshold of A's boxes. Exit code 0 pass, 1 fail, 2 bad input. `--out DIR` writes compare.json and
+worst_frames.png (the frames with the most missed + extra boxes, side by side).
+
+Held-out frames: `--exclude-calibration N` leaves out the N frames that `lidar-ptq quantize --calib SOURCE --frames N`
+calibrated on (calibration_data.spread_indices of the same source), `--skip-first K` the first K; --frames are then
+spread over what is left. calibrate.launch.py records more clouds than it calibrates on and compares on the others.
+
+Why 95 % by default: on frames like its calibration data, an INT8 model made with LiDAR-PTQ reproduces 98-100 % of
+its FP32 model's boxes (the shipped sim_pillar_int8 on sim frames, the demo's INT8 node); the few it misses sit at
+the score cut (an FP32 box at 0.31 whose INT8 twin scores 0.29). One box in twenty lost or moved by over a metre is
+beyond that noise and a real loss (on real KITTI sweeps the shipped sim INT8 model is below it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_THRESHOLD = 0.95
+DEFAULT_WORST = 3
+RESULT_FILE = "compare.json"
+PICTURE_FILE = "worst_frames.png"
+
+
+def add_arguments(parser) -> None:
+    from ..agreement import AGREEMENT_MIN_SCORE
+    from ..devices import DEVICE_CHOICES_HELP
+
+    parser.add_argument("source", metavar="SOURCE",
+                        help="a point cloud file (.bin, .pcd.bin, .pcd), a folder of them, a rosbag2 bag, or 'sim'")
+    parser.add_argument("--reference", required=True,
+                        help="the model to follow (usually FP32): bundled name, .safetensors or .lptq bundle")
+    parser.add_argument("--candidate", required=True,
+                        help="the model checked against it (usually INT8): bundled name, .safetensors or .lptq")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                        help="network backend of a bundle (default auto, as lidar-ptq detect); checkpoints run in "
+                        "torch")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of torch and onnxruntime")
+    parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
+    parser.add_argument("--frames", type=int, default=32,
+                        help="frames compared, spread over the source's held-out frames (default 32)")
+    parser.add_argument("--skip-first", type=int, default=0, metavar="K", help="leave out the first K frames")
+    parser.add_argument("--exclude-calibration", type=int, default=0, metavar="N",
+                        help="leave out the N frames `lidar-ptq quantize --frames N` calibrates on from this "
+                        "source (its even spread), so that the comparison runs on frames calibration never saw")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"PASS when the candidate reproduces at least this share of the reference's boxes "
+                        f"(default {DEFAULT_THRESHOLD}; the module's docstring says why)")
+    parser.add_argument("--min-score", type=float, default=AGREEMENT_MIN_SCORE,
+                        help=f"boxes compared from this score (default {AGREEMENT_MIN_SCORE})")
+    parser.add_argument("--intensity-scale", type=float, default=1.0,
+                        help="multiply intensity for both models (after what a checkpoint recorded; lidar-ptq check "
+                        "suggests it)")
+    parser.add_argument("--z-offset", type=float, default=0.0,
+                        help="metres added to z for both models (after what a checkpoint recorded)")
+    parser.add_argument("--sim-config", default="default", help="simulator config of SOURCE 'sim'")
+    parser.add_argument("--sim-split", default="val", help="split of SOURCE 'sim' (default val)")
+    parser.add_argument("--worst", type=int, default=DEFAULT_WORST,
+                        help=f"frames drawn in {PICTURE_FILE} (default {DEFAULT_WORST}, at most 4)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help=f"write {RESULT_FILE} and {PICTURE_FILE} (the worst frames side by side) here")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of the tables")
+
+
+
+# -- frames -------------------------------------------------------------------------------------------------------
+def held_out_indices(total: int, frames: int, skip_first: int = 0, calibration_frames: int = 0) -> list[int]:
+    """Up to `frames` indices of range(total) spread evenly over those left after the first `skip_first` and the
+    `calibration_frames` indices calibration spreads over the same source (calibration_data.spread_indices)."""
+    from ..calibration_data import spread_indices
+
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    if skip_first < 0 or calibration_frames < 0:
+        raise ValueError("--skip-first and --exclude-calibration must be >= 0")
+    excluded = set(range(min(skip_first, total)))
+    if calibration_frames:
+        excluded.update(spread_indices(total, calibration_frames).tolist())
+    remaining = [i for i in range(total) if i not in excluded]
+    if not remaining:
+        raise ValueError(f"no frames left to compare: the source has {total}, {skip_first} skipped and "
+                         f"{calibration_frames} used by calibration (record more frames than calibration takes)")
+    return [remaining[i] for i in spread_indices(len(remaining), frames)]
+
+
+def compare_frames(source: str, frames: int = 32, topic: str | None = None, skip_first: int = 0,
+                   calibration_frames: int = 0, sim_config: str = "default", sim_split: str = "val"):
+    """([(frame_id, where, PointCloud with every field)], description) of the held-out frames of `source`."""
+    from ..calibration_data import POINT_FILE_SUFFIXES
+    from ..pointcloud import PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics, read_points
+
+    if source == "sim":
+        if skip_first or calibration_frames:
+            raise ValueError("--skip-first / --exclude-calibration apply to files, folders and bags; SOURCE 'sim' "
+                             "takes --sim-split (the val split is never calibrated on)")
+        from ..sim import SimDataset, load_sim_config
+
+        dataset = SimDataset(sim_split, frames, load_sim_config(sim_config))
+        dataset.prepare(num_workers=1, progress=False)
+        clouds = [(dataset.frame_id(i), f"sim {sim_split} frame {i}",
+                   PointCloud(dataset[i].points, ("x", "y", "z", "intensity"))) for i in range(len(dataset))]
+        return clouds, f"{len(clouds)} frames of the sim {sim_split} split ({sim_config} sensor)"
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"point cloud source {source!r} is neither 'sim' nor an existing folder, file or bag")
+    left_out = ", ".join(part for part in (f"the first {skip_first}" if skip_first else "",
+                                           f"the {calibration_frames} calibration picks" if calibration_frames
+                                           else "") if part)
+    left_out = f" (left out: {left_out})" if left_out else ""
+    if is_bag_path(path):
+        if not pointcloud2_topics(path):
+            raise ValueError(f"{path}: the bag holds no sensor_msgs/msg/PointCloud2 topic")
+        total = sum(1 for _ in iter_bag_frames(path, topic))  # two passes: count, then keep only the chosen clouds
+        if total == 0:
+            raise ValueError(f"{path}: no point cloud messages")
+        chosen = set(held_out_indices(total, frames, skip_first, calibration_frames))
+        stem = path.name.split(".")[0]
+        clouds = [(f"{stem}_{i:06d}", f"{path} message {i}", f.cloud)
+                  for i, f in enumerate(iter_bag_frames(path, topic)) if i in chosen]
+        return clouds, f"{len(clouds)} of {total} messages of bag {path}{left_out}"
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
+        if not files:
+            raise ValueError(f"{path}: no .bin or .pcd point cloud files")
+        picked = [files[i] for i in held_out_indices(len(files), frames, skip_first, calibration_frames)]
+        return ([(f.name.split(".")[0], str(f), read_points(f)) for f in picked],
+                f"{len(picked)} of {len(files)} files in {path}{left_out}")
+    if skip_first or calibration_frames:
+        raise ValueError(f"{path} is a single frame: nothing to skip or hold out")
+    return [(path.name.split(".")[0], str(path), read_points(path))], f"the single file {path}"
+
+
+# -- the comparison -----------------------------------------------------------------------------------------------
+def input_settings_pair(reference_config, candidate_config, intensity_scale: float = 1.0, z_offset: float = 0.0):
+    """(reference settings, candidate settings, note). Each model gets what its checkpoint recorded at calibration,
+    then the given settings; a model that recorded nothing (an FP32 checkpoint) gets the other's recorded settings,
+    so that FP32 sees the points its INT8 version was calibrated and deployed on."""
+    from ..calibration_data import model_input_settings
+
+    recorded = [getattr(c, "input_settings", None) for c in (reference_config, candidate_config)]
+    if recorded[0] is None and recorded[1] is not None:
+        reference_config = candidate_config
+    elif recorded[1] is None and recorded[0] is not None:
+        candidate_config = reference_config
+    reference = model_input_settings(reference_config, intensity_scale, z_offset)
+    candidate = model_input_settings(candidate_config, intensity_scale, z_offset)
+    note = "" if reference == candidate else (f"the models recorded different input settings (reference "
+                                              f"{reference.describe()}, candidate {candidate.describe()}): the "
+                                              "comparison includes that difference")
+    return reference, candidate, note
+
+
+def _describe_model(name: str, detector) -> str:
+    kind = "bundle" if str(name).endswith(".lptq") else "checkpoint"
+    backend = type(detector.backend).__name__.replace("Backend", "").lower() or "torch"
+    return f"{name} ({kind}, {detector.config.name}, {backend})"
+
+
+def run_compare(source: str, reference: str, candidate: str, *, frames: int = 32, topic: str | None = None,
+                skip_first: int = 0, calibration_frames: int = 0, threshold: float = DEFAULT_THRESHOLD,
+                min_score: float | None = None, backend: str = "auto", device: str = "auto",
+                threads: int | None = None, intensity_scale: float = 1.0, z_offset: float = 0.0,
+                sim_config: str = "default", sim_split: str = "val", worst: int = DEFAULT_WORST,
+                out: str | Path | None = None, detectors=None, log=None) -> dict:
+    """The comparison as plain data (what --json prints): models, source, input settings, the agreement of
+    agreement.detection_agreement (total, per_frame, by_class, by_range), the worst frames, the verdict. With `out`,
+    writes compare.json and worst_frames.png there. `detectors`: already loaded (reference, candidate) Detectors
+    (the demo's), instead of loading `reference` / `candidate`."""
+    from ..agreement import AGREEMENT_MIN_SCORE, detection_agreement, match_boxes
+    from ..pointcloud.features import PointPreparer
+
+    min_score = AGREEMENT_MIN_SCORE if min_score is None else min_score
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
+    if not 1 <= worst <= 4:
+        raise ValueError(f"--worst must be 1 to 4, got {worst}")
+    clouds, described = compare_frames(source, frames, topic, skip_first, calibration_frames, sim_config, sim_split)
+    if detectors is None:
+        detectors = (_load(reference, backend, device, threads), _load(candidate, backend, device, threads))
+    ref_detector, cand_detector = detectors
+    if tuple(ref_detector.class_names) != tuple(cand_detector.class_names):
+        raise ValueError(f"the models detect different classes ({list(ref_detector.class_names)} vs "
+                         f"{list(cand_detector.class_names)}): compare a model with its own quantized version")
+    ref_settings, cand_settings, settings_note = input_settings_pair(ref_detector.config, cand_detector.config,
+                                                                     intensity_scale, z_offset)
+    notes = [settings_note] if settings_note else []
+
+    def note(text):
+        if text not in notes:
+            notes.append(text)
+            if log is not None:
+                log(f"note: {text}")
+
+    if settings_note and log is not None:
+        log(f"note: {settings_note}")
+    prepare_ref = PointPreparer(ref_detector.config.point_features, ref_settings, notify=note)
+    prepare_cand = PointPreparer(cand_detector.config.point_features, cand_settings, notify=note)
+    references, candidates, kept = [], [], []  # kept: the worst frames so far, with their points for the picture
+    for index, (frame_id, where, cloud) in enumerate(clouds):
+        ref_boxes = ref_detector.detect(prepare_ref(cloud, where))
+        points = prepare_cand(cloud, where)
+        cand_boxes = cand_detector.detect(points)
+        references.append(ref_boxes)
+        candidates.append(cand_boxes)
+        r = ref_boxes.select(ref_boxes.scores >= min_score)
+        c = cand_boxes.select(cand_boxes.scores >= min_score)
+        r_matched, c_matched = match_boxes(r, c)
+        badness = (int((~r_matched).sum() + (~c_matched).sum()), -len(r))
+        kept.append((badness, index, points, r, c, r_matched, c_matched))
+        kept = sorted(kept, key=lambda k: (-k[0][0], k[0][1], k[1]))[:worst]
+        if log is not None:
+            log(f"  {frame_id}: reference {len(r)} boxes, candidate {len(c)}, {int(r_matched.sum())} reproduced")
+    agreement = detection_agreement(references, candidates, ref_detector.class_names, min_score)
+    for entry, (frame_id, where, _) in zip(agreement["per_frame"], clouds):
+        entry["frame_id"], entry["where"] = frame_id, where
+    recall = agreement["reference_recall"]
+    passed = bool(agreement["reference_boxes"] > 0 and recall >= threshold)
+    result = {
+        "reference": _describe_model(reference, ref_detector), "candidate": _describe_model(candidate, cand_detector),
+        "source": described, "input_settings": {"reference": ref_settings.to_dict(),
+                                                "candidate": cand_settings.to_dict()},
+        "notes": notes, "threshold": threshold, "agreement": agreement,
+        "worst_frames": [clouds[k[1]][0] for k in kept], "passed": passed,
+    }
+    result["verdict"] = verdict_line(result)
+    if out is not None:
+        out = Path(out)
+        from ..io_utils import write_json_atomic
+        from ..render import ComparisonPanel, render_comparison
+
+        panels = [ComparisonPanel(points, r, c, rm, cm,
+                                  f"{clouds[index][0]}: {int((~rm).sum())} missed, {int((~cm).sum())} extra "
+                                  f"({len(r)} reference, {len(c)} candidate boxes)")
+                  for _, index, points, r, c, rm, cm in kept]
+        render_comparison(out / PICTURE_FILE, panels, title=f"{result['verdict']}\n(score >= {min_score:g}; "
+                          "solid: reference, dotted: candidate)", reference_name="reference",
+                          candidate_name="candidate")
+        result["files"] = {"result": str(out / RESULT_FILE), "picture": str(out / PICTURE_FILE)}
+        write_json_atomic(out / RESULT_FILE, _json_ready(result))
+    return result
+
+
+def _load(model: str, backend: str, device: str, threads: int | None):
+    from ..runtime import Detector
+
+    if threads and not (str(model).endswith(".lptq") and backend == "onnxruntime"):
+        import torch
+
+        torch.set_num_threads(threads)
+
+    return Detector.load(model, backend if str(model).endswith(".lptq") else "auto", threads, device=device)
+
+
+def verdict_line(result: dict) -> str:
+    """PASS / FAIL with the figure it rests on, one line (also printed by the demo and calibrate.launch.py)."""
+    a, threshold = result["agreement"], result["threshold"]
+    if not a["reference_boxes"]:
+        return (f"FAIL: the reference has no box with score >= {a['min_score']:g} on these {a['frames']} frames, "
+                "so nothing shows that the candidate holds; compare on frames with objects")
+    figure = (f"the candidate reproduces {100 * a['reference_recall']:.1f} % of the reference's "
+              f"{a['reference_boxes']} boxes on {a['frames']} frames")
+    if result["passed"]:
+        return f"PASS: {figure} (threshold {100 * threshold:g} %)"
+    return f"FAIL: {figure}, below the {100 * threshold:g} % threshold"
+
+
+def _pct(value: float) -> str:
+    return "-" if value != value else f"{100 * value:.1f} %"
+
+
+def _ap(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"
+
+
+def format_report(result: dict) -> str:
+    """The per-frame table, the class and range tables, the totals and the verdict."""
+    a = result["agreement"]
+    lines = [f"reference: {result['reference']}", f"candidate: {result['candidate']}",
+             f"frames: {result['source']}",
+             f"input: reference {_settings_text(result['input_settings']['reference'])}, candidate "
+             f"{_settings_text(result['input_settings']['candidate'])}"]
+    lines += [f"note: {n}" for n in result["notes"]]
+    width = max([len(f["frame_id"]) for f in a["per_frame"]] + [5])
+    lines.append(f"\n{'frame':<{width}}  reference  candidate  reproduced  missed  extra")
+    for f in a["per_frame"]:
+        lines.append(f"{f['frame_id']:<{width}}  {f['reference_boxes']:>9}  {f['other_boxes']:>9}  "
+                     f"{_pct(f['reference_recall']):>10}  {f['missed']:>6}  {f['extra']:>5}")
+    for title, table in (("class", a["by_class"]), ("range", a["by_range"])):
+        lines.append(f"\n{'by ' + title:<12} reference  reproduced  candidate  with reference  AP vs reference")
+        for key, t in table.items():
+            lines.append(f"{key:<12} {t['reference_boxes']:>9}  {_pct(t['reference_recall']):>10}  "
+                         f"{t['other_boxes']:>9}  {_pct(t['other_precision']):>14}  {_ap(t['ap_vs_reference']):>15}")
+    lines.append(f"\ntotal: {a['matched']} of {a['reference_boxes']} reference boxes reproduced "
+                 f"({_pct(a['reference_recall'])}; score >= {a['min_score']:g}, same class, centre within "
+                 f"{a['max_distance_m']:g} m); {_pct(a['other_precision'])} of the candidate's {a['other_boxes']} "
+                 f"boxes have a reference box; mAP with the reference as ground truth {_ap(a['map_vs_reference'])}")
+    lines.append(result["verdict"])
+    return "\n".join(lines)
+
+
+def _settings_text(settings: dict) -> str:
+    if settings == {"intensity_scale": 1.0, "z_offset": 0.0}:
+        return "as recorded (none)"
+    return f"intensity x {settings['intensity_scale']:.6g}, z {settings['z_offset']:+.3g} m"
+
+
+def _json_ready(obj):
+    """NaN -> None, numpy scalars -> Python numbers, recursively."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def run(args) -> int:
+    log = None if args.json else (lambda text: print(text, file=sys.stderr))
+    result = run_compare(args.source, args.reference, args.candidate, frames=args.frames, topic=args.topic,
+                         skip_first=args.skip_first, calibration_frames=args.exclude_calibration,
+                         threshold=args.threshold, min_score=args.min_score, backend=args.backend,
+                         device=args.device, threads=args.threads, intensity_scale=args.intensity_scale,
+                         z_offset=args.z_offset, sim_config=args.sim_config, sim_split=args.sim_split,
+                         worst=args.worst, out=args.out, log=log)
+    if args.json:
+        print(json.dumps(_json_ready(result), indent=2))
+    else:
+        print(format_report(result))
+        if args.out:
+            print(f"wrote {result['files']['result']}, {result['files']['picture']} (worst frames: "
+                  f"{', '.join(result['worst_frames'])})")
+    return 0 if result["passed"] else 1
