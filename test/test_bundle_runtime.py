@@ -248,3 +248,25 @@ def test_parity_frames_zero_records_no_check(tiny_int8_checkpoint, tmp_path, cap
     assert cli.main(["export", "--checkpoint", str(tiny_int8_checkpoint), "--out", str(out),
                      "--parity-frames", "-1"]) == 2
     assert capsys.readouterr().err == "lidar-ptq export: error: --parity-frames must be >= 0, got -1\n"
+
+
+def test_a_bundle_whose_encoder_is_not_shipped_says_it_needs_torch_and_spconv(tmp_path):
+    """A voxel bundle's sparse encoder is no graph (its runtime section names none): without torch, loading it on
+    onnxruntime is one clear error. Made here from the shipped bundle with that entry emptied."""
+    from lidar_ptq_core.export.bundle import write_bundle
+
+    shipped = read_bundle(bundled_bundle(SHIPPED))
+    manifest = shipped.manifest
+    manifest.runtime["onnxruntime"]["encoder"] = None
+    path = write_bundle(tmp_path / "no_encoder.lptq", manifest, shipped.read_parts())
+    result = run_without_torch(f"""
+        import json
+        from lidar_ptq_core.runtime import Detector
+        try:
+            Detector.from_bundle({str(path)!r}, "onnxruntime")
+            print(json.dumps({{"error": None}}))
+        except ValueError as exc:
+            print(json.dumps({{"error": str(exc)}}))
+    """)
+    assert result["error"].startswith(f"{path}: a voxel bundle runs its sparse encoder in torch + spconv, which do "
+                                      "not import here (No module named ")
