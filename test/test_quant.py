@@ -419,13 +419,13 @@ def test_quantization_resumes_from_its_stage_checkpoints(tmp_path, monkeypatch):
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert progress["done"][:3] == ["calibration", "grid_search", "tgpl"] and progress["done"][-1] == "sensitivity"
 
-    import lidar_ptq_core.quant.api as api
+    import lidar_ptq_core.quant.stages as stages
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(api, "calibrate_activations", fail)
-    monkeypatch.setattr(api, "reconstruct_block", fail)
+    monkeypatch.setattr(stages, "calibrate_activations", fail)
+    monkeypatch.setattr(stages, "reconstruct_block", fail)
     second, resumed = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False, work_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     # the resumed report keeps what the skipped stages measured
@@ -434,7 +434,7 @@ def test_quantization_resumes_from_its_stage_checkpoints(tmp_path, monkeypatch):
 
 
 def test_changing_only_reconstruction_settings_resumes_after_the_early_stages(tmp_path, monkeypatch):
-    import lidar_ptq_core.quant.api as api
+    import lidar_ptq_core.quant.stages as stages
 
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model)
@@ -446,11 +446,11 @@ def test_changing_only_reconstruction_settings_resumes_after_the_early_stages(tm
     def fail(*args, **kwargs):
         raise AssertionError("an early stage with unchanged settings ran again")
 
-    for stage in ("calibrate_activations", "grid_search_clip_ratios", "learn_step_sizes"):
-        monkeypatch.setattr(api, stage, fail)
+    for function in ("calibrate_activations", "grid_search_clip_ratios", "learn_step_sizes"):
+        monkeypatch.setattr(stages, function, fail)
     ran = []
-    real = api.reconstruct_block
-    monkeypatch.setattr(api, "reconstruct_block", lambda *a, **k: ran.append(1) or real(*a, **k))
+    real = stages.reconstruct_block
+    monkeypatch.setattr(stages, "reconstruct_block", lambda *a, **k: ran.append(1) or real(*a, **k))
     resumed, report = quantize_centerpoint(model, batches, "lidar-ptq", changed, progress=False, work_dir=tmp_path)
     assert ran and list(report.stages)[:3] == ["calibration", "grid_search", "tgpl"]
     for (name, a), b in zip(fresh.state_dict().items(), resumed.state_dict().values()):
@@ -458,20 +458,20 @@ def test_changing_only_reconstruction_settings_resumes_after_the_early_stages(tm
     # A changed calibration setting invalidates everything after it.
     monkeypatch.undo()
     calibrated = []
-    real_calibrate = api.calibrate_activations
-    monkeypatch.setattr(api, "calibrate_activations", lambda *a, **k: calibrated.append(1) or real_calibrate(*a, **k))
+    real_calibrate = stages.calibrate_activations
+    monkeypatch.setattr(stages, "calibrate_activations", lambda *a, **k: calibrated.append(1) or real_calibrate(*a, **k))
     other = method_config("lidar-ptq", **{**FAST, "calibrator": "percentile"})
     quantize_centerpoint(model, batches, "lidar-ptq", other, progress=False, work_dir=tmp_path)
     assert calibrated == [1]
 
 
 def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monkeypatch):
-    import lidar_ptq_core.quant.api as api
+    import lidar_ptq_core.quant.stages as stages
 
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model, 4)
     config = method_config("lidar-ptq", **{**FAST, "adaround_frames": 2, "adaround_check_frames": 2})
-    real = api.reconstruct_block
+    real = stages.reconstruct_block
     damaged = "dense_head.shared_conv"
     weights_before = {}
 
@@ -484,7 +484,7 @@ def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monke
                 layer.weight.mul_(-3.0)
         return record
 
-    monkeypatch.setattr(api, "reconstruct_block", reconstruct)
+    monkeypatch.setattr(stages, "reconstruct_block", reconstruct)
     qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False)
     records = {r["block"]: r for r in (rec.get("reconstruction") for rec in report.layers.values()) if r}
     assert records[damaged]["kept"] is False
@@ -500,13 +500,13 @@ def test_a_block_that_gets_worse_on_held_out_frames_keeps_round_to_nearest(monke
 def test_a_stage_that_gets_worse_on_held_out_frames_is_undone(monkeypatch):
     """With stage_check_frames, TGPL's step sizes are kept only if the held-out task loss went down: a TGPL that
     ruins the ranges leaves the ranges the grid search chose, and the report says so."""
-    import lidar_ptq_core.quant.api as api
+    import lidar_ptq_core.quant.stages as stages
 
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model, 4)
     config = method_config("lidar-ptq", **{**FAST, "adaround": False, "stage_check_frames": 2})
     after_grid = {}
-    real_grid = api.grid_search_clip_ratios
+    real_grid = stages.grid_search_clip_ratios
 
     def grid(qmodel, wrappers, *args, **kwargs):
         records = real_grid(qmodel, wrappers, *args, **kwargs)
@@ -519,8 +519,8 @@ def test_a_stage_that_gets_worse_on_held_out_frames_is_undone(monkeypatch):
                 wrapper.input_quantizer.amax.mul_(0.01)  # clip nearly everything
         return {"steps": 0}
 
-    monkeypatch.setattr(api, "grid_search_clip_ratios", grid)
-    monkeypatch.setattr(api, "learn_step_sizes", ruinous_tgpl)
+    monkeypatch.setattr(stages, "grid_search_clip_ratios", grid)
+    monkeypatch.setattr(stages, "learn_step_sizes", ruinous_tgpl)
     qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False)
     tgpl, grid_stage = report.stages["tgpl"], report.stages["grid_search"]
     assert tgpl["kept"] is False and tgpl["check_loss_after"] > tgpl["check_loss_before"]
@@ -839,3 +839,67 @@ def test_bias_correction_on_sparse_voxel_layers_and_in_the_fast_preset():
     assert sparse and all(n in report.layers and "bias_correction" in report.layers[n] for n in sparse)
     assert max(shifts.values()) < 1e-3, shifts
     assert report.config["calibrator"] == "mse" and "grid_search" not in report.stages
+
+
+def test_every_setting_belongs_to_the_stages_that_depend_on_it():
+    # The stage -> settings map is derived in one place (quant/stages.py) and names every QuantConfig field; the
+    # stages that use the task hook (TGPL, reconstruction, every held-out check) depend on its settings.
+    from dataclasses import fields
+
+    from lidar_ptq_core.quant.stages import (HELD_OUT_CHECK_SETTINGS, STAGE_SETTINGS, TASK_HOOK_SETTINGS,
+                                             build_stages)
+
+    named = {s for settings in STAGE_SETTINGS.values() for s in settings} | set(TASK_HOOK_SETTINGS) | set(
+        HELD_OUT_CHECK_SETTINGS)
+    assert named == {f.name for f in fields(QuantConfig)} - {"method"}
+    model = tiny_model(TINY_PILLAR)
+    config = method_config("lidar-ptq", bias_correction=True)
+    qmodel, _ = quantize_centerpoint(model, calibration_batches(model, 1), "max", method_config("max"), progress=False)
+    stages = {s.name: s for s in build_stages(config, centerpoint_target(model), quant_wrappers(qmodel))}
+    for name in ("grid_search", "tgpl", "bias_correction"):
+        assert set(TASK_HOOK_SETTINGS + HELD_OUT_CHECK_SETTINGS) <= set(stages[name].settings), name
+    assert set(TASK_HOOK_SETTINGS) <= set(stages["adaround:dense_head.shared_conv"].settings)
+    assert not set(TASK_HOOK_SETTINGS) & set(stages["calibration"].settings + stages["sensitivity"].settings)
+
+
+def test_tgpl_settings_from_a_yaml_config_and_the_cli_reach_the_task_hook(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from lidar_ptq_core import cli
+    from lidar_ptq_core.models.checkpoint import read_checkpoint_metadata
+    from lidar_ptq_core.recipes import centerpoint as recipe
+
+    ckpt = save_checkpoint(tiny_model(TINY_PILLAR), tmp_path / "tiny.safetensors")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        random_frame(i, 600).astype(np.float32).tofile(frames / f"{i:06d}.bin")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"tgpl_score_threshold": 0.05, "tgpl_steps": 2, "grid_search_frames": 1,
+                                        "tgpl_frames": 1, "sensitivity_frames": 0}))
+    seen = []
+    real_targets = recipe.TGPLHook.targets
+
+    def targets(hook, batch, fp_outputs):
+        seen.append((hook.score_threshold, hook.top_k))
+        return real_targets(hook, batch, fp_outputs)
+
+    monkeypatch.setattr(recipe.TGPLHook, "targets", targets)
+    int8 = tmp_path / "int8.safetensors"
+    argv = ["quantize", "--checkpoint", str(ckpt), "--calib", str(frames), "--frames", "2", "--method",
+            "sparse-grid-tgpl", "--config", str(settings), "--set", "tgpl_top_k=7", "--out", str(int8), "--quiet"]
+    assert cli.main(argv) == 0
+    assert seen and set(seen) == {(0.05, 7)}
+    recorded = json.loads(read_checkpoint_metadata(int8)["quantization"])
+    assert (recorded["tgpl_score_threshold"], recorded["tgpl_top_k"], recorded["tgpl_steps"]) == (0.05, 7, 2)
+    capsys.readouterr()
+    # The same command again resumes from <out>.work and says so.
+    assert cli.main(argv) == 0
+    assert f"resuming from {tmp_path / 'int8.work'}: every stage done" in capsys.readouterr().out
+    # A changed TGPL setting redoes the stages that use the hook, after calibration.
+    assert cli.main(argv[:-4] + ["tgpl_top_k=9", "--out", str(int8), "--quiet"]) == 0
+    assert f"resuming from {tmp_path / 'int8.work'}: calibration done; starting at grid_search" in (
+        capsys.readouterr().out)
+    assert seen[-1] == (0.05, 9)
+    assert cli.main(argv[:-4] + ["tgpl_topk=9", "--out", str(int8)]) == 2
+    assert "unknown keys in quantization" in capsys.readouterr().err

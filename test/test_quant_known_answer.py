@@ -7,6 +7,7 @@
 - a quantization interrupted at a stage boundary and run again gives the same tensors as an uninterrupted run.
 """
 
+import copy
 import functools
 import importlib
 import json
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lidar_ptq_core.quant.stages as stages
 from lidar_ptq_core.quant import QuantConfig, QuantTarget, quant_wrappers, quantize
 from lidar_ptq_core.quant.state import tensors_of
 
@@ -295,11 +297,7 @@ def _record_fp_references(monkeypatch) -> list:
 @pytest.mark.parametrize("function, call", [
     ("grid_search_clip_ratios", 1),  # stopped after calibration
     ("learn_step_sizes", 1),  # after the grid search
-    pytest.param("reconstruct_block", 2, marks=pytest.mark.xfail(strict=True, reason=(
-        "the driver (quant/api.py) computes the reconstruction's FP32 references (task-loss outputs and the "
-        "held-out check's) with quantizers off but on the current weights: on a resume the blocks reconstructed "
-        "before the interruption already hold baked INT8 weights, so the references differ from an uninterrupted "
-        "run's and the remaining blocks round differently (issue 20)"))),  # during the second block, as in the issue
+    ("reconstruct_block", 2),  # during the second block, as in the issue
     ("sensitivity", 1),  # after every other stage
 ], ids=["in-grid-search", "in-tgpl", "in-second-block", "in-sensitivity"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_model(tmp_path, monkeypatch, function, call):
@@ -319,9 +317,6 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_model(tmp_path, mo
                                    "adaround:b3", "int32_bias", "sensitivity"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on a resume inside the reconstruction, the driver (quant/api.py) takes the FP32 references from a model whose "
-    "finished blocks already hold baked INT8 weights (issue 20)"))
 def test_a_resume_inside_the_reconstruction_compares_against_the_same_fp32_references(tmp_path, monkeypatch):
     # The cause of a resumed model differing from an uninterrupted one, checked directly: the FP32 outputs the
     # reconstruction's task loss and held-out check compare against must not depend on where the run was stopped.
@@ -341,3 +336,88 @@ def test_a_resume_inside_the_reconstruction_compares_against_the_same_fp32_refer
         for frame_a, frame_b in zip(run_a, run_b):
             for a, b in zip(frame_a, frame_b):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("function, call, expected", [
+    ("learn_step_sizes", 1, "calibration, grid_search done; starting at tgpl"),
+    ("reconstruct_block", 2, "calibration, grid_search, tgpl, adaround (1 of 3 blocks) done; starting at adaround:b2"),
+], ids=["in-tgpl", "in-second-block"])
+def test_a_resume_says_what_it_takes_from_the_work_folder(tmp_path, monkeypatch, function, call, expected):
+    model, frames, target, config = _resume_case()
+    with monkeypatch.context() as patch:
+        _fail_once_at(patch, function, call)
+        with pytest.raises(Interrupted):
+            quantize(model, frames, config=config, target=target, progress=False, work_dir=tmp_path)
+    said = []
+    _, report = quantize(model, frames, config=config, target=target, progress=False, work_dir=tmp_path,
+                         log=said.append)
+    assert said == [f"resuming from {tmp_path}: {expected}"]
+    assert report.resumed == said[0] and said[0] in report.format()
+    said.clear()  # a third run finds every stage done
+    _, report = quantize(model, frames, config=config, target=target, progress=False, work_dir=tmp_path,
+                         log=said.append)
+    assert said == [f"resuming from {tmp_path}: every stage done (calibration, grid_search, tgpl, adaround (3 of 3 "
+                    "blocks), int32_bias, sensitivity); nothing to run"]
+    _, fresh = quantize(model, frames, config=config, target=target, progress=False)
+    assert fresh.resumed == "" and "resuming" not in fresh.format()
+
+
+def _wide_model() -> nn.Module:
+    """A model with a weight tensor of more than 4096 bytes (32 * 4 * 3 * 3 float32 = 4608)."""
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 4, 3, padding=1)).eval()
+
+
+def test_a_changed_byte_anywhere_in_the_weights_or_data_starts_the_work_folder_over(tmp_path, monkeypatch):
+    # The old fingerprint hashed the first 4096 bytes of each FP32 tensor: a checkpoint differing only after them
+    # reused the other checkpoint's work folder. Now one changed byte anywhere makes a fresh run.
+    gen = torch.Generator().manual_seed(8)
+    frames = [torch.randn(1, 3, 8, 8, generator=gen) for _ in range(2)]
+    config = QuantConfig(**{**NOTHING, "sensitivity_frames": 1})
+    model = _wide_model()
+    quantize(model, frames, config=config, progress=False, work_dir=tmp_path)
+
+    changed = copy.deepcopy(model)
+    weight = changed[2].weight
+    assert weight.numel() * weight.element_size() > 4096
+    with torch.no_grad():
+        weight.view(-1)[-1] += 0.5  # its last 4 bytes, past byte 4096 of the tensor
+    calibrated, said = [], []
+    real = stages.calibrate_activations
+    monkeypatch.setattr(stages, "calibrate_activations", lambda *a, **k: calibrated.append(1) or real(*a, **k))
+    resumed, _ = quantize(changed, frames, config=config, progress=False, work_dir=tmp_path, log=said.append)
+    assert calibrated == [1]  # ran again
+    assert said == [f"work folder {tmp_path} holds stages of other FP32 weights, calibration data or settings: "
+                    "starting over"]
+    fresh, _ = quantize(changed, frames, config=config, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), fresh.state_dict().values()))
+
+    # The same for the calibration data: a byte in the last frame.
+    later = [f.clone() for f in frames]
+    later[-1].view(-1)[-1] += 0.5
+    calibrated.clear()
+    quantize(changed, later, config=config, progress=False, work_dir=tmp_path, log=said.append)
+    assert calibrated == [1]
+
+
+def test_fingerprints_cover_every_byte_and_chain_the_settings_stage_by_stage():
+    from lidar_ptq_core.quant.prepare import plan_layout, prepare
+    from lidar_ptq_core.quant.stages import build_stages
+    from lidar_ptq_core.quant.workdir import fingerprints
+
+    model, frames, target, config = _resume_case()
+    wide = _wide_model()
+    wrappers = prepare(model, plan_layout(model, (), (), (), ()), ())
+    stages_of = build_stages(config, target, wrappers)
+    assert [s.name for s in stages_of][3:6] == ["adaround:b1", "adaround:b2", "adaround:b3"]
+    base = fingerprints(wide, frames, target, config, stages_of)
+    assert len(base) == len(stages_of) and all(len(h) == 64 for h in base.values())  # full SHA-256
+    assert base == fingerprints(wide, frames, target, config, stages_of)
+    changed = copy.deepcopy(wide)
+    with torch.no_grad():
+        changed[2].weight.view(-1)[-1] += 1e-3
+    assert all(a != b for a, b in zip(base.values(), fingerprints(changed, frames, target, config, stages_of).values()))
+    # A later stage's setting leaves the earlier stages' fingerprints alone.
+    later = fingerprints(wide, frames, target, QuantConfig(**{**RESUME_SETTINGS, "adaround_lr": 5e-3}), stages_of)
+    same = [name for name in base if base[name] == later[name]]
+    assert same == ["calibration", "grid_search", "tgpl"]

@@ -47,6 +47,10 @@ class QuantConfig:
     # "constant", or "cosine" (decays to 0: the result is less the last step's frame and more the average)
     tgpl_schedule: str = "constant"
     tgpl_weight: float = 1.0
+    # The task hook's pseudo-labels (the recipe builds the hook from these): FP32 detections with at least this score,
+    # at most this many per frame. Also used by the task loss of the reconstruction and by every held-out check.
+    tgpl_score_threshold: float = 0.3
+    tgpl_top_k: int = 100
     output_mse_weight: float = 0.0  # squared error of every raw output; for models without a task hook
     # -- block reconstruction with adaptive rounding
     adaround: bool = True
@@ -101,8 +105,13 @@ class QuantConfig:
             raise ValueError(f"tgpl_schedule must be 'constant' or 'cosine', got {self.tgpl_schedule!r}")
         if not 0 <= self.activation_drop_prob < 1:
             raise ValueError(f"activation_drop_prob must be in [0, 1), got {self.activation_drop_prob}")
-        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "equalization_frames", "adaround_steps", "task_loss_every",
-                     "adaround_check_frames", "stage_check_frames", "bias_correction_frames"):
+        if not 0 <= self.tgpl_score_threshold <= 1:
+            raise ValueError(f"tgpl_score_threshold must be in [0, 1], got {self.tgpl_score_threshold}")
+        if int(self.tgpl_top_k) < 1:
+            raise ValueError(f"tgpl_top_k must be >= 1, got {self.tgpl_top_k}")
+        for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "equalization_frames",
+                     "adaround_steps", "task_loss_every", "adaround_check_frames", "stage_check_frames",
+                     "bias_correction_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
@@ -149,3 +158,20 @@ def method_config(method: str, **overrides) -> QuantConfig:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     return replace(QuantConfig(method=method, **METHODS[method]), **overrides)
+
+
+def parse_settings(items) -> dict:
+    """['tgpl_top_k=50', 'grid_ratios=[0.5, 1.0]'] -> {'tgpl_top_k': 50, 'grid_ratios': [0.5, 1.0]}: values read as
+    YAML, as in a --config file (QuantConfig.from_dict checks the keys and kinds)."""
+    import yaml
+
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad setting {item!r}: expected key=value")
+        try:
+            settings[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"bad value in setting {item!r}: {exc}") from None
+    return settings

@@ -8,14 +8,15 @@
 - Channel equalization pairs: each 2D conv and the layers that read its output through ReLU, zero padding and
   concatenation only (the backbone_2d chain, the deblocks into the concatenation, the shared conv into the head
   branches, and the pillar PFN into the first BEV conv through max pooling and the zero-filled scatter).
-- TGPL: pseudo-labels are the FP32 model's decoded boxes (score >= threshold, top-K per frame); the loss compares the
-  quantized and FP32 head outputs (heatmap probabilities and box regression) at their centre cells.
+- TGPL: pseudo-labels are the FP32 model's decoded boxes (score >= tgpl_score_threshold, the top tgpl_top_k per
+  frame: QuantConfig settings); the loss compares the quantized and FP32 head outputs (heatmap probabilities and box
+  regression) at their centre cells.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +133,8 @@ class TGPLHook:
     """
 
     model: CenterPoint
-    score_threshold: float = 0.3
-    top_k: int = 100
+    score_threshold: float = QuantConfig.tgpl_score_threshold  # the defaults live in QuantConfig
+    top_k: int = QuantConfig.tgpl_top_k
     heatmap_weight: float = 1.0
     box_weight: float = 1.0
     background_weight: float = 1.0
@@ -177,29 +178,35 @@ class TGPLHook:
         return total
 
 
-def centerpoint_target(model: CenterPoint, tgpl_score_threshold: float = 0.3, tgpl_top_k: int = 100) -> QuantTarget:
+def centerpoint_target(model: CenterPoint, config: QuantConfig | None = None) -> QuantTarget:
+    """What the quantizer needs to know about `model`; TGPL's pseudo-labels use `config`'s tgpl_score_threshold and
+    tgpl_top_k (QuantConfig's defaults without a config)."""
+    config = config or QuantConfig()
     return QuantTarget(
         forward=lambda m, batch: m(batch),
         fold_pairs=fold_pairs(model),
         add_types=_residual_add_type(model),
         first_layers=first_layers(model),
         blocks=reconstruction_blocks(model),
-        task_hook=TGPLHook(model, tgpl_score_threshold, tgpl_top_k),
+        task_hook=TGPLHook(model, config.tgpl_score_threshold, config.tgpl_top_k),
         equalization_pairs=equalization_pairs(model),
-        task_settings={"tgpl_score_threshold": tgpl_score_threshold, "tgpl_top_k": tgpl_top_k},
     )
 
 
 def quantize_centerpoint(model: CenterPoint, calibration_batches, method: str = "lidar-ptq",
                          config: QuantConfig | None = None, progress: bool = True, work_dir=None,
-                         tgpl_score_threshold: float = 0.3, tgpl_top_k: int = 100):
+                         tgpl_score_threshold: float | None = None, tgpl_top_k: int | None = None, log=None):
     """(quantized CenterPoint, report). The quantized model keeps `.config` so Detector and decode work as before.
-    TGPL's pseudo-labels are the FP32 detections with score >= tgpl_score_threshold, at most tgpl_top_k per frame."""
+    TGPL's pseudo-labels are the FP32 detections with score >= config.tgpl_score_threshold, at most config.tgpl_top_k
+    per frame; the two keyword arguments, where given, override those settings (for callers from before they were
+    settings)."""
     model = model.eval()
-    qmodel, report = quantize(model, calibration_batches, method, config or method_config(method),
-                              centerpoint_target(model, tgpl_score_threshold, tgpl_top_k), progress=progress,
-                              work_dir=work_dir)
-    return qmodel, report
+    config = config or method_config(method)
+    overrides = {k: v for k, v in (("tgpl_score_threshold", tgpl_score_threshold), ("tgpl_top_k", tgpl_top_k))
+                 if v is not None}
+    config = replace(config, **overrides)
+    return quantize(model, calibration_batches, method, config, centerpoint_target(model, config), progress=progress,
+                    work_dir=work_dir, log=log)
 
 
 # -- the quantized checkpoint: one safetensors file, config + layout + quantization settings in its metadata
