@@ -18,6 +18,7 @@ from ..config_files import build_config, load_yaml
 from ..config_files import check_keys as _check_keys
 from ..decode import DecodeConfig, HeadGeometry
 from ..pointcloud.features import InputSettings, PointFeature, parse_point_features
+from ..sweeps import SweepConfig
 from ..voxelize import VoxelConfig
 
 REQUIRED_BOX_HEADS = ("center", "center_z", "dim", "rot")
@@ -201,6 +202,8 @@ class CenterPointConfig:
     point_features: tuple[PointFeature, ...] = ()
     # Corrections for the sensor this checkpoint was calibrated on (recorded by `lidar-ptq quantize`).
     input_settings: InputSettings = field(default_factory=InputSettings)
+    # How many sweeps the model sees at once, with their time lag in the `time_lag` feature (sweeps.py); 1: one.
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         names = tuple(str(n) for n in self.class_names)
@@ -341,6 +344,8 @@ class CenterPointConfig:
         }
         if not self.input_settings.is_identity:  # only checkpoints calibrated with corrections carry them
             out["input_settings"] = self.input_settings.to_dict()
+        if self.sweeps.accumulates:  # single-sweep configs stay as they were written
+            out["sweeps"] = self.sweeps.to_dict()
         return out
 
     def to_yaml(self) -> str:
