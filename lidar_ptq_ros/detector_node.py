@@ -221,9 +221,12 @@ class DetectorNode(Node):
 
     def _load_detector(self):
         if self.settings.num_threads:
-            import torch
-
-            torch.set_num_threads(self.settings.num_threads)
+            try:
+                import torch
+            except ImportError:  # a torch-free install runs a pillar bundle; onnxruntime gets num_threads below
+                torch = None
+            if torch is not None:
+                torch.set_num_threads(self.settings.num_threads)
         with warnings.catch_warnings():  # spconv's import-time deprecation notices say nothing to a node's user
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
             from lidar_ptq_core.runtime import Detector
