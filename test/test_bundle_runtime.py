@@ -122,7 +122,8 @@ def test_a_pillar_bundle_runs_where_torch_cannot_be_imported():
 
 
 def test_the_detector_node_runs_the_shipped_bundle_where_torch_cannot_be_imported():
-    """The node with its shipped defaults (the INT8 bundle on 'auto') starts and answers a cloud without torch."""
+    """The node with its shipped defaults (the INT8 bundle on 'auto'; num_threads set, which once meant torch's)
+    starts and answers a cloud without torch."""
     pytest.importorskip("rclpy")
     result = run_without_torch("""
         import json, sys
@@ -136,7 +137,8 @@ def test_the_detector_node_runs_the_shipped_bundle_where_torch_cannot_be_importe
 
         context = rclpy.Context()
         rclpy.init(context=context)
-        node = DetectorNode(context=context, parameter_overrides=[Parameter("score_threshold", value=0.3)])
+        node = DetectorNode(context=context, parameter_overrides=[Parameter("score_threshold", value=0.3),
+                                                                  Parameter("num_threads", value=1)])
         published = []
         node._detections_pub.publish = published.append  # keep what the node publishes, without a subscriber
         try:
