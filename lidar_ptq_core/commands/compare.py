@@ -149,10 +149,13 @@ def input_settings_pair(reference_config, candidate_config, intensity_scale: flo
     so that FP32 sees the points its INT8 version was calibrated and deployed on."""
     from ..calibration_data import model_input_settings
 
-    recorded = [getattr(c, "input_settings", None) for c in (reference_config, candidate_config)]
-    if recorded[0] is None and recorded[1] is not None:
+    def recorded(config) -> bool:
+        settings = getattr(config, "input_settings", None)
+        return settings is not None and not settings.is_identity
+
+    if recorded(candidate_config) and not recorded(reference_config):
         reference_config = candidate_config
-    elif recorded[1] is None and recorded[0] is not None:
+    elif recorded(reference_config) and not recorded(candidate_config):
         candidate_config = reference_config
     reference = model_input_settings(reference_config, intensity_scale, z_offset)
     candidate = model_input_settings(candidate_config, intensity_scale, z_offset)
