@@ -363,9 +363,11 @@ def test_a_resume_says_what_it_takes_from_the_work_folder(tmp_path, monkeypatch,
 
 
 def _wide_model() -> nn.Module:
-    """A model with a weight tensor of more than 4096 bytes (32 * 4 * 3 * 3 float32 = 4608)."""
+    """A model with a weight tensor of more than 4096 bytes (32 * 4 * 3 * 3 float32 = 4608), and a BatchNorm (its
+    0-dim num_batches_tracked is hashed too)."""
     torch.manual_seed(7)
-    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 4, 3, padding=1)).eval()
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 4, 3, padding=1)).eval()
 
 
 def test_a_changed_byte_anywhere_in_the_weights_or_data_starts_the_work_folder_over(tmp_path, monkeypatch):
@@ -378,7 +380,7 @@ def test_a_changed_byte_anywhere_in_the_weights_or_data_starts_the_work_folder_o
     quantize(model, frames, config=config, progress=False, work_dir=tmp_path)
 
     changed = copy.deepcopy(model)
-    weight = changed[2].weight
+    weight = changed[3].weight
     assert weight.numel() * weight.element_size() > 4096
     with torch.no_grad():
         weight.view(-1)[-1] += 0.5  # its last 4 bytes, past byte 4096 of the tensor
@@ -415,7 +417,7 @@ def test_fingerprints_cover_every_byte_and_chain_the_settings_stage_by_stage():
     assert base == fingerprints(wide, frames, target, config, stages_of)
     changed = copy.deepcopy(wide)
     with torch.no_grad():
-        changed[2].weight.view(-1)[-1] += 1e-3
+        changed[3].weight.view(-1)[-1] += 1e-3
     assert all(a != b for a, b in zip(base.values(), fingerprints(changed, frames, target, config, stages_of).values()))
     # A later stage's setting leaves the earlier stages' fingerprints alone.
     later = fingerprints(wide, frames, target, QuantConfig(**{**RESUME_SETTINGS, "adaround_lr": 5e-3}), stages_of)

@@ -35,7 +35,7 @@ def _hash_value(digest, value) -> None:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().contiguous()
         digest.update(f"tensor {value.dtype} {tuple(value.shape)};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())  # 1-D: 0-dim tensors too
     elif isinstance(value, np.ndarray):
         digest.update(f"array {value.dtype} {value.shape};".encode())
         digest.update(np.ascontiguousarray(value).tobytes())
@@ -85,17 +85,12 @@ def fingerprints(model: nn.Module, batches, target, config, stages: list[Stage])
 
 def _describe_stages(names: list[str], stages: list[Stage]) -> str:
     """'calibration, grid_search, adaround (2 of 13 blocks)': the reconstruction blocks counted, not listed."""
+    kind = {s.name: s.kind for s in stages}
+    blocks_done = [n for n in names if kind[n] == "adaround"]
     blocks = sum(1 for s in stages if s.kind == "adaround")
-    parts: list[str] = []
-    done_blocks = 0
-    for name in names:
-        if name.startswith("adaround:"):
-            done_blocks += 1
-            if done_blocks == 1:
-                parts.append("")
-            parts[-1] = f"adaround ({done_blocks} of {blocks} blocks)"
-        else:
-            parts.append(name)
+    parts = [name for name in names if kind[name] != "adaround"]
+    if blocks_done:
+        parts.insert(names.index(blocks_done[0]), f"adaround ({len(blocks_done)} of {blocks} blocks)")
     return ", ".join(parts)
 
 
