@@ -39,6 +39,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-input-check", action="store_true",
+                        help="skip `lidar-ptq check` on a sample of the calibration frames before calibrating")
+
+
+INPUT_CHECK_FRAMES = 16  # the sample `lidar-ptq check` reads by default
+
+
+def check_calibration_input(source: str, model_config, frames: int, topic: str | None = None,
+                            intensity_scale: float = 1.0, z_offset: float = 0.0, log=print) -> list:
+    """`lidar-ptq check` on up to 16 of the calibration frames, before calibrating: each problem is printed with its
+    fix and calibration goes on (a model quantized on mismatched frames is still what was asked for); a frame the
+    model cannot take at all (no x, y or z; a feature its config refuses to fill) stops it with one error."""
+    from ..pointcloud.cloud import MissingFieldError
+    from .check import run_check
+
+    try:
+        result = run_check(source, model_config, min(frames, INPUT_CHECK_FRAMES), topic, intensity_scale, z_offset,
+                           sim_split="calib")
+    except MissingFieldError as exc:
+        raise ValueError(f"input check: {exc}") from None
+    for problem in result["problems"]:
+        log(f"input check: {problem.line()}")
+    if result["problems"]:
+        log(f"input check: {len(result['problems'])} problem(s) in {result['source']}; calibrating anyway "
+            "(`lidar-ptq check` shows the table; --no-input-check skips this)")
+    return result["problems"]
 
 
 def run(args) -> int:
@@ -82,6 +108,9 @@ def run(args) -> int:
         model = import_openpcdet_checkpoint(args.checkpoint, resolve_config(args.model_config, "models"), device=device)
     else:
         model = load_checkpoint(bundled_checkpoint(args.checkpoint), device=device)
+    if not args.no_input_check:
+        check_calibration_input(args.calib, model.config, args.frames, args.topic, args.intensity_scale,
+                                args.z_offset)
     clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet,
                                            model_config=model.config, intensity_scale=args.intensity_scale,
                                            z_offset=args.z_offset)
