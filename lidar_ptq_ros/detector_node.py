@@ -220,21 +220,20 @@ class DetectorNode(Node):
         return SetParametersResult(successful=True)
 
     def _load_detector(self):
-        if self.settings.num_threads:
-            try:
-                import torch
-            except ImportError:  # a torch-free install runs a pillar bundle; onnxruntime gets num_threads below
-                torch = None
-            if torch is not None:
-                torch.set_num_threads(self.settings.num_threads)
         with warnings.catch_warnings():  # spconv's import-time deprecation notices say nothing to a node's user
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
             from lidar_ptq_core.runtime import Detector
 
             try:
-                return Detector.load(self.settings.model, self.settings.backend, self.settings.num_threads or None)
+                detector = Detector.load(self.settings.model, self.settings.backend, self.settings.num_threads or None)
             except Exception as exc:  # missing file, not a checkpoint, config mismatch: one line, no traceback
                 raise StartupError(f"parameter 'model' is {self.settings.model!r}: cannot load it: {exc}") from None
+        # torch is imported only where the model runs in it (a bundle on onnxruntime takes num_threads through
+        # Detector.load): importing it just to set its threads would cost seconds of start and need torch installed.
+        torch = sys.modules.get("torch")
+        if self.settings.num_threads and torch is not None:
+            torch.set_num_threads(self.settings.num_threads)
+        return detector
 
     # -- frames -------------------------------------------------------------------------------------------------
     def _on_points(self, msg: PointCloud2) -> None:
