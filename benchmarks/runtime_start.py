@@ -10,7 +10,12 @@ parent from the moment it is spawned until the detector is ready, then `--frames
 Modes are interleaved, `--repeats` times each, one onnxruntime thread, so that the shared machine's load falls on all
 alike; the load average is printed with the figures.
 
-    python benchmarks/runtime_start.py --out docs/benchmarks/runtime_start
+With `--before-tree DIR` (the source tree of a commit before issue 19, e.g. `git archive 7e418d9^ | tar -x -C DIR`),
+the detector node itself is timed too, from spawn until it logs that its model is loaded: node-before runs that tree's
+code (PYTHONPATH) with its shipped bundle, node-after this tree, node-after-no-torch this tree where torch cannot be
+imported; each with its shipped defaults (sim_pillar_int8.lptq on backend auto) and num_threads 1.
+
+    python benchmarks/runtime_start.py --before-tree /tmp/before --out docs/benchmarks/runtime_start
 """
 
 from __future__ import annotations
@@ -85,11 +90,44 @@ def run_child(mode: str, bundle: str, frame_files: list[str]) -> dict:
     return {"ready_s": ready_s, **result}
 
 
+NODE = "import sys\nfrom lidar_ptq_ros.detector_node import main\nsys.exit(main())\n"
+NODE_READY = "backend auto"  # the node's start line: "model ... backend auto (onnxruntime): /points -> /detections"
+
+
+def run_node(mode: str, before_tree: str | None, index: int) -> float:
+    """Seconds from spawn until the node logs that its model is loaded; the node is then stopped (SIGINT)."""
+    import signal
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
+    if mode == "node-before":
+        env["PYTHONPATH"] = os.pathsep.join([before_tree, env.get("PYTHONPATH", "")])
+    code = (NO_TORCH if mode == "node-after-no-torch" else "") + NODE
+    args = [sys.executable, "-c", code, "--ros-args", "-p", "num_threads:=1", "-r",
+            f"__node:=runtime_start_{os.getpid()}_{index}", "-r", f"points:=/runtime_start_{os.getpid()}/points"]
+    start = time.perf_counter()
+    child = subprocess.Popen(args, cwd=before_tree if mode == "node-before" else REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    try:
+        for line in child.stdout:
+            seen.append(line)
+            if NODE_READY in line:
+                return time.perf_counter() - start
+        raise RuntimeError(f"{mode}: the node stopped before it was ready:\n{''.join(seen)[-3000:]}")
+    finally:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default=str(REPO / "checkpoints" / "sim_pillar_int8.lptq"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--before-tree", default=None, help="source tree before issue 19: also time the node")
     parser.add_argument("--out", default=None, help="write OUT.txt and OUT.json")
     args = parser.parse_args()
 
@@ -107,9 +145,13 @@ def main() -> int:
 
     load_start = os.getloadavg()
     runs = {mode: [] for mode in MODES}
-    for _ in range(args.repeats):
+    node_modes = ("node-before", "node-after", "node-after-no-torch") if args.before_tree else ()
+    node_starts = {mode: [] for mode in node_modes}
+    for repeat in range(args.repeats):
         for mode in MODES:
             runs[mode].append(run_child(mode, args.bundle, frame_files))
+        for mode in node_modes:
+            node_starts[mode].append(run_node(mode, args.before_tree, repeat))
     load_end = os.getloadavg()
 
     lines = [f"INT8 pillar bundle {Path(args.bundle).name} on onnxruntime (1 thread): start (process spawn -> "
@@ -129,6 +171,12 @@ def main() -> int:
         lines.append(f"{mode:<16}{summary[mode]['start_s_median']:>18.2f}"
                      f"{f'{min(starts):.2f}-{max(starts):.2f}':>20}{summary[mode]['frame_ms_median']:>20.1f}"
                      f"{'yes' if summary[mode]['torch_imported'] else 'no':>16}")
+    if node_modes:
+        lines += ["", "detector node, spawn -> model loaded (its start log line), shipped defaults, num_threads 1:",
+                  f"{'mode':<22}{'start s (median)':>18}{'start s (min-max)':>20}"]
+        for mode, starts in node_starts.items():
+            summary[mode] = {"start_s": starts, "start_s_median": statistics.median(starts)}
+            lines.append(f"{mode:<22}{statistics.median(starts):>18.2f}{f'{min(starts):.2f}-{max(starts):.2f}':>20}")
     text = "\n".join(lines)
     print(text)
     if args.out:
