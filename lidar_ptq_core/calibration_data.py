@@ -116,7 +116,7 @@ def _accumulated_bag_clouds(path: Path, frames: int, topic: str | None, model_co
     total = sum(1 for _ in iter_bag_frames(path, topic))
     chosen = set(spread_indices(total, frames).tolist())
     recent: deque = deque(maxlen=count)  # (stamp s, prepared points) of the last messages, oldest first
-    clouds, window_sizes = [], []
+    clouds, window_sizes, warned = [], [], False
     for i, frame in enumerate(iter_bag_frames(path, topic)):
         if not any(i <= c < i + count for c in chosen):  # a message no picked window needs: not prepared
             recent.clear()
@@ -125,8 +125,10 @@ def _accumulated_bag_clouds(path: Path, frames: int, topic: str | None, model_co
         if i in chosen:
             # a fresh accumulator per pick: windows never share sweeps, and each says its own time lags
             accumulator = SweepAccumulator.for_model(model_config, z_offset=settings.z_offset, notify=prepare.notify)
+            accumulator.warned_without_poses = warned  # the note on missing poses once per calibration
             for stamp, points in recent:
                 cloud = accumulator.add(points, stamp)
+            warned = accumulator.warned_without_poses
             clouds.append(cloud)
             window_sizes.append(accumulator.last_sweep_count)
     if not clouds:

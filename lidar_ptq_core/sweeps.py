@@ -15,7 +15,7 @@ accumulator warns once when it accumulates without them.
 
 Sweeps older than `max_time_lag` seconds are left out (the model saw no larger lags in training: at 10 Hz a 0.5 s
 limit keeps 6 sweeps of 10). A stamp older than the newest kept sweep (a bag replayed from its start) empties the
-history.
+history; a sweep with the newest kept sweep's stamp (the same message twice) replaces it.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ class SweepAccumulator:
         pose = pose_matrix(pose)
         if self._history and stamp < self._history[-1][0]:
             self._history.clear()  # time went backwards (a replay restarted): the old sweeps belong to another run
+        elif self._history and stamp == self._history[-1][0]:
+            self._history.pop()  # the same sweep again (a message delivered twice): it replaces the first copy
         current = points.copy()
         if self.time_lag_column is not None:
             current[:, self.time_lag_column] = 0.0

@@ -82,6 +82,9 @@ def test_sweeps_older_than_the_limit_are_left_out_and_a_replay_restart_empties_t
         out = accumulator.add(sweep(i), 0.1 * i)
     assert accumulator.last_sweep_count == 3, "lags 0, 0.1, 0.2 are kept; 0.3 and older are not"
     assert sorted(set(np.round(out[:, 4], 4))) == [0.0, 0.1, 0.2]
+    again = accumulator.add(sweep(5), 0.5)  # the last message delivered twice: no sweep twice
+    assert accumulator.last_sweep_count == 3 and len(again) == len(out)
+    np.testing.assert_array_equal(again, out)
     out = accumulator.add(sweep(9), 0.05)  # the bag started again
     assert len(out) == len(sweep(9)) and (out[:, 4] == 0).all() and len(accumulator) == 1
 
@@ -195,21 +198,24 @@ def test_sweep_detector_detects_on_the_accumulated_cloud():
 
 
 def test_calibration_from_a_bag_accumulates_the_messages_before_each_pick(tmp_path, capsys):
-    """8 messages at 10 Hz, x y z intensity only; 2 picks spread over them (messages 0 and 7) for a 3-sweep model:
-    the first alone, the last with messages 6 and 5 and their lags; the intensity scale applies to every sweep."""
+    """8 messages at 10 Hz, x y z intensity only; 3 picks spread over them (messages 0, 4 and 7) for a 3-sweep model:
+    the first alone, the others with the two messages before them and their lags; the intensity scale applies to
+    every sweep."""
     clouds = [sweep(i, 20 + i)[:, :4] for i in range(8)]
     stamps_ns = [1_700_000_000_000_000_000 + i * 100_000_000 for i in range(8)]
     write_bag_frames(tmp_path / "bag", [(t, "lidar", PointCloud(c, ("x", "y", "z", "intensity")))
                                         for t, c in zip(stamps_ns, clouds)])
     config = multi_sweep_config(count=3)
-    samples, described = calibration_clouds(str(tmp_path / "bag"), 2, model_config=config, intensity_scale=0.5)
-    assert len(samples) == 2 and "each with up to 2 messages before it" in described and "1-3 sweeps" in described
+    samples, described = calibration_clouds(str(tmp_path / "bag"), 3, model_config=config, intensity_scale=0.5)
+    assert len(samples) == 3 and "each with up to 2 messages before it" in described and "1-3 sweeps" in described
     np.testing.assert_allclose(samples[0][:, :3], clouds[0][:, :3])
     assert (samples[0][:, 4] == 0).all()
-    expected = np.concatenate([np.concatenate([clouds[i][:, :3], 0.5 * clouds[i][:, 3:4], np.full((len(clouds[i]), 1),
-                                               lag)], axis=1) for i, lag in ((7, 0.0), (6, 0.1), (5, 0.2))])
-    np.testing.assert_allclose(samples[1], expected, atol=1e-5)
-    assert "not motion compensated" in capsys.readouterr().err
+    for sample, pick in zip(samples[1:], (4, 7)):
+        expected = np.concatenate([np.concatenate([clouds[i][:, :3], 0.5 * clouds[i][:, 3:4],
+                                                   np.full((len(clouds[i]), 1), lag)], axis=1)
+                                   for i, lag in ((pick, 0.0), (pick - 1, 0.1), (pick - 2, 0.2))])
+        np.testing.assert_allclose(sample, expected, atol=1e-5)
+    assert capsys.readouterr().err.count("not motion compensated") == 1, "said once per calibration"
     # a folder has no stamps: single sweeps, and it says so
     folder = tmp_path / "frames"
     folder.mkdir()
