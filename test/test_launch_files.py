@@ -5,8 +5,9 @@ what they are given, restricted to names the real modules export. The recorded d
 executable is a console script of this package (read from setup.py itself), every launch configuration is declared,
 every parameter file exists, is installed, is written for the node it is given to and holds only parameters that node
 declares (the nodes' PARAMETERS, themselves compared with what the nodes declare under rclpy), the lidar-ptq command
-lines parse with lidar-ptq's own parser, the recorder -> quantize -> export chain only moves on after a zero exit,
-the environment keeps DDS on loopback, and the RViz config shows the topics the nodes publish.
+lines parse with lidar-ptq's own parser, the recorder -> quantize -> export -> compare chain only moves on after a
+zero exit (compare on the recorded frames calibration did not take), the environment keeps DDS on loopback, and the
+RViz config shows the topics the nodes publish.
 """
 
 import ast
@@ -151,6 +152,8 @@ def evaluate(value, description, env=None, overrides=None) -> str:
         return f"<{value.arg('package', 1)}>/{value.arg('executable', 0)}"
     if kind == "ParameterValue":
         return evaluate(value.arg("value", 0), description, env, overrides)
+    if kind == "PythonExpression":  # as launch does: the substituted text evaluated as Python (here: arithmetic)
+        return str(eval(evaluate(value.arg("expression", 0), description, env, overrides), {"__builtins__": {}}))
     raise AssertionError(f"no evaluation for {value!r}")
 
 
@@ -335,49 +338,81 @@ def lidar_ptq_command(process, desc, overrides=None) -> list:
     return cmd[1:]
 
 
-def test_calibrate_launch_runs_quantize_then_export_on_success_only(monkeypatch, console_scripts):
+def test_calibrate_launch_runs_quantize_export_then_compare_on_success_only(monkeypatch, console_scripts):
+    from lidar_ptq_core.calibration_data import spread_indices
     from lidar_ptq_core.cli import build_parser
+    from lidar_ptq_core.commands.compare import held_out_indices
 
     desc = load_launch_file(REPO / "launch" / "calibrate.launch.py", monkeypatch)
-    assert {"bag", "frames", "model", "int8", "bundle", "method"} <= set(declared_arguments(desc))
+    assert {"bag", "frames", "model", "int8", "bundle", "method", "compare_frames", "threshold",
+            "compare_out"} <= set(declared_arguments(desc))
     assert "lidar-ptq" in console_scripts
     processes = {p.arg("name"): p for p in of_kind(desc, "ExecuteProcess")}
     quantize, export = processes["lidar_ptq_quantize"], processes["lidar_ptq_export"]
+    compare = processes["lidar_ptq_compare"]
     for tool in of_kind(desc, "ExecutableInPackage"):
         assert tool.arg("package", 1) == PACKAGE and tool.arg("executable", 0) in console_scripts
 
     overrides = {"bag": "runs/bag", "frames": "32", "model": "fp32.safetensors", "int8": "q.safetensors",
-                 "bundle": "q.lptq", "method": "lidar-ptq-quick"}
+                 "bundle": "q.lptq", "method": "lidar-ptq-quick", "compare_frames": "8", "compare_out": "runs/cmp"}
     parser = build_parser()
     q_args = parser.parse_args(lidar_ptq_command(quantize, desc, overrides))
     e_args = parser.parse_args(lidar_ptq_command(export, desc, overrides))
+    c_args = parser.parse_args(lidar_ptq_command(compare, desc, overrides))
     assert (q_args.command, q_args.calib, q_args.checkpoint, q_args.frames, q_args.method, q_args.out) == \
         ("quantize", "runs/bag", "fp32.safetensors", 32, "lidar-ptq-quick", "q.safetensors")
     assert (e_args.command, e_args.checkpoint, e_args.out) == ("export", "q.safetensors", "q.lptq")
+    # compare: the FP32 model that was quantized against the bundle that was exported, on the recorded bag.
+    assert (c_args.command, c_args.source, c_args.reference, c_args.candidate, c_args.out) == \
+        ("compare", "runs/bag", "fp32.safetensors", "q.lptq", "runs/cmp")
+    assert (c_args.exclude_calibration, c_args.frames, c_args.threshold) == (32, 8, 0.95)
     defaults = parser.parse_args(lidar_ptq_command(quantize, desc))  # the declared defaults are valid too
     assert defaults.method == "lidar-ptq" and defaults.frames == 256
+    compare_defaults = parser.parse_args(lidar_ptq_command(compare, desc))
+    assert (compare_defaults.exclude_calibration, compare_defaults.frames) == (256, 32)
 
     recorder = next(n for n in of_kind(desc, "Node") if n.arg("executable") == "calibration_recorder")
     inline = next(p for p in recorder.arg("parameters") if isinstance(p, dict))
     assert evaluate(inline["output"], desc, overrides=overrides) == "runs/bag", "quantize reads what was recorded"
-    assert evaluate(inline["frames"], desc, overrides=overrides) == "32" and inline["frames"].arg("value_type") is int
+    recorded = int(evaluate(inline["frames"], desc, overrides=overrides))
+    assert recorded == 40 and inline["frames"].arg("value_type") is int, "calibration's 32 and compare's 8"
+    assert int(evaluate(inline["frames"], desc)) == 256 + 32
+    # What quantize calibrates on and what compare runs on are disjoint, and compare gets all the others.
+    calibrated = set(spread_indices(recorded, q_args.frames).tolist())
+    held_out = held_out_indices(recorded, c_args.frames, calibration_frames=c_args.exclude_calibration)
+    assert len(calibrated) == 32 and len(held_out) == 8 and not calibrated & set(held_out)
 
     handlers = {h.arg("target_action"): h.arg("on_exit") for h in of_kind(desc, "OnProcessExit")}
-    assert set(handlers) == {recorder, quantize, export}
+    assert set(handlers) == {recorder, quantize, export, compare}
 
     class Exited:
         def __init__(self, returncode):
             self.returncode = returncode
 
-    for step, following in ((recorder, quantize), (quantize, export)):
+    for step, following in ((recorder, quantize), (quantize, export), (export, compare)):
         ok, failed = handlers[step](Exited(0), None), handlers[step](Exited(3), None)
         assert following in ok and following not in failed
         assert any(a.kind == "EmitEvent" and a.arg("event").kind == "Shutdown" for a in failed)
         assert any(a.kind == "LogInfo" and "status 3" in a.arg("msg") for a in failed)
     stop_player = [a for a in handlers[recorder](Exited(0), None) if a.kind == "EmitEvent"]
     assert stop_player and stop_player[0].arg("event").kind == "ShutdownProcess"
-    done = handlers[export](Exited(0), None)
-    assert any(a.kind == "EmitEvent" and a.arg("event").kind == "Shutdown" for a in done)
+
+    def runs(action, **chosen) -> bool:
+        condition = action.arg("condition")
+        return condition is None or evaluate(condition.arg("predicate_expression", 0), desc,
+                                             overrides={**overrides, **chosen}) == "True"
+
+    after_export = handlers[export](Exited(0), None)
+    shutdown = next(a for a in after_export if a.kind == "EmitEvent" and a.arg("event").kind == "Shutdown")
+    assert runs(compare) and not runs(shutdown), "compare runs, and the launch ends with its verdict"
+    assert not runs(compare, compare_frames="0") and runs(shutdown, compare_frames="0"), "compare_frames:=0 skips it"
+    for status, word in ((0, "PASS"), (1, "FAIL"), (2, "status 2")):
+        verdict = handlers[compare](Exited(status), None)
+        log = next(a for a in verdict if a.kind == "LogInfo")
+        assert word in evaluate(log.arg("msg"), desc, overrides=overrides)
+        assert any(a.kind == "EmitEvent" and a.arg("event").kind == "Shutdown" for a in verdict)
+    assert "runs/cmp/compare.json" in evaluate(next(a for a in handlers[compare](Exited(1), None)
+                                                    if a.kind == "LogInfo").arg("msg"), desc, overrides=overrides)
 
 
 # -- the nodes' declared parameters and published topics, under rclpy ----------------------------------------------
