@@ -272,3 +272,16 @@ def test_a_bundle_whose_encoder_is_not_shipped_says_it_needs_torch_and_spconv(tm
     """)
     assert result["error"].startswith(f"{path}: a voxel bundle runs its sparse encoder in torch + spconv, which do "
                                       "not import here (No module named ")
+
+
+def test_a_bundle_from_before_shipped_graphs_asks_to_be_exported_again(tmp_path):
+    from lidar_ptq_core.config_files import resolve_config
+    from lidar_ptq_core.export.bundle import BundleManifest, write_bundle
+    from lidar_ptq_core.models.config import load_model_config
+
+    manifest = BundleManifest.for_model(load_model_config(resolve_config("sim_pillar", "models")))
+    manifest.format_version = 1
+    path = write_bundle(tmp_path / "old.lptq", manifest, {"dense.onnx": b"graph"})
+    with pytest.raises(ValueError, match=r"old\.lptq: this bundle ships no runtime graphs \(written by an older "
+                                         r"lidar-ptq\); export it again with `lidar-ptq export`"):
+        Detector.from_bundle(path, "onnxruntime")
