@@ -2,8 +2,10 @@
 
 1. cloud_player publishes a simulated drive (the simulator's calib split) and calibration_recorder records it into a
    rosbag2 bag, each node in its own process, as on a robot;
-2. LiDAR-PTQ quantizes the FP32 checkpoint from that bag (library call; `--method lidar-ptq-fast` by default);
-3. `export` makes the .lptq bundle of the INT8 checkpoint;
+2. LiDAR-PTQ quantizes the FP32 checkpoint from that bag (library call; `--method lidar-ptq-fast` by default); the bag
+   holds a quarter more sweeps than calibration takes (demo_job.held_out_frames);
+3. `export` makes the .lptq bundle of the INT8 checkpoint, and `lidar-ptq compare` (library call) runs FP32 vs the
+   bundle on the bag's sweeps calibration did not take: its PASS / FAIL line ends the report;
 4. detector_node runs the FP32 checkpoint, then the INT8 bundle, on the same validation frames replayed by
    cloud_player at `--rate` Hz (10, a lidar's rate); a collector node in this process takes every cloud's stamp and
    every Detection3DArray the node publishes, and the node's /diagnostics;
@@ -303,7 +305,7 @@ def run_demo(args) -> int:
     the entry point lidar_ptq.demo:node-chain (setup.py); the core never imports this module."""
 
     from lidar_ptq_core.boxfile import write_detections, write_ground_truth
-    from lidar_ptq_core.demo_job import quantize_from_bag
+    from lidar_ptq_core.demo_job import compare_on_held_out, compare_summary, held_out_frames, quantize_from_bag
     from lidar_ptq_core.io_utils import write_json_atomic
     from lidar_ptq_core.models.checkpoint import read_checkpoint_config
     from lidar_ptq_core.render import render_bev
@@ -336,15 +338,17 @@ def run_demo(args) -> int:
     sim_config = load_sim_config(args.sim)
     val = SimDataset("val", args.frames, sim_config)
     val.prepare(progress=False)
+    held_out = held_out_frames(args.calib_frames)
     if not args.no_quantize:
-        SimDataset("calib", args.calib_frames, sim_config).prepare(progress=False)
+        SimDataset("calib", args.calib_frames + held_out, sim_config).prepare(progress=False)
     print(f"[1/{steps}] synthetic scenes: {args.frames} validation frames to replay"
-          f"{'' if args.no_quantize else f', {args.calib_frames} calibration frames'} (cache "
+          f"{'' if args.no_quantize else f', {args.calib_frames} + {held_out} calibration frames'} (cache "
           f"{val.frame_path(0).parent.parent}); ROS 2 domain {env['ROS_DOMAIN_ID']}, discovery on loopback; "
           f"node logs in {logs}")
 
     context = rclpy.Context()
     rclpy.init(context=context)
+    compared = None
     try:
         models = [("FP32", args.checkpoint, "torch")]
         if not args.no_quantize:
@@ -352,9 +356,10 @@ def run_demo(args) -> int:
             if bag.exists():  # the demo's own bag from an earlier run; the recorder never overwrites one
                 shutil.rmtree(bag)
             t0 = time.perf_counter()
-            record_calibration_bag(bag, args.calib_frames, env=env, log_dir=logs, sim_config=args.sim)
+            record_calibration_bag(bag, args.calib_frames + held_out, env=env, log_dir=logs, sim_config=args.sim)
             print(f"[2/{steps}] cloud_player published the simulated drive (calib split, 10 Hz), calibration_recorder "
-                  f"recorded {args.calib_frames} clouds into {bag} (mcap) in {time.perf_counter() - t0:.0f} s")
+                  f"recorded {args.calib_frames + held_out} clouds into {bag} (mcap) in {time.perf_counter() - t0:.0f} "
+                  f"s: {args.calib_frames} to calibrate on (spread over the bag), {held_out} held out for compare")
             q = quantize_from_bag(args.checkpoint, bag, args.calib_frames, args.method, out / "int8.safetensors")
             print(f"[3/{steps}] quantized {q.model_name} with {args.method} from {q.calibration} in {q.seconds:.0f} s,"
                   f" every layer INT8 -> {q.path}")
@@ -363,6 +368,11 @@ def run_demo(args) -> int:
             bundle = export_bundle(q.path, out / "int8.lptq")
             print(f"[4/{steps}] exported the bundle {bundle} ({bundle.stat().st_size / 1e6:.1f} MB: INT8 checkpoint + "
                   f"dense part as QDQ ONNX)")
+            t0 = time.perf_counter()
+            compared = compare_on_held_out(args.checkpoint, bundle, bag, args.calib_frames, out / "compare",
+                                           backend=args.backend, threads=args.threads)
+            print(f"      lidar-ptq compare, FP32 vs the bundle ({args.backend}) on the bag's {held_out} held-out "
+                  f"sweeps ({time.perf_counter() - t0:.0f} s): {compared['verdict']}")
             models.append(("INT8", str(bundle), args.backend))
 
         runs = []
@@ -430,6 +440,12 @@ def run_demo(args) -> int:
             print(f"mAP against the ground truth on those frames: INT8 {100 * both['INT8'].distance_map['all']:.1f} "
                   f"vs FP32 {100 * both['FP32'].distance_map['all']:.1f} (centre distance), "
                   f"{100 * both['INT8'].iou_map['all']:.1f} vs {100 * both['FP32'].iou_map['all']:.1f} (BEV IoU)")
+
+    if compared is not None:
+        summary["compare"] = compare_summary(compared)
+        print(f"\nlidar-ptq compare, FP32 vs the INT8 bundle on {held_out} sweeps of the calibration bag that "
+              f"calibration did not take (as calibrate.launch.py ends): {compared['verdict']}; worst frames drawn in "
+              f"{compared['files']['picture']}")
 
     shown = runs[-1]
     answered = shown.answered

@@ -2,8 +2,9 @@
 
 The chain test runs the real node processes (player, recorder, detector; loopback discovery and the domain from
 conftest, inherited by every subprocess) with a tiny untrained CenterPoint: 3 replayed frames, a 2-frame calibration
-bag and naive max calibration instead of LiDAR-PTQ. What the detector node published must be what the library's
-Detector gives on the same frames, mapped to the right frame by its stamp.
+bag (plus 2 sweeps held out for compare) and naive max calibration instead of LiDAR-PTQ. What the detector node
+published must be what the library's Detector gives on the same frames, mapped to the right frame by its stamp, and
+compare must have run on the bag's sweeps calibration did not take.
 """
 
 import json
@@ -109,11 +110,12 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "[7/7]" in text and "ROS 2 is not importable" not in text
-    assert "calibration_recorder recorded 2 clouds" in text and "exported the bundle" in text
+    assert "calibration_recorder recorded 4 clouds" in text and "2 to calibrate on" in text
+    assert "exported the bundle" in text
 
     bag_frames = list(iter_bag_frames(out / "calib_bag"))
-    calib = SimDataset("calib", 2, load_sim_config("default"))
-    assert len(bag_frames) == 2
+    calib = SimDataset("calib", 4, load_sim_config("default"))
+    assert len(bag_frames) == 4
     assert all(any(np.array_equal(f.cloud.points, c.points) for c in calib) for f in bag_frames), \
         "the bag holds the simulated drive the player published"
 
@@ -145,5 +147,13 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     assert agree["frames"] == summary["runs"]["INT8"]["answered"]
     assert 0 <= agree["matched"] <= min(agree["reference_boxes"], agree["other_boxes"])
     assert (out / "detections.png").stat().st_size > 10_000 and summary["picture"]["run"] == "INT8"
+    # compare: FP32 vs the bundle on the bag's messages 1 and 2 (calibration with 2 frames took 0 and 3).
+    compared = summary["compare"]
+    assert compared["verdict"].split(":")[0] in ("PASS", "FAIL") and compared["verdict"] in text
+    assert compared["agreement"]["frames"] == 2 and "2 of 4 messages" in compared["source"]
+    details = json.loads((out / "compare" / "compare.json").read_text())
+    assert [f["frame_id"] for f in details["agreement"]["per_frame"]] == ["calib_bag_000001", "calib_bag_000002"]
+    assert details["candidate"].startswith(str(out / "int8.lptq")) and "onnxruntime" in details["candidate"]
+    assert (out / "compare" / "worst_frames.png").stat().st_size > 10_000
     assert {p.name for p in (out / "logs").iterdir()} >= {"recorder.log", "player_calib.log", "detector_fp32.log",
                                                           "detector_int8.log", "player_fp32.log", "player_int8.log"}
