@@ -10,6 +10,13 @@ A slow frame never builds a queue: the subscription callback only parks the newe
 a processing thread takes it from there. A message that arrives while the slot is still full replaces the one in it,
 which is counted as dropped. Counters and processing times go to /diagnostics.
 
+A multi-sweep model (its config's `sweeps` section, e.g. nuScenes CenterPoint: 10 sweeps within 0.5 s) gets each cloud
+accumulated with the clouds before it and their time lags (lidar_ptq_core/sweeps.py). With `odometry_topic` set
+(nav_msgs/Odometry, needs the nav_msgs package: ros-kilted-nav-msgs), past sweeps are motion compensated with the pose
+nearest each cloud's stamp (within ODOMETRY_MAX_GAP_S), taken as the lidar's pose: the extrinsic between the
+odometry's child frame and the lidar is not applied, which costs its lever arm times the rotation between sweeps.
+Without it past sweeps are not compensated (at 10 m/s a point 0.5 s old is 5 m off; warned once).
+
 The node converts messages and calls lidar_ptq_core's Detector, nothing more.
 """
 
@@ -21,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -34,6 +42,7 @@ from visualization_msgs.msg import MarkerArray
 
 from lidar_ptq_core.detections import Detections
 from lidar_ptq_core.pointcloud.features import InputSettings
+from lidar_ptq_core.sweeps import SweepAccumulator, pose_from_position_quaternion
 
 from .conversions import detections_to_msg, msg_to_detector_input
 from .diagnostics import FrameStats, diagnostic_array, diagnostic_status
@@ -49,6 +58,8 @@ BUNDLE_SUFFIX = ".lptq"
 POINTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LOG_THROTTLE_S = 5.0
+ODOMETRY_MAX_GAP_S = 0.1  # a pose further than this from a cloud's stamp is not used for it
+ODOMETRY_BUFFER = 400  # poses kept: 4 s of 100 Hz odometry, more than a 10-sweep window needs
 
 
 PARAMETERS = (
@@ -83,6 +94,11 @@ PARAMETERS = (
                   "After this many frames, compare them with the model's reference input statistics (as `lidar-ptq "
                   "check`): one log line and a WARN on /diagnostics per problem found; 0 turns the check off.",
                   read_only=True, constraints=">= 0"),
+    ParameterSpec("odometry_topic", "",
+                  "nav_msgs/Odometry topic giving the sensor's pose, for a multi-sweep model (its config's sweeps "
+                  "section): past sweeps are moved into the current sweep's frame. Empty: no motion compensation "
+                  "(at 10 m/s a point 0.5 s old is 5 m off). Needs the nav_msgs package; ignored by single-sweep "
+                  "models.", read_only=True),
     ParameterSpec("publish_markers", True, "Publish detection_markers (visualization_msgs/MarkerArray) for RViz."),
     ParameterSpec("num_threads", 0, "CPU threads for inference (torch, and onnxruntime's intra-op threads); 0 keeps "
                   "the libraries' defaults.", read_only=True,
@@ -110,6 +126,7 @@ class Settings:
     diagnostics_period: float
     z_offset: float = 0.0
     input_check_frames: int = 0
+    odometry_topic: str = ""
 
 
 def validate_settings(values: Mapping[str, object]) -> Settings:
@@ -142,6 +159,9 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
     if backend in ("onnxruntime", "tensorrt") and isinstance(model, str) and not model.strip().endswith(BUNDLE_SUFFIX):
         raise ValueError(f"parameter 'backend' is {backend!r} but 'model' {model!r} is not a {BUNDLE_SUFFIX} bundle; "
                          f"{backend} runs the ONNX part of a bundle (`lidar-ptq export`), a checkpoint runs in torch")
+    odometry_topic = values.get("odometry_topic", "")
+    if not isinstance(odometry_topic, str):
+        raise ValueError(f"parameter 'odometry_topic' is {odometry_topic!r}; it must be a topic name or empty")
     publish_markers = values["publish_markers"]
     if not isinstance(publish_markers, bool):
         raise ValueError(f"parameter 'publish_markers' is {publish_markers!r}; it must be true or false")
@@ -153,6 +173,7 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
         intensity_scale=number("intensity_scale", 0.0, low_open=True),
         z_offset=number("z_offset") if "z_offset" in values else 0.0,
         input_check_frames=integer("input_check_frames") if "input_check_frames" in values else 0,
+        odometry_topic=odometry_topic.strip(),
         publish_markers=publish_markers,
         num_threads=integer("num_threads"),
         diagnostics_period=number("diagnostics_period", 0.0, low_open=True),
@@ -191,6 +212,16 @@ class DetectorNode(Node):
         self._check_clouds = []  # the first frames, for the input check; None once it ran
         self._input_problems = ""  # what the input check found, shown on /diagnostics
         self._input_check_value = None  # its /diagnostics entry once it ran
+        # Past sweeps for a multi-sweep model (None: the model takes one sweep) and the poses they are moved with.
+        self._sweeps = SweepAccumulator.for_model(config, notify=lambda text: self.get_logger().warning(text)) \
+            if config is not None else None
+        self._poses = deque(maxlen=ODOMETRY_BUFFER)  # (stamp s, 4x4 sensor-to-world), in arrival order
+        self._odometry_subscription = None
+        try:
+            self._subscribe_odometry()
+        except StartupError:
+            self.destroy_node()
+            raise
 
         self._detections_pub = self.create_publisher(Detection3DArray, "detections", OUTPUT_QOS)
         self._markers_pub = self.create_publisher(MarkerArray, "detection_markers", OUTPUT_QOS)
@@ -208,6 +239,44 @@ class DetectorNode(Node):
             self.get_logger().info(f"input settings recorded in the model at calibration: "
                                    f"{self._recorded_input.describe()} (the intensity_scale and z_offset parameters "
                                    "apply after them)")
+
+    def _subscribe_odometry(self) -> None:
+        topic = self.settings.odometry_topic
+        if self._sweeps is None:
+            if topic:
+                self.get_logger().info(f"odometry_topic {topic!r} ignored: the model takes one sweep")
+            return
+        self.get_logger().info(f"accumulating {self._sweeps.num_sweeps} sweeps within "
+                               f"{self._sweeps.max_time_lag_s:g} s, as the model config asks; "
+                               + (f"poses from {topic}" if topic else "no odometry_topic: no motion compensation"))
+        if not topic:
+            return
+        try:
+            from nav_msgs.msg import Odometry
+        except ImportError:
+            raise StartupError(f"parameter 'odometry_topic' is {topic!r} but nav_msgs is not importable here; "
+                               "install ros-kilted-nav-msgs (or leave odometry_topic empty: no motion "
+                               "compensation)") from None
+        self._odometry_subscription = self.create_subscription(Odometry, topic, self._on_odometry, OUTPUT_QOS)
+
+    def _on_odometry(self, msg) -> None:
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        try:
+            pose = pose_from_position_quaternion((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+        except ValueError as exc:
+            self.get_logger().warning(f"odometry: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        with self._cond:
+            self._poses.append((_stamp_seconds(msg.header.stamp), pose))
+
+    def _pose_at(self, stamp: float):
+        """The odometry pose nearest `stamp`, or None when none is within ODOMETRY_MAX_GAP_S."""
+        with self._cond:
+            poses = list(self._poses)
+        if not poses:
+            return None
+        gap, pose = min(((abs(t - stamp), p) for t, p in poses), key=lambda item: item[0])
+        return pose if gap <= ODOMETRY_MAX_GAP_S else None
 
     # -- parameters ---------------------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
@@ -290,8 +359,13 @@ class DetectorNode(Node):
             if len(self._check_clouds) == settings.input_check_frames:
                 self._check_input(given)
 
-        if len(cloud.points):
-            detections = self.detector.detect(cloud.points)
+        points = cloud.points
+        if self._sweeps is not None:
+            self._sweeps.z_offset = given.z_offset  # poses describe the sensor frame before the offset
+            stamp = _stamp_seconds(msg.header.stamp)
+            points = self._sweeps.add(points, stamp, self._pose_at(stamp) if self._odometry_subscription else None)
+        if len(points):
+            detections = self.detector.detect(points)
             detections = detections.select(detections.scores >= settings.score_threshold)
         else:
             detections = Detections.empty(self.detector.class_names)
@@ -338,6 +412,10 @@ class DetectorNode(Node):
             self._worker.join()
             self._worker = None
         return super().destroy_node()
+
+
+def _stamp_seconds(stamp) -> float:
+    return int(stamp.sec) + 1e-9 * int(stamp.nanosec)
 
 
 def main(args=None) -> int:

@@ -438,7 +438,7 @@ def test_frames_arriving_while_busy_are_dropped_and_counted(tiny_checkpoint, ref
 # -- parameters -----------------------------------------------------------------------------------------------------
 VALID = {"model": "sim_pillar", "backend": "torch", "score_threshold": 0.3, "max_points": 400000,
          "intensity_scale": 1.0, "publish_markers": True, "num_threads": 0, "diagnostics_period": 1.0,
-         "z_offset": 0.0, "input_check_frames": 5}
+         "z_offset": 0.0, "input_check_frames": 5, "odometry_topic": ""}
 
 
 @pytest.mark.parametrize("name, value, message", [
