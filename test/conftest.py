@@ -52,6 +52,8 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_real_kitti_sweeps_get_the_library_detections",
         "test_shipped_parameter_file_and_the_bundled_model_on_a_sim_frame",
     ),
+    # the Waymo pillar and nuScenes voxel networks at full size, quantized from a bag and run in the node: minutes
+    "test_full_size_configs.py": ("test_full_size_config_quantizes_from_a_bag_and_runs_in_the_node",),
     "test_launch_files.py": ("test_colcon_build_installs_scripts_launch_files_and_configs",),
     "test_pointcloud.py": ("test_pcd_round_trip_real_frames[ascii]",),
     "test_quant.py": (
