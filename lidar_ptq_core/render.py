@@ -156,7 +156,7 @@ def render_comparison(path, panels: list[ComparisonPanel], title: str = "", refe
         pts = np.asarray(panel.points, np.float32)
         if pts.size == 0:
             pts = np.zeros((0, 4), np.float32)
-        extent = _extent(pts, panel.reference, panel.candidate, None)
+        extent = _comparison_extent(pts, panel.reference, panel.candidate)
         ax.set_facecolor("black")
         _draw_points(ax, pts, extent, "height")
         _draw_rings(ax, *extent)
@@ -196,6 +196,22 @@ def render_comparison(path, panels: list[ComparisonPanel], title: str = "", refe
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
+
+
+def _comparison_extent(pts, *box_sets) -> tuple[float, float, float, float]:
+    """The sensor, most points and every box being compared, on a 10 m grid (a front-only cloud is not padded
+    behind the sensor; far boxes are not cut off)."""
+    lows, highs = [np.zeros(2)], [np.zeros(2)]
+    if len(pts):
+        lows.append(np.percentile(pts[:, :2], 0.5, axis=0))
+        highs.append(np.percentile(pts[:, :2], 99.5, axis=0))
+    for boxes in box_sets:
+        if len(boxes):
+            lows.append(boxes.boxes[:, :2].min(axis=0) - 5.0)
+            highs.append(boxes.boxes[:, :2].max(axis=0) + 5.0)
+    low = np.maximum(np.floor(np.min(lows, axis=0) / 10.0) * 10.0 - 5.0, -150.0)
+    high = np.minimum(np.ceil(np.max(highs, axis=0) / 10.0) * 10.0 + 5.0, 150.0)
+    return float(low[0]), float(high[0]), float(low[1]), float(high[1])
 
 
 def _draw_points(ax, pts, extent, color_by: str):
