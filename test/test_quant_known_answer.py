@@ -423,3 +423,21 @@ def test_fingerprints_cover_every_byte_and_chain_the_settings_stage_by_stage():
     later = fingerprints(wide, frames, target, QuantConfig(**{**RESUME_SETTINGS, "adaround_lr": 5e-3}), stages_of)
     same = [name for name in base if base[name] == later[name]]
     assert same == ["calibration", "grid_search", "tgpl"]
+
+
+def test_a_work_folder_of_the_older_format_is_refused_with_a_reason(tmp_path):
+    # Folders of the first format (fingerprints over the first 4096 bytes of each tensor) are not trusted: the run
+    # starts over and says why, and the folder then holds this run's stages.
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(9)
+    frames = [torch.randn(1, 3, 8, 8, generator=gen) for _ in range(2)]
+    model, config = _wide_model(), QuantConfig(**NOTHING)
+    save_file({"0.weight": torch.zeros(1)}, str(tmp_path / "state.safetensors"))  # no format in its metadata
+    (tmp_path / "progress.json").write_text(json.dumps({"fingerprints": {}, "done": ["calibration"], "report": {}}))
+    said = []
+    quantize(model, frames, config=config, progress=False, work_dir=tmp_path, log=said.append)
+    assert said == [f"work folder {tmp_path} was made by an older version (another resume format): starting over"]
+    said.clear()
+    _, report = quantize(model, frames, config=config, progress=False, work_dir=tmp_path, log=said.append)
+    assert said == [f"resuming from {tmp_path}: every stage done (calibration); nothing to run"]

@@ -33,6 +33,7 @@ from .state import quantizers_disabled, set_quantizers, tensors_of
 
 if TYPE_CHECKING:
     from .api import QuantReport, QuantTarget
+    from .workdir import WorkFolder
 
 # The settings each kind of stage depends on, in pipeline order. A stage's result depends on its own settings and on
 # every earlier stage's (the work folder chains them: quant/workdir.py), so a rerun that changes only later settings
@@ -276,7 +277,7 @@ def build_stages(config: QuantConfig, target: "QuantTarget", wrappers: dict) -> 
 # --- the driver -------------------------------------------------------------------------------------------------
 
 
-def run_pipeline(run: QuantRun, stages: list[Stage], work) -> None:
+def run_pipeline(run: QuantRun, stages: list[Stage], work: "WorkFolder") -> None:
     """Run every stage not already done (work.restore says which, and loads their state), saving after each."""
     done = set(work.restore(run, stages))
     for stage in stages:
