@@ -46,7 +46,7 @@ from torch import nn
 
 from ..quant.modules import QuantLayer
 from ..quant.quantizer import quantize_to_int
-from .onnx_qdq import INPUT_NAME, output_names
+from .onnx_qdq import INPUT_NAME, is_dense_layer
 
 OPSET = 18  # Col2Im
 ZERO_POINT = 128  # uint8 zero-point: symmetric int8 code q <-> uint8 code q + 128
@@ -64,63 +64,25 @@ class _Op:
 
 
 def _trace(model) -> tuple[list[_Op], list[tuple[str, str]]]:
-    """The dense part as a list of ops in execution order, plus (graph output name, op name) pairs. Follows
-    BaseBEVBackbone.forward and CenterHead.forward."""
-    from ..models.backbone2d import BaseBEVBackbone
-    from ..models.head import CenterHead
+    """The dense part as a list of ops in execution order, plus (graph output name, op name) pairs, from the model's
+    topology (models/topology.py)."""
+    from ..models.topology import INPUT, Layer, network_topology
 
-    backbone, head = model.backbone_2d, model.dense_head
-    if not isinstance(backbone, BaseBEVBackbone) or not isinstance(head, CenterHead):
-        raise ValueError("the onnxruntime INT8 graph knows BaseBEVBackbone + CenterHead only")
+    topology = network_topology(model, is_layer=is_dense_layer)
+
+    def tensor(name: str) -> str:
+        return INPUT_NAME if name == INPUT else name
+
     ops = [_Op(INPUT_NAME, "input", [])]
-
-    def sequence(module: nn.Module, src: str, prefix: str) -> str:
-        pad = 0
-        for index, layer in enumerate(module):
-            name = f"{prefix}.{index}"
-            if isinstance(layer, nn.ZeroPad2d):
-                padding = set(layer.padding) if isinstance(layer.padding, tuple) else {layer.padding}
-                if len(padding) != 1:
-                    raise ValueError(f"{name}: only symmetric ZeroPad2d is supported")
-                pad += padding.pop()
-            elif isinstance(layer, (QuantLayer, nn.Conv2d, nn.ConvTranspose2d)):
-                ops.append(_Op(name, "conv", [src], layer, pad))
-                src, pad = name, 0
-            elif isinstance(layer, nn.ReLU):
-                if ops[-1].name != src or ops[-1].kind != "conv" or ops[-1].relu:
-                    raise ValueError(f"{name}: a ReLU must directly follow a conv")
-                ops[-1].relu = True
-            elif isinstance(layer, nn.Sequential):
-                src = sequence(layer, src, name)
-            elif not isinstance(layer, nn.Identity):  # folded BatchNorms are Identity
-                raise ValueError(f"{name}: unsupported layer {type(layer).__name__} in the dense part")
-            if pad and not isinstance(layer, nn.ZeroPad2d) and src != name:
-                raise ValueError(f"{name}: ZeroPad2d must directly precede a conv")
-        return src
-
-    src, level_outputs = INPUT_NAME, []
-    for level, block in enumerate(backbone.blocks):
-        src = sequence(block, src, f"backbone_2d.blocks.{level}")
-        level_outputs.append(
-            sequence(backbone.deblocks[level], src, f"backbone_2d.deblocks.{level}") if len(backbone.deblocks) else src
-        )
-    if len(level_outputs) > 1:
-        ops.append(_Op("backbone_2d.concat", "concat", level_outputs))
-        src = "backbone_2d.concat"
-    else:
-        src = level_outputs[0]
-    if len(backbone.deblocks) > len(backbone.blocks):
-        src = sequence(backbone.deblocks[-1], src, f"backbone_2d.deblocks.{len(backbone.blocks)}")
-    shared = sequence(head.shared_conv, src, "dense_head.shared_conv")
-    outputs = []
-    for task, separate in enumerate(head.heads_list):
-        for name in separate.head_names:
-            branch = sequence(getattr(separate, name), shared, f"dense_head.heads_list.{task}.{name}")
-            outputs.append((f"{task}.{name}", branch))
-    names = output_names(model)
-    if [n for n, _ in outputs] != names:
-        raise ValueError(f"traced outputs {[n for n, _ in outputs]} differ from the model's {names}")
-    return ops, outputs
+    for node in topology.nodes:
+        if not isinstance(node, Layer):
+            ops.append(_Op(node.name, "concat", [tensor(s) for s in node.sources]))
+        elif node.norm is not None:
+            raise ValueError(f"{node.norm}: unsupported layer BatchNorm2d in the dense part (not folded)")
+        else:
+            ops.append(_Op(node.name, "conv", [tensor(node.source)], model.get_submodule(node.name), node.pad,
+                           node.relu))
+    return ops, [(output.name, output.layer) for output in topology.outputs]
 
 
 def _plan(model):

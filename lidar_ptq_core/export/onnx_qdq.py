@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..models.topology import network_topology
+from ..quant.modules import QuantLayer
 from ..quant.quantizer import TensorQuantizer
 
 OPSET = 13
@@ -23,10 +25,12 @@ INPUT_NAME = "bev"
 
 def output_names(model) -> list[str]:
     """`<task>.<head>` in the order the head produces them, e.g. 0.hm, 0.center, ..."""
-    names = []
-    for t, head in enumerate(model.dense_head.heads_list):
-        names += [f"{t}.{name}" for name in head.head_names]
-    return names
+    return [output.name for output in network_topology(model, is_layer=is_dense_layer).outputs]
+
+
+def is_dense_layer(module: nn.Module) -> bool:
+    """A conv of the dense part, quantized (wrapped) or not: output names are asked of both kinds of model."""
+    return isinstance(module, (QuantLayer, nn.Conv2d, nn.ConvTranspose2d))
 
 
 class DenseGraph(nn.Module):

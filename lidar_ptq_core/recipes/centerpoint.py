@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..decode import decode_batch
 from ..models.centerpoint import CenterPoint, build_centerpoint
 from ..models.checkpoint import CHECKPOINT_FORMAT, write_state_with_metadata
 from ..models.checkpoint import read_checkpoint_metadata as read_metadata
 from ..models.config import model_config_from_yaml
+from ..models.topology import INPUT, Concat, Layer, network_topology
 from ..quant import EqualizationPair, QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
 from ..quant.fold import output_channel_axis
 
@@ -60,66 +60,42 @@ def first_layers(model: CenterPoint) -> list[str]:
 
 
 def reconstruction_blocks(model: CenterPoint) -> list[str]:
-    blocks = [f"vfe.pfn_layers.{i}" for i in range(len(getattr(model.vfe, "pfn_layers", [])))]
-    if model.backbone_3d is not None:
-        blocks += [f"backbone_3d.{n}" for n in ("conv_input", "conv1", "conv2", "conv3", "conv4", "conv_out")]
-    blocks += [f"backbone_2d.blocks.{i}" for i in range(len(model.backbone_2d.blocks))]
-    blocks += [f"backbone_2d.deblocks.{i}" for i in range(len(model.backbone_2d.deblocks))]
-    blocks.append("dense_head.shared_conv")
-    for t, head in enumerate(model.dense_head.heads_list):
-        blocks += [f"dense_head.heads_list.{t}.{name}" for name in head.head_names]
-    return blocks
-
-
-def _conv_names(sequence, prefix: str) -> list[str]:
-    names = []
-    for index, module in enumerate(sequence):
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            names.append(f"{prefix}.{index}")
-        elif isinstance(module, nn.Sequential):
-            names += _conv_names(module, f"{prefix}.{index}")
-    return names
+    """Every group of the model's topology (models/topology.py), in module order."""
+    topology = network_topology(model)
+    return [group.name for group in (*topology.encoder, *topology.groups)]
 
 
 def equalization_pairs(model: CenterPoint) -> list[EqualizationPair]:
-    backbone, head = model.backbone_2d, model.dense_head
-    shared = _conv_names(head.shared_conv, "dense_head.shared_conv")
-    levels = len(backbone.blocks)
-    blocks = [_conv_names(block, f"backbone_2d.blocks.{i}") for i, block in enumerate(backbone.blocks)]
-    deblocks = [_conv_names(d, f"backbone_2d.deblocks.{i}") for i, d in enumerate(backbone.deblocks)]
-    after_concat = deblocks[levels][0] if len(deblocks) > levels else shared[0]
-    pairs, offset = [], 0
-
-    def chain(names):
-        return [EqualizationPair(a, ((b, 0),)) for a, b in zip(names, names[1:])]
-
-    vfe_layers = getattr(model.vfe, "pfn_layers", [])
-    if model.backbone_3d is None and len(vfe_layers) == 1:  # one PFN layer: its pillar max is the BEV feature
-        pairs.append(EqualizationPair("vfe.pfn_layers.0.linear", ((blocks[0][0], 0),)))
-    for level, names in enumerate(blocks):
-        pairs += chain(names)
-        readers = [(blocks[level + 1][0], 0)] if level + 1 < levels else []
-        if deblocks:
-            pairs.append(EqualizationPair(names[-1], (*readers, (deblocks[level][0], 0))))
-            pairs += chain(deblocks[level])
-            producer, readers = deblocks[level][-1], []
-        else:
-            producer = names[-1]
-        pairs.append(EqualizationPair(producer, (*readers, (after_concat, offset))))
-        module = model.get_submodule(producer)
-        offset += module.weight.shape[output_channel_axis(module)]
-    if len(deblocks) > levels:
-        pairs += chain(deblocks[levels])
-        pairs.append(EqualizationPair(deblocks[levels][-1], ((shared[0], 0),)))
-    pairs += chain(shared)
-    branch_firsts = []
-    for t, task_head in enumerate(head.heads_list):
-        for name in task_head.head_names:
-            names = _conv_names(getattr(task_head, name), f"dense_head.heads_list.{t}.{name}")
-            branch_firsts.append((names[0], 0))
-            pairs += chain(names)
-    pairs.append(EqualizationPair(shared[-1], tuple(branch_firsts)))
-    return pairs
+    """Each layer with the layers reading its output through ReLU, zero padding and concatenation only (channel
+    offsets into a concatenation), from the model's topology. Producers in execution order, except the one read by
+    the head branches, which comes last: equalize() applies pairs in order, and this was the recipe's order from the
+    start (a branch's first conv is scaled as a producer before its input columns are measured as a reader)."""
+    topology = network_topology(model)
+    readers = topology.readers()
+    concat_offsets = {}  # concat name -> channel offset of each part
+    for node in topology.nodes:
+        if isinstance(node, Concat):
+            offsets, offset = [], 0
+            for part in node.sources:
+                offsets.append(offset)
+                module = model.get_submodule(part)
+                offset += module.weight.shape[output_channel_axis(module)]
+            concat_offsets[node.name] = offsets
+    branch_firsts = {group.layers[0] for group in topology.groups if group.role == "branch"}
+    pairs = []
+    # The pillar max and the zero-filled scatter pass channels one to one; kept to a one-layer PFN as before.
+    if len(topology.encoder) == 1 and topology.bev_producers:
+        pairs.append(EqualizationPair(topology.bev_producers[0], tuple((r, 0) for r, _ in readers[INPUT])))
+    for node in topology.nodes:
+        if not isinstance(node, Layer) or not readers[node.name]:
+            continue
+        consumers = []
+        for reader, part in readers[node.name]:
+            source = topology.layer(reader).source
+            consumers.append((reader, 0 if part is None else concat_offsets[source][part]))
+        pairs.append(EqualizationPair(node.name, tuple(consumers)))
+    fan_out = [p for p in pairs if {name for name, _ in p.consumers} <= branch_firsts]
+    return [p for p in pairs if p not in fan_out] + fan_out
 
 
 @dataclass
