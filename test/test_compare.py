@@ -191,3 +191,14 @@ def test_run_compare_reuses_loaded_detectors(sources):
     result = run_compare(str(sources["file"]), "sim_pillar", "sim_pillar", detectors=(detector, detector))
     assert result["passed"] and result["agreement"]["reference_recall"] == 1.0
     assert Path(result["reference"].split(" ")[0]).name == "sim_pillar"
+
+
+def test_frames_without_reference_boxes_give_no_pass(tmp_path):
+    """Nothing detected by the reference shows nothing about the candidate: FAIL, saying so."""
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(-3, 3, (200, 2)), np.full((200, 1), -1.7), rng.uniform(0, 1, (200, 1))],
+                            axis=1).astype(np.float32)
+    write_points(tmp_path / "ground.bin", PointCloud(points, KITTI_FIELDS))
+    result = run_compare(str(tmp_path / "ground.bin"), "sim_pillar", "sim_pillar")
+    assert result["agreement"]["reference_boxes"] == 0 and not result["passed"]
+    assert result["verdict"].startswith("FAIL: the reference has no box with score >= 0.3 on the 1 frame compared")

@@ -277,13 +277,17 @@ def verdict_line(result: dict) -> str:
     """PASS / FAIL with the figure it rests on, one line (also printed by the demo and calibrate.launch.py)."""
     a, threshold = result["agreement"], result["threshold"]
     if not a["reference_boxes"]:
-        return (f"FAIL: the reference has no box with score >= {a['min_score']:g} on these {a['frames']} frames, "
-                "so nothing shows that the candidate holds; compare on frames with objects")
+        return (f"FAIL: the reference has no box with score >= {a['min_score']:g} on the {_frames(a['frames'])} "
+                "compared, so nothing shows that the candidate holds; compare on frames with objects")
     figure = (f"the candidate reproduces {100 * a['reference_recall']:.1f} % of the reference's "
-              f"{a['reference_boxes']} boxes on {a['frames']} frames")
+              f"{a['reference_boxes']} boxes on {_frames(a['frames'])}")
     if result["passed"]:
         return f"PASS: {figure} (threshold {100 * threshold:g} %)"
     return f"FAIL: {figure}, below the {100 * threshold:g} % threshold"
+
+
+def _frames(count: int) -> str:
+    return f"{count} frame" if count == 1 else f"{count} frames"
 
 
 def _pct(value: float) -> str:
