@@ -41,14 +41,14 @@ def _share(part: int, whole: int) -> float:
 
 
 def detection_agreement(reference: list, other: list, class_names,
-                        min_score: float = AGREEMENT_MIN_SCORE, range_edges=None) -> dict:
+                        min_score: float = AGREEMENT_MIN_SCORE, range_edges=None, breakdown: bool = False) -> dict:
     """How closely `other` follows `reference` frame by frame: the share of reference boxes (score >= min_score)
     that `other` reproduces (same class, centre within 1 m), the share of `other`'s boxes with such a reference box,
     and `other`'s centre-distance mAP (%) with the reference's confident boxes as ground truth.
 
-    Also `per_frame` (counts of each frame), `by_class` and `by_range` (range bins of evaluate.py by BEV distance of
-    the box centre: a reference box counts in the bin of its centre, an `other` box in its own; AP from the same
-    evaluation)."""
+    With `breakdown`, also `per_frame` (counts of each frame), `by_class` and `by_range` (range bins of evaluate.py
+    by BEV distance of the box centre: a reference box counts in the bin of its centre, an `other` box in its own; AP
+    from the same evaluation)."""
     from .detections import GroundTruth
     from .evaluate import ALL_RANGES, DEFAULT_RANGE_EDGES, _check_range_edges, _range_bin, _range_labels, evaluate
 
@@ -87,6 +87,8 @@ def detection_agreement(reference: list, other: list, class_names,
         pseudo = [GroundTruth(r.boxes, r.labels, r.class_names) for r, _ in confident]
         evaluation = evaluate(list(other), pseudo, class_names, range_edges=edges)
         result["map_vs_reference"] = 100 * evaluation.distance_map[ALL_RANGES]
+    if not breakdown:
+        return result
     for f in per_frame:
         f["reference_recall"] = _share(f["matched"], f["reference_boxes"])
     result["per_frame"] = per_frame

@@ -140,7 +140,8 @@ def test_agreement_by_class_and_range():
     other = [boxes((10.5, 0, 0, 0.8), (60, 0, 0, 0.7), (45, 0, 0, 0.9)), boxes((0, 10, 0, 0.95))]
     r_matched, o_matched = match_boxes(reference[0], other[0])
     assert r_matched.tolist() == [True, False, False, False] and o_matched.tolist() == [True, False, False]
-    a = detection_agreement(reference, other, CLASSES)
+    assert "by_class" not in detection_agreement(reference, other, CLASSES), "bench and parity keep their keys"
+    a = detection_agreement(reference, other, CLASSES, breakdown=True)
     assert (a["reference_boxes"], a["other_boxes"], a["matched"]) == (4, 4, 2)  # the 0.2 box is under the cut
     assert [(f["missed"], f["extra"]) for f in a["per_frame"]] == [(2, 2), (0, 0)]
     car, pedestrian = a["by_class"]["Car"], a["by_class"]["Pedestrian"]

@@ -232,7 +232,7 @@ def run_compare(source: str, reference: str, candidate: str, *, frames: int = 32
         kept = sorted(kept, key=lambda k: (-k[0][0], k[0][1], k[1]))[:worst]
         if log is not None:
             log(f"  {frame_id}: reference {len(r)} boxes, candidate {len(c)}, {int(r_matched.sum())} reproduced")
-    agreement = detection_agreement(references, candidates, ref_detector.class_names, min_score)
+    agreement = detection_agreement(references, candidates, ref_detector.class_names, min_score, breakdown=True)
     for entry, (frame_id, where, _) in zip(agreement["per_frame"], clouds):
         entry["frame_id"], entry["where"] = frame_id, where
     recall = agreement["reference_recall"]
