@@ -39,6 +39,13 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_run_bench_reports_map_only_with_ground_truth",
     ),
     "test_bundle.py": ("test_the_shipped_int8_bundle_is_todays_export_of_the_shipped_int8_checkpoint",),
+    "test_compare.py": (  # its argument checks and agreement tables stay in the fast tier
+        "test_a_broken_candidate_fails_with_its_worst_frames_drawn",
+        "test_a_bag_compares_on_the_frames_calibration_did_not_take",
+        "test_a_model_against_itself_reproduces_every_box_and_passes",
+        "test_a_single_file",
+        "test_run_compare_reuses_loaded_detectors",
+    ),
     "test_cli.py": (
         "test_quantize_a_folder_then_detect_a_folder_into_box_files",
         "test_newcomer_quantizes_an_openpcdet_pth_from_a_bag_in_one_command",
