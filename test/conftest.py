@@ -39,6 +39,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_run_bench_reports_map_only_with_ground_truth",
     ),
     "test_bundle.py": ("test_the_shipped_int8_bundle_is_todays_export_of_the_shipped_int8_checkpoint",),
+    "test_bundle_runtime.py": ("test_export_refuses_a_bundle_whose_graph_disagrees",),
     "test_compare.py": (  # its argument checks and agreement tables stay in the fast tier
         "test_a_broken_candidate_fails_with_its_worst_frames_drawn",
         "test_a_bag_compares_on_the_frames_calibration_did_not_take",
@@ -52,6 +53,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_demo_runs_end_to_end_with_a_checkpoint",
         "test_demo_without_ros_says_so_and_runs_as_library_calls",
         "test_eval_takes_the_region_from_the_checkpoint_like_demo",
+        "test_installed_entry_point_runs",
     ),
     "test_demo_chain.py": ("test_demo_chain_records_quantizes_exports_and_reports_what_the_node_published",),
     "test_detector_node.py": (
