@@ -32,9 +32,10 @@ def _fold_batchnorms(module: nn.Module) -> None:
 
 
 def test_reconstruction_blocks_and_equalization_pairs_are_the_hand_written_ones(built):
-    from lidar_ptq_core.recipes.centerpoint import equalization_pairs, reconstruction_blocks
+    from lidar_ptq_core.recipes.centerpoint import equalization_pairs, first_layers, reconstruction_blocks
 
     name, model = built
+    assert first_layers(model) == EXPECTED[name]["first_layers"]
     assert reconstruction_blocks(model) == EXPECTED[name]["blocks"]
     pairs = [[p.producer, [list(c) for c in p.consumers]] for p in equalization_pairs(model)]
     assert pairs == EXPECTED[name]["pairs"]
@@ -94,3 +95,22 @@ def test_unknown_module_in_the_dense_part_is_one_error():
     model.backbone_2d.blocks[0][3] = nn.Sigmoid()
     with pytest.raises(ValueError, match=r"backbone_2d\.blocks\.0\.3: unsupported layer Sigmoid"):
         network_topology(model)
+
+
+def test_a_quantized_model_has_the_same_topology_as_its_fp32_model():
+    """The committed INT8 checkpoint (convs wrapped for quantization, BatchNorms folded) reads as the same network:
+    the same blocks, first layer and outputs, and the integer graph's ops are the frozen ones."""
+    from lidar_ptq_core.export.onnx_ort_int8 import _trace
+    from lidar_ptq_core.export.onnx_qdq import output_names
+    from lidar_ptq_core.quant.modules import QuantLayer
+    from lidar_ptq_core.recipes.centerpoint import first_layers, load_quantized_checkpoint, reconstruction_blocks
+    from lidar_ptq_core.runtime import bundled_checkpoint
+
+    qmodel = load_quantized_checkpoint(bundled_checkpoint("sim_pillar_int8"))
+    expected = EXPECTED["sim_pillar"]
+    assert reconstruction_blocks(qmodel) == expected["blocks"]
+    assert first_layers(qmodel) == expected["first_layers"]
+    assert isinstance(qmodel.get_submodule(first_layers(qmodel)[0]), QuantLayer)
+    assert output_names(qmodel) == expected["outputs"]
+    ops, _ = _trace(qmodel)
+    assert [[o.name, o.kind, o.inputs, o.pad, o.relu] for o in ops] == expected["ops"]

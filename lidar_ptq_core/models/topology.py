@@ -6,10 +6,13 @@ reconstruction blocks and channel-equalization pairs (recipes/centerpoint.py), t
 changes this file only.
 
 What it describes (and nothing about quantization):
-- `encoder`: the groups before the BEV map, in module order: each PFN layer (pillar) or each sparse stage (voxel).
+- `encoder`: the groups before the BEV map, in module order: each PFN layer (pillar) or each sparse stage (voxel;
+  its layers are not listed: nothing derived here looks inside the sparse backbone).
+- `first_layer`: the layer that reads the raw point or voxel features (metres beside intensities): the encoder's
+  first module with a weight matrix or kernel (or accepted by `is_layer`).
 - `bev_producers`: the encoder layer whose output channels are the BEV map's channels one to one, reaching it through
-  ReLU, the pillar max and the zero-filled scatter only (the PFN layers' linear; empty for a voxel model, whose
-  height compression mixes channels).
+  ReLU, the pillar max and the zero-filled scatter only (the last PFN layer's linear; empty for a voxel model, whose
+  height compression turns each channel into one BEV channel per height).
 - `nodes`: the dense part (backbone_2d + dense_head) in execution order: each conv `Layer` with what it reads (the
   BEV input, another layer, or a `Concat`), a ZeroPad2d before it, a BatchNorm and a ReLU after it.
 - `groups`: the dense part's sequential containers, in module order (backbone blocks, deblocks, the head's shared
@@ -67,6 +70,7 @@ class Output:
 @dataclass(frozen=True)
 class Topology:
     encoder: tuple[Group, ...]
+    first_layer: str
     bev_producers: tuple[str, ...]
     nodes: tuple[Layer | Concat, ...]
     groups: tuple[Group, ...]
@@ -125,6 +129,16 @@ def network_topology(model: nn.Module, is_layer: Callable[[nn.Module], bool] = i
         bev_producers.append(f"vfe.pfn_layers.{len(pfn_layers) - 1}.linear")
     elif model.backbone_3d is not None:
         encoder += [Group(f"backbone_3d.{name}", "sparse_stage", ()) for name, _ in model.backbone_3d.named_children()]
+
+    encoder_modules = [(f"vfe.{n}", m) for n, m in model.vfe.named_modules()]
+    if model.backbone_3d is not None:
+        encoder_modules += [(f"backbone_3d.{n}", m) for n, m in model.backbone_3d.named_modules()]
+    # A layer, or a weight of 2+ dimensions (a Linear or a sparse conv; norms have 1-D weights). Module order puts a
+    # wrapper that is_layer accepts before what it wraps.
+    weighted = [n for n, m in encoder_modules
+                if is_layer(m) or getattr(getattr(m, "weight", None), "ndim", 0) >= 2]
+    if not weighted:
+        raise ValueError("the encoder (vfe, backbone_3d) has no layer with weights")
 
     nodes: list[Layer | Concat] = []
     groups: dict[str, Group] = {}
@@ -188,4 +202,5 @@ def network_topology(model: nn.Module, is_layer: Callable[[nn.Module], bool] = i
             prefix = f"dense_head.heads_list.{task}.{name}"
             outputs.append(Output(f"{task}.{name}", sequence(getattr(separate, name), shared, prefix, "branch")))
     in_module_order = [groups[name] for name, _ in model.named_modules() if name in groups]
-    return Topology(tuple(encoder), tuple(bev_producers), tuple(nodes), tuple(in_module_order), tuple(outputs))
+    return Topology(tuple(encoder), weighted[0], tuple(bev_producers), tuple(nodes), tuple(in_module_order),
+                    tuple(outputs))

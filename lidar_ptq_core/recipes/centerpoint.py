@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..decode import decode_batch
 from ..models.centerpoint import CenterPoint, build_centerpoint
@@ -30,6 +31,7 @@ from ..models.config import model_config_from_yaml
 from ..models.topology import INPUT, Concat, Layer, network_topology
 from ..quant import EqualizationPair, QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
 from ..quant.fold import output_channel_axis
+from ..quant.modules import QuantLayer
 
 QUANTIZED_FORMAT = "lidar-ptq-centerpoint-int8/1"
 BOX_HEADS = ("center", "center_z", "dim", "rot")
@@ -45,6 +47,11 @@ def _residual_add_type(model: CenterPoint) -> tuple[type, ...]:
     return (ResidualAdd,)
 
 
+def _is_layer(module) -> bool:
+    """A conv of the dense part, wrapped for quantization or not (the recipe is asked of both kinds of model)."""
+    return isinstance(module, (QuantLayer, nn.Conv2d, nn.ConvTranspose2d))
+
+
 def fold_pairs(model: CenterPoint) -> list[tuple[str, str]]:
     pairs = []
     for name, module in model.named_modules():
@@ -56,12 +63,12 @@ def fold_pairs(model: CenterPoint) -> list[tuple[str, str]]:
 
 
 def first_layers(model: CenterPoint) -> list[str]:
-    return ["vfe.pfn_layers.0.linear"] if model.backbone_3d is None else ["backbone_3d.conv_input.0"]
+    return [network_topology(model, is_layer=_is_layer).first_layer]
 
 
 def reconstruction_blocks(model: CenterPoint) -> list[str]:
     """Every group of the model's topology (models/topology.py), in module order."""
-    topology = network_topology(model)
+    topology = network_topology(model, is_layer=_is_layer)
     return [group.name for group in (*topology.encoder, *topology.groups)]
 
 
@@ -70,7 +77,7 @@ def equalization_pairs(model: CenterPoint) -> list[EqualizationPair]:
     offsets into a concatenation), from the model's topology. Producers in execution order, except the one read by
     the head branches, which comes last: equalize() applies pairs in order, and this was the recipe's order from the
     start (a branch's first conv is scaled as a producer before its input columns are measured as a reader)."""
-    topology = network_topology(model)
+    topology = network_topology(model, is_layer=_is_layer)
     readers = topology.readers()
     concat_offsets = {}  # concat name -> channel offset of each part
     for node in topology.nodes:
