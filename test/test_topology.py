@@ -1,9 +1,10 @@
 """One description of the network (models/topology.py) gives the reconstruction blocks, the equalization pairs, the
 ONNX output names and the integer graph's ops; each must equal what the hand-written code gave before (frozen in
-test/data/topology_expected.json from the old functions, for both sim models and both full-size configs, built with
-random weights)."""
+test/data/topology_expected.json from the old functions, for both sim models, both full-size configs and three
+backbone/head variants of sim_pillar the shipped configs do not exercise, all built with random weights)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,38 @@ from torch import nn
 
 from lidar_ptq_core.config_files import resolve_config
 from lidar_ptq_core.models.centerpoint import build_centerpoint
+from lidar_ptq_core.models.config import load_model_config
 from lidar_ptq_core.models.topology import INPUT, Concat, Layer, network_topology
 
 EXPECTED = json.loads((Path(__file__).parent / "data" / "topology_expected.json").read_text())
-CONFIGS = ["sim_pillar", "sim_voxel", "waymo_centerpoint_pillar_1x", "nuscenes_centerpoint_voxel0075_res3d"]
+SHIPPED = ["sim_pillar", "sim_voxel", "waymo_centerpoint_pillar_1x", "nuscenes_centerpoint_voxel0075_res3d"]
+# Variants of sim_pillar the shipped configs do not exercise: (backbone_2d, vfe, dense_head) fields replaced.
+VARIANTS = {
+    "variant_one_level_no_deblocks": (
+        {"layer_nums": (1,), "layer_strides": (1,), "num_filters": (32,), "upsample_strides": (),
+         "num_upsample_filters": ()},
+        {}, {"feature_map_stride": 1}),
+    "variant_final_deblock_two_pfn_layers": (
+        {"upsample_strides": (1, 2, 4, 2), "num_upsample_filters": (16, 16, 16, 48)},
+        {"num_filters": (16, 32)}, {"feature_map_stride": 1}),
+    "variant_downsampling_deblock_two_tasks": (
+        {"layer_strides": (1, 2, 2), "upsample_strides": (0.5, 1, 2)},
+        {}, {"class_names_each_head": (("Car", "Truck"), ("Pedestrian", "Cyclist"))}),
+}
 
 
-@pytest.fixture(scope="module", params=CONFIGS)
+def variant_config(name: str):
+    backbone, vfe, head = VARIANTS[name]
+    config = load_model_config(resolve_config("sim_pillar", "models"))
+    return replace(config, backbone_2d=replace(config.backbone_2d, **backbone), vfe=replace(config.vfe, **vfe),
+                   dense_head=replace(config.dense_head, **head))
+
+
+@pytest.fixture(scope="module", params=SHIPPED + list(VARIANTS))
 def built(request):
-    return request.param, build_centerpoint(resolve_config(request.param, "models"))
+    name = request.param
+    config = variant_config(name) if name in VARIANTS else resolve_config(name, "models")
+    return name, build_centerpoint(config)
 
 
 def _fold_batchnorms(module: nn.Module) -> None:
