@@ -138,3 +138,12 @@ def test_a_quantized_model_has_the_same_topology_as_its_fp32_model():
     assert output_names(qmodel) == expected["outputs"]
     ops, _ = _trace(qmodel)
     assert [[o.name, o.kind, o.inputs, o.pad, o.relu] for o in ops] == expected["ops"]
+
+
+def test_an_unknown_bev_step_is_one_error():
+    """The PFN's channels reach the BEV map one to one only through the zero-filled scatter: anything else there is
+    not described."""
+    model = build_centerpoint(resolve_config("sim_pillar", "models"))
+    model.map_to_bev_module = nn.Identity()
+    with pytest.raises(ValueError, match="map_to_bev_module: unsupported module Identity"):
+        network_topology(model)

@@ -121,6 +121,12 @@ def network_topology(model: nn.Module, is_layer: Callable[[nn.Module], bool] = i
     if not isinstance(head, CenterHead):
         raise ValueError(f"dense_head: unsupported module {type(head).__name__} (CenterHead only)")
 
+    from .map_to_bev import HeightCompression, PointPillarScatter
+
+    expected_to_bev = HeightCompression if model.backbone_3d is not None else PointPillarScatter
+    if not isinstance(model.map_to_bev_module, expected_to_bev):
+        raise ValueError(f"map_to_bev_module: unsupported module {type(model.map_to_bev_module).__name__} "
+                         f"({expected_to_bev.__name__} expected)")
     encoder, bev_producers = [], []
     pfn_layers = getattr(model.vfe, "pfn_layers", None)
     if model.backbone_3d is None and pfn_layers is not None:
