@@ -1,8 +1,8 @@
 """lidar_ptq_core.quant and the CenterPoint recipe on tiny models: every piece against a known answer."""
 
 import copy
-from dataclasses import replace
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ from lidar_ptq_core.quant.calibrators import (
     amax_percentile,
     compute_amax,
 )
-from lidar_ptq_core.quant.fold import fold_batch_norms, find_sequential_pairs
+from lidar_ptq_core.quant.fold import find_sequential_pairs, fold_batch_norms
 from lidar_ptq_core.quant.modules import QuantConv2d, QuantLayer, QuantLinear
 from lidar_ptq_core.quant.quantizer import (
     ACTIVATION_RANGE,
@@ -41,6 +41,7 @@ from lidar_ptq_core.recipes.centerpoint import (
     save_quantized_checkpoint,
 )
 from lidar_ptq_core.voxelize import voxelize_clouds
+
 from test_models import TINY_PILLAR, TINY_VOXEL, random_frame, randomize_batchnorm
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -50,7 +51,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:'locale.getdefaultlocale':DeprecationWarning"),
 ]
 
-FAST = dict(grid_search_frames=2, adaround_frames=2, tgpl_frames=2, tgpl_steps=3, adaround_steps=4, sensitivity_frames=1,
+FAST = dict(grid_search_frames=2, adaround_frames=2, tgpl_frames=2, tgpl_steps=3, adaround_steps=4,
+            sensitivity_frames=1,
             task_loss_every=2)
 
 
@@ -227,7 +229,7 @@ def test_statistics_ignore_empty_sites():
     records = {}
     for active_only in (True, False):
         stats = ActivationStatistics(active_only=active_only, samples_per_batch=10_000)
-        layer.observer = lambda module, values, axis, all_active: stats.observe(values, axis, all_active)
+        layer.observer = lambda module, values, axis, all_active, stats=stats: stats.observe(values, axis, all_active)
         with quantizers_disabled(layer):
             layer(canvas)
         records[active_only] = stats
@@ -459,7 +461,8 @@ def test_changing_only_reconstruction_settings_resumes_after_the_early_stages(tm
     monkeypatch.undo()
     calibrated = []
     real_calibrate = stages.calibrate_activations
-    monkeypatch.setattr(stages, "calibrate_activations", lambda *a, **k: calibrated.append(1) or real_calibrate(*a, **k))
+    monkeypatch.setattr(stages, "calibrate_activations",
+                        lambda *a, **k: calibrated.append(1) or real_calibrate(*a, **k))
     other = method_config("lidar-ptq", **{**FAST, "calibrator": "percentile"})
     quantize_centerpoint(model, batches, "lidar-ptq", other, progress=False, work_dir=tmp_path)
     assert calibrated == [1]
@@ -814,7 +817,8 @@ def test_bias_correction_removes_the_mean_shift_of_every_layer():
     corrected, report = quantize(model, batches[:1], config=QuantConfig(bias_correction=True, **settings),
                                  progress=False)
     forward = lambda m, b: m(b)  # noqa: E731
-    before, after = _mean_shifts(plain, plain, batches[:1], forward), _mean_shifts(corrected, plain, batches[:1], forward)
+    before = _mean_shifts(plain, plain, batches[:1], forward)
+    after = _mean_shifts(corrected, plain, batches[:1], forward)
     assert max(before.values()) > 1e-3, before  # quantization did shift the channels
     assert max(after.values()) < 1e-5, after
     assert report.stages["bias_correction"]["layers"] == 4
@@ -846,8 +850,7 @@ def test_every_setting_belongs_to_the_stages_that_depend_on_it():
     # stages that use the task hook (TGPL, reconstruction, every held-out check) depend on its settings.
     from dataclasses import fields
 
-    from lidar_ptq_core.quant.stages import (HELD_OUT_CHECK_SETTINGS, STAGE_SETTINGS, TASK_HOOK_SETTINGS,
-                                             build_stages)
+    from lidar_ptq_core.quant.stages import HELD_OUT_CHECK_SETTINGS, STAGE_SETTINGS, TASK_HOOK_SETTINGS, build_stages
 
     named = {s for settings in STAGE_SETTINGS.values() for s in settings} | set(TASK_HOOK_SETTINGS) | set(
         HELD_OUT_CHECK_SETTINGS)

@@ -97,11 +97,13 @@ class QuantReport:
         for name, rec in self.layers.items():
             grid = rec.get("grid", {})
             recon = rec.get("reconstruction", {})
+            block_error = _pair(recon.get("error_rtn"), recon.get("error_after")) + (
+                "*" if recon.get("kept") is False else "")
             lines.append(
                 f"{name:<44} {rec.get('max', float('nan')):8.3f} {rec.get('amax_final', float('nan')):8.3f} "
                 f"{grid.get('clip_ratio', float('nan')):5.2f} "
                 f"{_pair(grid.get('error_before'), grid.get('error_after')):>19} "
-                f"{_pair(recon.get('error_rtn'), recon.get('error_after')) + ('*' if recon.get('kept') is False else ''):>19} "
+                f"{block_error:>19} "
                 f"{_num(self.sensitivity.get(name)):>9}"
             )
         return "\n".join(lines)

@@ -5,7 +5,7 @@ can also add the task loss. Both are model-agnostic: blocks are module names, th
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import torch
 from torch import nn

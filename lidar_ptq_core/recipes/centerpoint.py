@@ -29,7 +29,15 @@ from ..models.checkpoint import CHECKPOINT_FORMAT, write_state_with_metadata
 from ..models.checkpoint import read_checkpoint_metadata as read_metadata
 from ..models.config import model_config_from_yaml
 from ..models.topology import INPUT, Concat, Layer, network_topology
-from ..quant import EqualizationPair, QuantConfig, QuantLayout, QuantTarget, load_quantized_state, method_config, quantize
+from ..quant import (
+    EqualizationPair,
+    QuantConfig,
+    QuantLayout,
+    QuantTarget,
+    load_quantized_state,
+    method_config,
+    quantize,
+)
 from ..quant.fold import output_channel_axis
 from ..quant.modules import QuantLayer
 
@@ -142,13 +150,9 @@ class TGPLHook:
         for out, ref, cells in zip(outputs, fp_outputs, targets):
             if cells.numel() == 0:
                 continue
-            b, r, c = cells[:, 0], cells[:, 1], cells[:, 2]
-
-            def at(tensor):  # (B, C, H, W) -> (positives, C)
-                return tensor[b, :, r, c]
-
-            hm_error = (torch.sigmoid(at(out["hm"])) - torch.sigmoid(at(ref["hm"])).detach()) ** 2
-            box_error = sum((at(out[k]) - at(ref[k]).detach()).abs().sum() for k in BOX_HEADS)
+            at = (cells[:, 0], slice(None), cells[:, 1], cells[:, 2])  # (B, C, H, W)[at] -> (positives, C)
+            hm_error = (torch.sigmoid(out["hm"][at]) - torch.sigmoid(ref["hm"][at]).detach()) ** 2
+            box_error = sum((out[k][at] - ref[k][at].detach()).abs().sum() for k in BOX_HEADS)
             total = total + self.heatmap_weight * hm_error.sum() + self.box_weight * box_error
         return total
 
