@@ -54,6 +54,7 @@ import numpy as np
 from .boxfile import read_detections, read_ground_truth
 from .detections import Detections, GroundTruth
 from .geometry import bev_iou_matrix
+from .io_utils import json_ready
 
 DISTANCE_THRESHOLDS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_IOU_THRESHOLDS = {"Car": 0.7, "Truck": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5}
@@ -94,7 +95,7 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready dict: NaN (no AP) becomes None."""
-        return _nan_to_none(asdict(self))
+        return json_ready(asdict(self))
 
     @classmethod
     def from_dict(cls, doc: Mapping) -> "EvalResult":
@@ -616,16 +617,6 @@ def _fmt_ap(v: float) -> str:
 def _preview(items, limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _nan_to_none(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 def _none_to_nan(obj):

@@ -47,3 +47,21 @@ def write_bytes_atomic(path, data: bytes) -> None:
 
 def write_json_atomic(path, obj, indent: int | None = 1) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def json_ready(obj):
+    """A JSON-writable copy: NaN -> None (JSON has no NaN), numpy scalars -> Python numbers, tuples -> lists, keys as
+    strings; recursively."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

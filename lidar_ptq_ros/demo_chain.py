@@ -306,7 +306,7 @@ def run_demo(args) -> int:
 
     from lidar_ptq_core.boxfile import write_detections, write_ground_truth
     from lidar_ptq_core.demo_job import compare_on_held_out, compare_summary, held_out_frames, quantize_from_bag
-    from lidar_ptq_core.io_utils import write_json_atomic
+    from lidar_ptq_core.io_utils import json_ready, write_json_atomic
     from lidar_ptq_core.models.checkpoint import read_checkpoint_config
     from lidar_ptq_core.render import render_bev
     from lidar_ptq_core.runtime import bundled_checkpoint
@@ -460,7 +460,7 @@ def run_demo(args) -> int:
         print(f"\nwrote {picture} ({sim_frame.frame_id}, {shown.label}), {out / 'summary.json'}, the published boxes "
               f"in {', '.join(str(out / f'node_{r.label.lower()}') for r in runs)}, node logs in {logs}")
     summary["seconds"] = time.perf_counter() - started
-    write_json_atomic(out / "summary.json", _json_ready(summary))
+    write_json_atomic(out / "summary.json", json_ready(summary))
     print(f"demo done in {summary['seconds']:.0f} s")
     return 0
 
@@ -479,18 +479,3 @@ def fp32_reference(checkpoint: str, run: NodeRun, dataset, threads: int) -> Node
     return NodeRun("FP32", checkpoint, "torch (library)", run.rate_hz, frames)
 
 
-def _json_ready(obj):
-    """NaN -> None, numpy scalars -> Python numbers, recursively."""
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

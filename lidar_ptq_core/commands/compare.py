@@ -29,6 +29,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..io_utils import json_ready
+
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_WORST = 3
 RESULT_FILE = "compare.json"
@@ -258,7 +260,7 @@ def run_compare(source: str, reference: str, candidate: str, *, frames: int = 32
                           "solid: reference, dotted: candidate)", reference_name="reference",
                           candidate_name="candidate")
         result["files"] = {"result": str(out / RESULT_FILE), "picture": str(out / PICTURE_FILE)}
-        write_json_atomic(out / RESULT_FILE, _json_ready(result))
+        write_json_atomic(out / RESULT_FILE, json_ready(result))
     return result
 
 
@@ -330,23 +332,6 @@ def _settings_text(settings: dict) -> str:
     return f"intensity x {settings['intensity_scale']:.6g}, z {settings['z_offset']:+.3g} m"
 
 
-def _json_ready(obj):
-    """NaN -> None, numpy scalars -> Python numbers, recursively."""
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def run(args) -> int:
     log = None if args.json else (lambda text: print(text, file=sys.stderr))
     result = run_compare(args.source, args.reference, args.candidate, frames=args.frames, topic=args.topic,
@@ -356,7 +341,7 @@ def run(args) -> int:
                          z_offset=args.z_offset, sim_config=args.sim_config, sim_split=args.sim_split,
                          worst=args.worst, out=args.out, log=log)
     if args.json:
-        print(json.dumps(_json_ready(result), indent=2))
+        print(json.dumps(json_ready(result), indent=2))
     else:
         print(format_report(result))
         if args.out:
