@@ -30,7 +30,6 @@ import sys
 import time
 import traceback
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ from lidar_ptq_core.bench import fit_point_features, random_model
 from lidar_ptq_core.decode import decode_batch
 from lidar_ptq_core.devices import batch_to, exact_fp32, resolve_device, synchronize
 from lidar_ptq_core.evaluate import evaluate
-from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
+from lidar_ptq_core.io_utils import write_text_and_json
 from lidar_ptq_core.voxelize import voxelize_clouds
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # spconv's torch.cuda.amp decorators, once per import
@@ -264,13 +263,30 @@ def trained_model_part(name: str, clouds, gts, cpu_frames: int):
     return run()
 
 
+def timed_quantization(key: str, model, device, calib, method: str):
+    """(INT8 model, record) of `method` on `calib` with the model on `device`, timed with the GPU work finished."""
+    from lidar_ptq_core.quant import method_config
+    from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
+
+    config = model.config
+    batches = [batch_to(voxelize_clouds([fit_point_features(c, config.num_point_features)], config.voxelization,
+                                        config.num_point_features)[0], device) for c in calib]
+    synchronize(device)
+    t0 = time.perf_counter()
+    qmodel, report = quantize_centerpoint(model, batches, method, method_config(method), progress=False)
+    synchronize(device)
+    seconds = time.perf_counter() - t0
+    record = {"frames": len(calib), "seconds": round(seconds, 2),
+              "stages": {k: v.get("seconds") for k, v in report.stages.items()}}
+    say(f"  {key}: {len(calib)} calibration frames, {seconds:.1f} s (stages "
+        + ", ".join(f"{k} {v}" for k, v in record["stages"].items()) + ")")
+    return qmodel, record
+
+
 def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_frames: int,
                   method: str = "lidar-ptq-fast"):
     @part(f"{label}: {method} quantization, GPU vs CPU from the same calibration frames")
     def run():
-        from lidar_ptq_core.quant import method_config
-        from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
-
         config = model_cpu.config
         results, models = {}, {}
         for key, device, model, frames in (("cuda", GPU, model_gpu, len(calib)),
@@ -278,19 +294,7 @@ def quantize_part(label: str, model_cpu, model_gpu, calib, val, gts, cpu_calib_f
             if frames == 0:
                 say(f"  cpu: skipped ({elapsed():.0f} s used of the budget)")
                 continue
-            batches = [batch_to(voxelize_clouds([fit_point_features(c, config.num_point_features)],
-                                                config.voxelization, config.num_point_features)[0], device)
-                       for c in calib[:frames]]
-            synchronize(device)
-            t0 = time.perf_counter()
-            qmodel, report = quantize_centerpoint(model, batches, method, method_config(method), progress=False)
-            synchronize(device)
-            seconds = time.perf_counter() - t0
-            models[key] = qmodel
-            results[key] = {"frames": frames, "seconds": round(seconds, 2),
-                            "stages": {k: v.get("seconds") for k, v in report.stages.items()}}
-            say(f"  {key}: {frames} calibration frames, {seconds:.1f} s (stages "
-                + ", ".join(f"{k} {v}" for k, v in results[key]["stages"].items()) + ")")
+            models[key], results[key] = timed_quantization(key, model, device, calib[:frames], method)
         if results.get("cpu", {}).get("frames") == results["cuda"]["frames"]:
             cpu_state = models["cpu"].state_dict()
             gpu_state = {k: v.cpu() for k, v in models["cuda"].state_dict().items()}
@@ -390,27 +394,11 @@ def main() -> int:
 def quantize_part_plain(fp32_cpu, fp32_gpu, calib, cpu_frames: int) -> dict:
     """lidar-ptq-fast of an untrained full-size model: GPU on every calibration frame, CPU on `cpu_frames` (timing
     only; 0 skips the CPU); then the INT8 model's GPU timing."""
-    from lidar_ptq_core.quant import method_config
-    from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint
-
-    config = fp32_cpu.config
     results = {}
     for key, device, model, frames in (("cuda", GPU, fp32_gpu, len(calib)), ("cpu", "cpu", fp32_cpu, cpu_frames)):
         if frames == 0:
             continue
-        batches = [batch_to(voxelize_clouds([fit_point_features(c, config.num_point_features)],
-                                            config.voxelization, config.num_point_features)[0], device)
-                   for c in calib[:frames]]
-        synchronize(device)
-        t0 = time.perf_counter()
-        qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq-fast", method_config("lidar-ptq-fast"),
-                                              progress=False)
-        synchronize(device)
-        seconds = time.perf_counter() - t0
-        results[key] = {"frames": frames, "seconds": round(seconds, 2),
-                        "stages": {k: v.get("seconds") for k, v in report.stages.items()}}
-        say(f"  {key}: {frames} calibration frames, {seconds:.1f} s (stages "
-            + ", ".join(f"{k} {v}" for k, v in results[key]["stages"].items()) + ")")
+        qmodel, results[key] = timed_quantization(key, model, device, calib[:frames], "lidar-ptq-fast")
         if key == "cuda":
             ms, _, _ = run_model(qmodel, calib[:8], GPU)
             results["int8_cuda_ms"] = ms
@@ -420,11 +408,8 @@ def quantize_part_plain(fp32_cpu, fp32_gpu, calib, cpu_frames: int) -> dict:
 
 
 def write(stem: str) -> None:
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(stem.with_suffix(".txt"), ("\n".join(LINES) + "\n").encode())
-    write_json_atomic(stem.with_suffix(".json"), json.loads(json.dumps(RESULT, default=str)))
-    print(f"wrote {stem.with_suffix('.txt')} and {stem.with_suffix('.json')}")
+    txt, js = write_text_and_json(stem, "\n".join(LINES), json.loads(json.dumps(RESULT, default=str)))
+    print(f"wrote {txt} and {js}")
 
 
 if __name__ == "__main__":

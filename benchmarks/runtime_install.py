@@ -76,15 +76,11 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
+        from lidar_ptq_core.io_utils import write_text_and_json
 
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out.with_suffix(".txt"), (text + "\n").encode())
-        write_json_atomic(out.with_suffix(".json"), {"runtime_bytes": sizes, "runtime_total_bytes": total,
-                                                     "full_environment_bytes": full,
-                                                     "full_environment_total_bytes": full_total,
-                                                     "detection": detection})
+        write_text_and_json(args.out, text, {"runtime_bytes": sizes, "runtime_total_bytes": total,
+                                             "full_environment_bytes": full, "full_environment_total_bytes": full_total,
+                                             "detection": detection})
     return 0
 
 

@@ -180,13 +180,10 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
+        from lidar_ptq_core.io_utils import write_text_and_json
 
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out.with_suffix(".txt"), (text + "\n").encode())
-        write_json_atomic(out.with_suffix(".json"), {"args": vars(args), "load_average_start": load_start,
-                                                     "load_average_end": load_end, "modes": summary})
+        write_text_and_json(args.out, text, {"args": vars(args), "load_average_start": load_start,
+                                             "load_average_end": load_end, "modes": summary})
     return 0
 
 

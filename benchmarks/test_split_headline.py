@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lidar_ptq_core.benchmarking import append_jsonl, read_jsonl
 from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections, write_ground_truth
 from lidar_ptq_core.evaluate import evaluate_and_match
 from lidar_ptq_core.io_utils import write_bytes_atomic
@@ -129,7 +129,7 @@ def main() -> int:
     out = Path(args.out or REPO / "docs" / "benchmarks" / f"test_split_{model_name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_path = out.with_suffix(".jsonl")
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
+    rows = read_jsonl(rows_path)
 
     sim = load_sim_config("default")
     test = SimDataset("test", args.frames, sim)
@@ -186,8 +186,7 @@ def main() -> int:
             for d in differences:
                 print(d.format(path.stem, fp32_path.stem), flush=True)
         rows.append(row)
-        with rows_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(rows_path, row)
         table = format_rows(rows, header)
         write_bytes_atomic(out.with_suffix(".txt"), table.encode())
         print(table, flush=True)

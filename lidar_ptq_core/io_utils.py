@@ -65,3 +65,14 @@ def json_ready(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def write_text_and_json(stem, text: str, obj) -> tuple[Path, Path]:
+    """A benchmark's output pair STEM.txt (the text and a newline) and STEM.json, each written atomically, folders made
+    as needed."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    txt, js = stem.with_suffix(".txt"), stem.with_suffix(".json")
+    write_bytes_atomic(txt, (text + "\n").encode())
+    write_json_atomic(js, obj)
+    return txt, js
