@@ -123,6 +123,19 @@ def test_poses_move_past_sweeps_into_the_current_frame():
     assert np.linalg.norm(oldest - to_sensor(world, poses[-1]), axis=1).mean() > 2.5
 
 
+def test_a_world_point_seen_from_two_poses_lands_in_one_place():
+    """Known answer by hand: a post at world (10, 0, 0). The sensor first sits at the origin facing +x (sees it at
+    (10, 0, 0)), then 2 m further along x, turned 90 degrees left (sees it 8 m to its right: (0, -8, 0)). After
+    compensation the older sighting lands on the newer one."""
+    first = np.eye(4)
+    second = pose_from_position_quaternion((2, 0, 0), (0, 0, math.sin(math.pi / 4), math.cos(math.pi / 4)))
+    accumulator = SweepAccumulator(2, 0.5, time_lag_column=4, notify=lambda text: pytest.fail(text))
+    accumulator.add(np.array([[10, 0, 0, 0.5, 0]], np.float32), 0.0, first)
+    out = accumulator.add(np.array([[0, -8, 0, 0.5, 0]], np.float32), 0.1, second)
+    np.testing.assert_allclose(out[:, :3], [[0, -8, 0], [0, -8, 0]], atol=1e-5)
+    np.testing.assert_allclose(out[:, 4], [0.0, 0.1], atol=1e-6)
+
+
 def test_pose_from_an_odometry_quaternion():
     half = math.pi / 4  # 90 degrees about z
     pose = pose_from_position_quaternion((1, 2, 3), (0, 0, math.sin(half), math.cos(half)))
