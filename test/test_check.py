@@ -122,7 +122,8 @@ def test_full_size_models_use_their_documented_values(variants):
     assert "--intensity-scale 255" in nuscenes["intensity"] and "no time_lag field" in nuscenes["fields"]
     assert "ground" not in nuscenes, "sim's ground (-1.75 m) is within the tolerance of nuScenes' -1.8 m"
     waymo = kinds(run_check(variants["matched"], read_model_config("waymo_centerpoint_pillar_1x")))
-    assert set(waymo) == {"fields"} and "no elongation field" in waymo["fields"]
+    assert set(waymo) == {"fields", "ground"} and "no elongation field" in waymo["fields"]
+    assert "use --z-offset 1.75" in waymo["ground"], "Waymo's vehicle frame has the ground at z = 0"
 
 
 @pytest.mark.skipif(not KITTI.is_dir(), reason=f"real KITTI frames not found at {KITTI}")
