@@ -32,22 +32,29 @@ def spread_indices(available: int, wanted: int) -> np.ndarray:
 
 
 def sample_clouds(source: str, frames: int = 256, topic: str | None = None, sim_config: str = "default",
-                  sim_split: str = "calib", progress: bool = True):
-    """([(where, PointCloud)], description): up to `frames` clouds spread over `source`: 'sim' (split `sim_split`
-    of the simulator with config `sim_config`), a folder of .bin / .pcd files, one such file, or a rosbag2 bag.
-    Every field of every cloud is kept."""
+                  sim_split: str = "calib", progress: bool = True, sim_start: int = 0):
+    """([(where, PointCloud)], description): up to `frames` clouds spread over `source`: 'sim' (frames sim_start,
+    sim_start + 1, ... of split `sim_split` of the simulator with config `sim_config`: another calibration window
+    for sim_start > 0), a folder of .bin / .pcd files, one such file, or a rosbag2 bag. Every field of every cloud is
+    kept."""
     from .pointcloud import PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics, read_points
 
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
+    if sim_start < 0:
+        raise ValueError(f"--sim-start must be >= 0, got {sim_start}")
     if source == "sim":
         from .sim import SimDataset, load_sim_config
 
-        dataset = SimDataset(sim_split, frames, load_sim_config(sim_config))
+        dataset = SimDataset(sim_split, frames, load_sim_config(sim_config), start=sim_start)
         dataset.prepare(num_workers=1, progress=progress)
-        clouds = [(f"sim {sim_split} frame {i}", PointCloud(dataset[i].points, ("x", "y", "z", "intensity")))
+        clouds = [(f"sim {sim_split} frame {sim_start + i}", PointCloud(dataset[i].points,
+                                                                          ("x", "y", "z", "intensity")))
                   for i in range(len(dataset))]
-        return clouds, f"{frames} frames of the sim {sim_split} split ({sim_config} sensor)"
+        window = f" from frame {sim_start}" if sim_start else ""
+        return clouds, f"{frames} frames of the sim {sim_split} split{window} ({sim_config} sensor)"
+    if sim_start:
+        raise ValueError(f"--sim-start is for the sim source only, not {source!r}")
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"point cloud source {source!r} is neither 'sim' nor an existing folder, file or bag")
@@ -74,7 +81,7 @@ def sample_clouds(source: str, frames: int = 256, topic: str | None = None, sim_
 
 def calibration_clouds(source: str, frames: int = 256, topic: str | None = None, sim_config: str = "default",
                        progress: bool = True, *, model_config=None, intensity_scale: float = 1.0,
-                       z_offset: float = 0.0) -> tuple[list[np.ndarray], str]:
+                       z_offset: float = 0.0, sim_start: int = 0) -> tuple[list[np.ndarray], str]:
     """(clouds (N, F) float32 in the model's point-feature order, description). `source`: 'sim', a folder of .bin /
     .pcd files, or a rosbag2 bag (folder or file). `model_config` (a CenterPointConfig) names the point features and
     how a missing one is filled (default: x, y, z, intensity, zeros for a missing intensity). The model's recorded
@@ -88,7 +95,8 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
     if sweeps is not None and sweeps.accumulates and _is_bag(source):
         clouds, described = _accumulated_bag_clouds(Path(source), frames, topic, model_config, prepare, settings)
     else:
-        sampled, described = sample_clouds(source, frames, topic, sim_config, progress=progress)
+        sampled, described = sample_clouds(source, frames, topic, sim_config, progress=progress,
+                                           sim_start=sim_start)
         clouds = [prepare(cloud, where) for where, cloud in sampled]
         if sweeps is not None and sweeps.accumulates:
             prepare.notify(f"the model takes {sweeps.count} accumulated sweeps but {source} has no sweep stamps: "

@@ -76,3 +76,14 @@ def write_text_and_json(stem, text: str, obj) -> tuple[Path, Path]:
     write_bytes_atomic(txt, (text + "\n").encode())
     write_json_atomic(js, obj)
     return txt, js
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()

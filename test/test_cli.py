@@ -160,12 +160,28 @@ def test_quantize_a_folder_then_detect_a_folder_into_box_files(tmp_path, capsys)
     text = capsys.readouterr().out
     assert "calibration: 2 of 3 files" in text and "sparse-grid" in text
     assert int8.is_file() and int8.with_suffix(".report.txt").is_file()
+    # What reproduces it is recorded: the FP32 file's hash, the calibration source, threads and device
+    import json
+
+    import torch
+
+    from lidar_ptq_core.io_utils import file_sha256
+    from lidar_ptq_core.models.checkpoint import read_checkpoint_metadata
+
+    provenance = json.loads(read_checkpoint_metadata(int8)["report"])["provenance"]
+    assert provenance["checkpoint"] == {"name": str(ckpt), "sha256": file_sha256(ckpt)}
+    assert (provenance["calib"], provenance["frames"], provenance["threads"], provenance["device"]) == (
+        str(frames), 2, torch.get_num_threads(), "cpu")
+    assert f"{torch.get_num_threads()} threads, cpu" in int8.with_suffix(".report.txt").read_text()
     boxes = tmp_path / "boxes"
     assert cli.main(["detect", str(frames), "--checkpoint", str(int8), "--out", str(boxes), "--quiet"]) == 0
     assert sorted(p.name for p in boxes.iterdir()) == ["000000.json", "000001.json", "000002.json"]
     assert cli.main(["quantize", "--checkpoint", str(ckpt), "--calib", str(tmp_path / "none"), "--out",
                      str(int8)]) == 2
     assert "neither 'sim' nor an existing" in capsys.readouterr().err
+    assert cli.main(["quantize", "--checkpoint", str(ckpt), "--calib", str(frames), "--sim-start", "4", "--out",
+                     str(int8)]) == 2
+    assert "--sim-start is for the sim source only" in capsys.readouterr().err
 
 
 def test_newcomer_quantizes_an_openpcdet_pth_from_a_bag_in_one_command(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'sim' (the sim calib split), a folder of .bin/.pcd frames, or a rosbag2 bag")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of the bag (needed if it has several)")
     parser.add_argument("--frames", type=int, default=256, help="calibration frames, spread over the source")
+    parser.add_argument("--sim-start", type=int, default=0,
+                        help="with --calib sim: the first frame of the calib split (another calibration window)")
+    parser.add_argument("--sim-config", default="default",
+                        help="with --calib sim: the simulated sensor (default: 64-beam; vlp32: 32-beam)")
     parser.add_argument("--intensity-scale", type=float, default=1.0,
                         help="multiply the calibration frames' intensity (0.00392 for a 0..255 sensor; lidar-ptq "
                         "check suggests it); recorded in the INT8 checkpoint, which detect and the node then apply")
@@ -67,6 +71,31 @@ def check_calibration_input(source: str, model_config, frames: int, topic: str |
     return result["problems"]
 
 
+def quantize_provenance(args, described: str, device) -> dict:
+    """What reproduces this checkpoint: the command's inputs (the settings themselves are recorded in full beside it)
+    and the environment. TGPL and reconstruction are bit-for-bit reproducible only with the same torch thread count
+    and device: float sums in another order move a step size by an ulp, and 200 Adam steps grow that."""
+    import platform
+
+    import torch
+
+    from ..io_utils import file_sha256
+    from ..runtime import bundled_checkpoint
+
+    checkpoint = {"name": args.checkpoint}
+    try:
+        checkpoint["sha256"] = file_sha256(bundled_checkpoint(args.checkpoint))
+    except (OSError, ValueError):
+        pass
+    return {
+        "checkpoint": checkpoint, "model_config": args.model_config, "calib": args.calib, "topic": args.topic,
+        "frames": args.frames, "sim_start": args.sim_start, "sim_config": args.sim_config,
+        "intensity_scale": args.intensity_scale, "z_offset": args.z_offset, "method": args.method,
+        "calibration": described, "threads": torch.get_num_threads(), "device": str(device),
+        "torch": torch.__version__, "machine": platform.machine(),
+    }
+
+
 def run(args) -> int:
     from dataclasses import replace
     from pathlib import Path
@@ -111,9 +140,10 @@ def run(args) -> int:
     if not args.no_input_check:
         check_calibration_input(args.calib, model.config, args.frames, args.topic, args.intensity_scale,
                                 args.z_offset)
-    clouds, described = calibration_clouds(args.calib, args.frames, args.topic, progress=not args.quiet,
-                                           model_config=model.config, intensity_scale=args.intensity_scale,
-                                           z_offset=args.z_offset)
+    clouds, described = calibration_clouds(args.calib, args.frames, args.topic, args.sim_config,
+                                           progress=not args.quiet, model_config=model.config,
+                                           intensity_scale=args.intensity_scale, z_offset=args.z_offset,
+                                           sim_start=args.sim_start)
     record_input_settings(model, args.intensity_scale, args.z_offset)
     print(f"calibration: {described}; network on {describe(device)}")
     batches = [batch_to(voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0], device)
@@ -121,6 +151,7 @@ def run(args) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".work")
     qmodel, report = quantize_centerpoint(model, batches, args.method, config, progress=not args.quiet,
                                           work_dir=work_dir, log=print)
+    report.provenance = quantize_provenance(args, described, device)
     save_quantized_checkpoint(qmodel, report, out)
     text = report.format()
     write_bytes_atomic(out.with_suffix(".report.txt"), (text + "\n").encode())

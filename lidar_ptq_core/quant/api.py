@@ -64,6 +64,8 @@ class QuantReport:
     equalization_max_abs_error: float = 0.0  # FP32 output before vs after channel equalization (exact: ~1e-5)
     seconds: float = 0.0
     resumed: str = ""  # what a rerun took from the work folder ("" when it ran every stage)
+    # What reproduces the result (the caller's inputs, torch threads, device); set by the command that ran it
+    provenance: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -74,6 +76,11 @@ class QuantReport:
                  f"{self.calibration_frames} calibration frames, {self.seconds:.0f} s"]
         if self.resumed:
             lines.append(f"  {self.resumed}")
+        if self.provenance:
+            p = self.provenance
+            lines.append(f"  made from {p.get('checkpoint', {}).get('name', '?')} on {p.get('calibration', '?')}; "
+                         f"torch {p.get('torch', '?')}, {p.get('threads', '?')} threads, {p.get('device', '?')} "
+                         "(the same model bit for bit needs the same threads and device)")
         for stage, info in self.stages.items():
             check = ""
             if "check_frames" in info:

@@ -199,7 +199,7 @@ def quantize_centerpoint(model: CenterPoint, calibration_batches, method: str = 
 # -- the quantized checkpoint: one safetensors file, config + layout + quantization settings in its metadata
 
 def save_quantized_checkpoint(qmodel: CenterPoint, report, path: str | Path) -> Path:
-    summary = {k: report.to_dict()[k] for k in ("method", "calibration_frames", "seconds", "stages")}
+    summary = {k: report.to_dict()[k] for k in ("method", "calibration_frames", "seconds", "stages", "provenance")}
     metadata = {
         "format": QUANTIZED_FORMAT,
         "config": qmodel.config.to_yaml(),
