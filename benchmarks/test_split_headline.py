@@ -101,7 +101,26 @@ def format_rows(rows: list[dict], header: str) -> str:
             deltas = "".join(f"  {_interval(d):>24}" for d in row["paired"])
         ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.0f}"
         lines.append(f"{name:<{width}} {row['frames']:>6} {cells}{deltas} {ms:>6}")
+    made = [f"  {row['checkpoint']}: {row['calibration']}" for row in rows if row.get("calibration")]
+    if made:
+        lines += ["", "calibration (from each checkpoint's recorded provenance):", *made]
     return "\n".join(lines) + "\n"
+
+
+def calibration_of(path: Path) -> str | None:
+    """How an INT8 checkpoint was calibrated, from its recorded provenance (None for FP32 or older files)."""
+    import json
+
+    from lidar_ptq_core.models.checkpoint import read_checkpoint_metadata
+
+    report = read_checkpoint_metadata(path).get("report")
+    if not report:
+        return None
+    provenance = json.loads(report).get("provenance") or {}
+    if not provenance:
+        return None
+    return (f"{provenance.get('method', '?')} on {provenance.get('calibration', '?')}, "
+            f"{provenance.get('threads', '?')} threads")
 
 
 def _interval(d: dict) -> str:
@@ -118,7 +137,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for detection (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating test frames (default: 1)")
-    parser.add_argument("--out", default=None, help="default docs/benchmarks/test_split_<model>")
+    parser.add_argument("--sim-config", default="default",
+                        help="the simulated sensor of the test frames (vlp32: the 32-beam one; default: 64-beam)")
+    parser.add_argument("--out", default=None,
+                        help="default docs/benchmarks/test_split_<model>, _<sim config> for another sensor")
     parser.add_argument("--note", default=None,
                         help="a line for the table's header, e.g. how checkpoints that are not committed were made")
     args = parser.parse_args()
@@ -126,12 +148,13 @@ def main() -> int:
         raise SystemExit("--frames must be at least 1")
 
     model_name = Path(args.model).stem
-    out = Path(args.out or REPO / "docs" / "benchmarks" / f"test_split_{model_name}")
+    suffix = "" if args.sim_config == "default" else f"_{args.sim_config}"
+    out = Path(args.out or REPO / "docs" / "benchmarks" / f"test_split_{model_name}{suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_path = out.with_suffix(".jsonl")
     rows = read_jsonl(rows_path)
 
-    sim = load_sim_config("default")
+    sim = load_sim_config(args.sim_config)
     test = SimDataset("test", args.frames, sim)
     started = time.perf_counter()
     made = test.prepare(num_workers=args.workers, progress=False)
@@ -143,10 +166,11 @@ def main() -> int:
     fp32_path = bundled_checkpoint(args.model)
     checkpoints = [fp32_path] + [bundled_checkpoint(c) for c in (args.checkpoints or [f"{model_name}_int8"])]
     digests = {path: checkpoint_digest(path) for path in checkpoints}
-    header = (f"{model_name} on the first N sim test frames (seed {split_seed('test', 0):,} + index; never used "
-              f"for any choice), detector region; AP in %: centre-distance mAP, BEV IoU mAP, far-range "
-              f"centre-distance mAP; INT8 - FP32 with paired bootstrap 95 % intervals over frames ({args.resamples} "
-              f"resamples, seed {args.seed}); ms = median detection time per frame on {args.threads} thread(s) "
+    header = (f"{model_name} on the first N sim test frames ({args.sim_config} sensor; seed "
+              f"{split_seed('test', 0):,} + index; never used for any choice), detector region; "
+              "AP in %: centre-distance mAP, BEV IoU mAP, far-range centre-distance mAP; "
+              f"INT8 - FP32 with paired bootstrap 95 % intervals over frames ({args.resamples} resamples, "
+              f"seed {args.seed}); ms = median detection time per frame on {args.threads} thread(s) "
               f"({platform.processor() or platform.machine()})" + (f"\n{args.note}" if args.note else ""))
 
     fp32_detector = Detector.from_checkpoint(fp32_path)  # every row is scored on its classes, in its region
@@ -169,7 +193,7 @@ def main() -> int:
             "far_range": far, "far_mAP": result.distance_map[far],
             "boxes": str(box_dir.relative_to(REPO)),
             "median_ms": round(1000 * float(np.median(seconds)), 1) if seconds else None,
-            "threads": args.threads,
+            "threads": args.threads, "calibration": calibration_of(path),
             "paired": None, "resamples": args.resamples, "seed": args.seed,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
