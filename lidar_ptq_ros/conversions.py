@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from geometry_msgs.msg import Quaternion
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
-from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
+from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
 from lidar_ptq_core.detections import Detections
 from lidar_ptq_core.pointcloud import (
@@ -73,15 +73,18 @@ def msg_to_detector_input(msg: PointCloud2, intensity_scale: float = 1.0, max_po
         raise ValueError(f"PointCloud2 fields {list(wanted)} must hold one value each (count 1); got {cloud.fields}")
     points, filled = prepare_points(cloud, features, InputSettings(intensity_scale, z_offset), "PointCloud2")
     received = len(points)
-    finite = np.isfinite(points).all(axis=1)
-    if not finite.all():
+    non_finite = 0
+    # One pass over the whole array first: a per-row test costs 2-3 ms on 120k points, and clouds are mostly dense.
+    if not np.isfinite(points).all():
+        finite = np.isfinite(points).all(axis=1)
+        non_finite = int(received - finite.sum())
         points = points[finite]
     thinned = 0
     if max_points and len(points) > max_points:
         keep = np.linspace(0, len(points) - 1, int(max_points)).round().astype(np.int64)
         thinned = len(points) - len(keep)
         points = points[keep]
-    return DetectorInput(np.ascontiguousarray(points, np.float32), received, int(received - finite.sum()), thinned,
+    return DetectorInput(np.ascontiguousarray(points, np.float32), received, non_finite, thinned,
                          "intensity" not in absent, tuple(f.name for f in filled), cloud)
 
 
@@ -96,22 +99,29 @@ def quaternion_to_yaw(q: Quaternion) -> float:
 
 def detections_to_msg(detections: Detections, header: Header) -> Detection3DArray:
     """One Detection3D per box: bbox centre/size/orientation, one hypothesis (class name + score) with the same pose."""
+    # Plain Python floats from numpy in one call each (float() per element costs more than building the messages).
+    boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 7)
+    half_yaw = 0.5 * boxes[:, 6]
+    rows = zip(boxes[:, :6].tolist(), np.sin(half_yaw).tolist(), np.cos(half_yaw).tolist(),
+               np.asarray(detections.scores, np.float64).tolist(), _class_names(detections))
     out = Detection3DArray(header=header)
-    for i in range(len(detections)):
-        x, y, z, length, width, height, yaw = (float(v) for v in detections.boxes[i])
-        pose = Pose(position=Point(x=x, y=y, z=z), orientation=yaw_to_quaternion(yaw))
+    for i, ((x, y, z, length, width, height), qz, qw, score, class_id) in enumerate(rows):
+        # Filled in place: rclpy's constructors build every default sub-message even when one is passed, so each
+        # message made and replaced would be built for nothing (half the time of this function).
+        detection = Detection3D()
+        detection.header = header
+        detection.id = str(i)
+        pose = detection.bbox.center
+        pose.position.x, pose.position.y, pose.position.z = x, y, z
+        pose.orientation.z, pose.orientation.w = qz, qw
+        size = detection.bbox.size
+        size.x, size.y, size.z = length, width, height
         hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = _class_name(detections, i)
-        hypothesis.hypothesis.score = float(detections.scores[i])
+        hypothesis.hypothesis.class_id = class_id
+        hypothesis.hypothesis.score = score
         hypothesis.pose.pose = pose
-        out.detections.append(
-            Detection3D(
-                header=header,
-                results=[hypothesis],
-                bbox=BoundingBox3D(center=pose, size=Vector3(x=length, y=width, z=height)),
-                id=str(i),
-            )
-        )
+        detection.results.append(hypothesis)
+        out.detections.append(detection)
     return out
 
 
@@ -130,6 +140,8 @@ def msg_to_detections(msg: Detection3DArray, class_names: tuple[str, ...]) -> De
     return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.array(labels), class_names)
 
 
-def _class_name(detections: Detections, i: int) -> str:
-    label = int(detections.labels[i])
-    return detections.class_names[label] if detections.class_names else str(label)
+def _class_names(detections: Detections) -> list[str]:
+    labels = np.asarray(detections.labels).reshape(-1).tolist()
+    if detections.class_names:
+        return [detections.class_names[int(label)] for label in labels]
+    return [str(int(label)) for label in labels]
