@@ -24,8 +24,13 @@ from lidar_ptq_core.pointcloud.features import InputSettings, default_point_feat
 def pointcloud_to_msg(cloud: PointCloud, header: Header) -> PointCloud2:
     """An unorganised (height 1), little-endian float32 PointCloud2 with one field per cloud column."""
     message = pointcloud2_message_fields(cloud)
+    data = message.pop("data")
     message["fields"] = [PointField(**spec._asdict()) for spec in message["fields"]]
-    return PointCloud2(header=header, **message)
+    out = PointCloud2(header=header, **message)
+    # Set after construction: data passed to the constructor is copied into an array twice, which measured 3.5 ms of
+    # CPU per 122k-point cloud in cloud_player against 0.25 ms this way (it shares the detector node's cores).
+    out.data = data
+    return out
 
 
 def msg_to_pointcloud(msg: PointCloud2, field_names=None) -> PointCloud:

@@ -92,3 +92,15 @@ def test_rows_with_a_non_finite_value_are_dropped_and_counted_before_thinning():
     thinned = msg_to_detector_input(cloud_msg(points), max_points=100)
     assert (thinned.non_finite, thinned.thinned, len(thinned.points)) == (len(bad), 1000 - len(bad) - 100, 100)
     assert np.isfinite(thinned.points).all()
+
+
+def test_pointcloud_to_msg_layout_and_bytes():
+    points = np.random.default_rng(3).uniform(-50, 50, (321, 4)).astype(np.float32)
+    msg = cloud_msg(points)
+    assert (msg.height, msg.width, msg.point_step, msg.row_step, msg.is_bigendian) == (1, 321, 16, 321 * 16, False)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        (name, 4 * k, 7, 1) for k, name in enumerate(KITTI_FIELDS)]
+    assert msg.is_dense and msg.header.frame_id == "lidar_top"
+    assert bytes(msg.data) == points.astype("<f4").tobytes()
+    points[5, 2] = np.nan
+    assert not cloud_msg(points).is_dense
