@@ -16,15 +16,24 @@ accumulator warns once when it accumulates without them.
 Sweeps older than `max_time_lag` seconds are left out (the model saw no larger lags in training: at 10 Hz a 0.5 s
 limit keeps 6 sweeps of 10). A stamp older than the newest kept sweep (a bag replayed from its start) empties the
 history; a sweep with the newest kept sweep's stamp (the same message twice) replaces it.
+
+Offline sources (`lidar-ptq detect`, `check`, `compare`) go through `frame_sequence` (a bag, a folder of frames sorted
+by name, one file, or the sim) and `iter_sweep_windows` (each frame with the frames just before it), and each model
+turns a window into its points with `WindowPreparer`, so that a multi-sweep model sees there what the node and
+calibration give it. Stamps: a bag's message timestamps; a folder's from nuScenes-style file names (`..__<16-digit
+microseconds>`) or `--sweep-period` seconds between files (0.05 for nuScenes' 20 Hz sweeps); files without either
+and the sim stay single sweeps (time lag 0), said once. Offline sources carry no poses: no motion compensation.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -201,3 +210,217 @@ class SweepDetector:
             prepared = self.accumulator.add(prepared, stamp, pose)
         self.last_points = prepared
         return self.detector.detect(prepared)
+
+
+# -- offline sources: frames in recording order with their stamps --------------------------------------------------
+POINT_FILE_SUFFIXES = (".bin", ".pcd")
+# nuScenes names each sweep file after its stamp in microseconds: ..._LIDAR_TOP__1532402927647951.pcd.bin
+FILE_NAME_STAMP = re.compile(r"__(\d{16})$")
+
+
+@dataclass(frozen=True)
+class SequenceFrame:
+    """One frame of a source: its position, names, stamp in seconds (None: the source has none) and a loader
+    returning its PointCloud (a file is read only when a window needs it)."""
+
+    index: int
+    frame_id: str
+    where: str
+    stamp: float | None
+    load: Callable[[], object]
+
+
+@dataclass(frozen=True)
+class StampedCloud:
+    stamp: float | None
+    where: str
+    cloud: object  # a PointCloud with every field the source has
+
+
+@dataclass(frozen=True)
+class SweepWindow:
+    """A frame and up to count - 1 frames before it, oldest first (the frame itself last)."""
+
+    sweeps: tuple[StampedCloud, ...]
+
+    @property
+    def newest(self) -> StampedCloud:
+        return self.sweeps[-1]
+
+
+class FrameSequence:
+    """The frames of one source in recording order. `stamps` says where their stamps come from (None: nowhere)."""
+
+    def __init__(self, description: str, frames: Callable[[], Iterator[SequenceFrame]], count: Callable[[], int],
+                 stamps: str | None):
+        self.description = description
+        self._frames, self._count, self.stamps = frames, count, stamps
+        self._length: int | None = None
+
+    def __iter__(self) -> Iterator[SequenceFrame]:
+        return self._frames()
+
+    def __len__(self) -> int:
+        if self._length is None:
+            self._length = self._count()
+        return self._length
+
+
+def file_name_stamps(files, sweep_period: float | None = None) -> tuple[list[float] | None, str | None]:
+    """(stamps in seconds, where they come from) for files in recording order: `sweep_period` seconds apart when
+    given, else the nuScenes-style stamps in their names when every name has one, else (None, None)."""
+    if sweep_period is not None:
+        if isinstance(sweep_period, bool) or not math.isfinite(sweep_period) or sweep_period <= 0:
+            raise ValueError(f"--sweep-period must be a number of seconds > 0, got {sweep_period!r}")
+        return [i * float(sweep_period) for i in range(len(files))], f"--sweep-period {sweep_period:g} s"
+    matches = [FILE_NAME_STAMP.search(Path(f).name.split(".")[0]) for f in files]
+    if files and all(matches):
+        return [int(m.group(1)) * 1e-6 for m in matches], "stamps in the file names"
+    return None, None
+
+
+def frame_sequence(source: str, topic: str | None = None, sweep_period: float | None = None, *,
+                   sim_config: str = "default", sim_split: str = "val", sim_frames: int = 0) -> FrameSequence:
+    """The frames of `source`: a rosbag2 bag (stamps: message timestamps; `sweep_period` is refused, a bag has
+    its own), a folder of .bin / .pcd files sorted by name, one such file, or 'sim' (`sim_frames` frames of split
+    `sim_split`; no stamps)."""
+    from .pointcloud import PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics, read_points
+
+    if source == "sim":
+        if sweep_period is not None:
+            raise ValueError("--sweep-period is for folders of sequential frames; the sim frames are independent")
+        from .sim import SimDataset, load_sim_config
+
+        dataset = SimDataset(sim_split, sim_frames, load_sim_config(sim_config))
+        dataset.prepare(num_workers=1, progress=False)
+
+        def sim_frames_iter():
+            for i in range(len(dataset)):
+                yield SequenceFrame(i, dataset.frame_id(i), f"sim {sim_split} frame {i}", None,
+                                    lambda i=i: PointCloud(dataset[i].points, ("x", "y", "z", "intensity")))
+
+        return FrameSequence(f"the sim {sim_split} split ({sim_config} sensor)", sim_frames_iter,
+                             lambda: len(dataset), None)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"point cloud source {source!r} is neither 'sim' nor an existing folder, file or bag")
+    if is_bag_path(path):
+        if sweep_period is not None:
+            raise ValueError(f"--sweep-period is for folders of frames; bag {path} has its own message stamps")
+        if not pointcloud2_topics(path):
+            raise ValueError(f"{path}: the bag holds no sensor_msgs/msg/PointCloud2 topic")
+        stem = path.name.split(".")[0]
+
+        def bag_frames():
+            for i, frame in enumerate(iter_bag_frames(path, topic)):
+                yield SequenceFrame(i, f"{stem}_{i:06d}", f"{path} message {i}", frame.timestamp_ns * 1e-9,
+                                    lambda frame=frame: frame.cloud)
+
+        return FrameSequence(f"bag {path}", bag_frames, lambda: sum(1 for _ in iter_bag_frames(path, topic)),
+                             "bag message stamps")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
+        if not files:
+            raise ValueError(f"{path}: no .bin or .pcd point cloud files")
+        stamps, origin = file_name_stamps(files, sweep_period)
+
+        def folder_frames():
+            for i, file in enumerate(files):
+                yield SequenceFrame(i, file.name.split(".")[0], str(file), None if stamps is None else stamps[i],
+                                    lambda file=file: read_points(file))
+
+        return FrameSequence(f"files in {path}", folder_frames, lambda: len(files), origin)
+
+    def single_frame():
+        yield SequenceFrame(0, path.name.split(".")[0], str(path), None, lambda: read_points(path))
+
+    return FrameSequence(f"the single file {path}", single_frame, lambda: 1, None)
+
+
+def iter_sweep_windows(sequence: FrameSequence, count: int, picks=None) -> Iterator[tuple[SequenceFrame, SweepWindow]]:
+    """(frame, window) for every frame of `sequence` (or only the indices in `picks`), in order: the frame with up
+    to count - 1 frames just before it. A sequence without stamps gives one-frame windows. Frames no window needs
+    are not loaded."""
+    count = count if sequence.stamps is not None else 1
+    picked = None if picks is None else set(int(i) for i in picks)
+    recent: deque = deque(maxlen=max(1, count))
+    previous = None
+    for frame in sequence:
+        if picked is not None and not any(frame.index <= c < frame.index + count for c in picked):
+            continue
+        if previous is not None and frame.index != previous + 1:
+            recent.clear()  # a gap: the frames kept belong to another window
+        previous = frame.index
+        recent.append(StampedCloud(frame.stamp, frame.where, frame.load()))
+        if picked is None or frame.index in picked:
+            yield frame, SweepWindow(tuple(recent))
+
+
+class WindowPreparer:
+    """A model's points for one frame: prepared by `prepare` (a pointcloud/features.PointPreparer: the model's
+    feature rule and input settings) and, for a multi-sweep model, accumulated over its window (SweepAccumulator,
+    no poses). Takes a SweepWindow or a single cloud; `where` names a single cloud. Each sweep is prepared once
+    while it stays in the windows."""
+
+    def __init__(self, model_config, prepare, *, z_offset: float = 0.0, notify: Callable[[str], None] | None = None):
+        self.model_config = model_config
+        self.prepare = prepare
+        self.z_offset = float(z_offset)
+        self.notify = notify or getattr(prepare, "notify", None)
+        sweeps = getattr(model_config, "sweeps", None) or SweepConfig()
+        self.accumulates = sweeps.accumulates
+        if self.accumulates and hasattr(prepare, "noted"):
+            prepare.noted.add(TIME_LAG_FEATURE)  # accumulation writes it: no "filled with zeros" note
+        self.warned_without_poses = False
+        self.last_sweep_count = 1
+        self._prepared: dict[int, tuple[StampedCloud, np.ndarray]] = {}
+
+    def __call__(self, item, where: str = "point cloud") -> np.ndarray:
+        if not isinstance(item, SweepWindow):
+            self.last_sweep_count = 1
+            return self.prepare(item, where)
+        if not self.accumulates or len(item.sweeps) == 1 or any(s.stamp is None for s in item.sweeps):
+            self.last_sweep_count = 1
+            points = self.prepare(item.newest.cloud, item.newest.where)
+            if self.accumulates:  # one sweep: its time lag is 0 whatever the file held
+                accumulator = SweepAccumulator.for_model(self.model_config, notify=lambda text: None)
+                points = accumulator.add(points, 0.0)
+            return points
+        accumulator = SweepAccumulator.for_model(self.model_config, z_offset=self.z_offset, notify=self.notify)
+        accumulator.warned_without_poses = self.warned_without_poses  # the note on missing poses once per run
+        prepared = {}
+        for sweep in item.sweeps:
+            cached = self._prepared.get(id(sweep))
+            points = cached[1] if cached is not None and cached[0] is sweep else self.prepare(sweep.cloud, sweep.where)
+            prepared[id(sweep)] = (sweep, points)
+            out = accumulator.add(points, sweep.stamp)
+        self._prepared = prepared  # only the sweeps of the last window are kept
+        self.warned_without_poses = accumulator.warned_without_poses
+        self.last_sweep_count = accumulator.last_sweep_count
+        return out
+
+
+def _sweep_config(model_or_sweeps) -> SweepConfig:
+    if isinstance(model_or_sweeps, SweepConfig):
+        return model_or_sweeps
+    return getattr(model_or_sweeps, "sweeps", None) or SweepConfig()
+
+
+def single_sweep_note(model_config, sequence: FrameSequence) -> str | None:
+    """The one note a multi-sweep model (a model config or its SweepConfig) gets on a source without stamps (None:
+    nothing to say)."""
+    sweeps = _sweep_config(model_config)
+    if not sweeps.accumulates or sequence.stamps is not None:
+        return None
+    return (f"the model takes {sweeps.count} accumulated sweeps but {sequence.description} has no sweep stamps: "
+            "single sweeps (time lag 0); give --sweep-period SECONDS for a folder of sequential frames, or a bag")
+
+
+def describe_accumulation(model_config, sequence: FrameSequence) -> str:
+    """What a source's frames become for the model (a model config or its SweepConfig), for a command's source line
+    ('' for a single-sweep model)."""
+    sweeps = _sweep_config(model_config)
+    if not sweeps.accumulates or sequence.stamps is None:
+        return ""
+    return (f", each with up to {sweeps.count - 1} frames before it within {sweeps.max_time_lag:g} s as accumulated "
+            f"sweeps ({sequence.stamps}; no poses: not motion compensated)")

@@ -5,6 +5,10 @@ model would see them (its point-feature rule, its recorded input settings, then 
 compares them with the model's reference statistics (config/input_stats/<model config file>.yaml). Prints a
 table, then one line per problem with its fix. Exit code 0: nothing found, 1: problems, 2: bad input.
 
+A multi-sweep model (its config's `sweeps` section, e.g. nuScenes: 10) is checked on what it will see: each sampled
+frame accumulated with the frames before it (lidar_ptq_core/sweeps.py, as detect, compare, calibration and the node
+do; a folder needs stamps in its file names or --sweep-period), so the time lag counts as present.
+
 `--write-reference PATH` writes the sample's statistics as a model's reference instead (how the sim models' files
 were made: `lidar-ptq check sim --sim-split train --frames 64 --model sim_pillar --write-reference
 config/input_stats/sim_pillar.yaml`).
@@ -25,6 +29,10 @@ def add_arguments(parser) -> None:
                         "(config/models name or .yaml)")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
     parser.add_argument("--frames", type=int, default=16, help="frames sampled, spread over the source (default 16)")
+    parser.add_argument("--sweep-period", type=float, default=None, metavar="SECONDS",
+                        help="for a multi-sweep model on a folder of sequential frames: seconds between files (0.05 "
+                        "for nuScenes' 20 Hz sweeps); default: stamps in nuScenes-style file names, else single "
+                        "sweeps. Bags use their message stamps")
     parser.add_argument("--intensity-scale", type=float, default=1.0,
                         help="check as if intensity were multiplied by this (after what the checkpoint recorded)")
     parser.add_argument("--z-offset", type=float, default=0.0,
@@ -76,19 +84,79 @@ def _safetensors_metadata(path: Path) -> dict:
 
 
 def run_check(source: str, model_config, frames: int = 16, topic: str | None = None, intensity_scale: float = 1.0,
-              z_offset: float = 0.0, sim_config: str = "default", sim_split: str = "val") -> dict:
-    """The check as plain data: model, source, settings, stats, reference, problems, ok."""
+              z_offset: float = 0.0, sim_config: str = "default", sim_split: str = "val", *,
+              sweep_period: float | None = None) -> dict:
+    """The check as plain data: model, source, settings, stats, reference, problems, notes, ok."""
     from ..calibration_data import model_input_settings, sample_clouds
     from ..pointcloud.input_check import cloud_statistics, compare_statistics, reference_statistics
 
     settings = model_input_settings(model_config, intensity_scale, z_offset)
-    clouds, described = sample_clouds(source, frames, topic, sim_config, sim_split, progress=False)
-    stats = cloud_statistics(clouds, model_config.point_features, model_config.voxelization.point_cloud_range,
-                             settings, described)
+    notes: list[str] = []
+    sweeps = getattr(model_config, "sweeps", None)
+    point_range = model_config.voxelization.point_cloud_range
+    if sweeps is not None and sweeps.accumulates and source != "sim":
+        clouds, described = accumulated_sample(source, model_config, frames, topic, settings, sweep_period,
+                                               notify=notes.append)
+        # the clouds carry the model's features with the settings already applied
+        stats = cloud_statistics(clouds, model_config.point_features, point_range, None, described)
+    else:
+        if sweep_period is not None and source == "sim":
+            raise ValueError("--sweep-period is for folders of sequential frames; the sim frames are independent")
+        clouds, described = sample_clouds(source, frames, topic, sim_config, sim_split, progress=False)
+        stats = cloud_statistics(clouds, model_config.point_features, point_range, settings, described)
     reference = reference_statistics(model_config.name)
     problems = compare_statistics(stats, reference, model_config.point_features)
     return {"model": model_config.name, "source": described, "input_settings": settings.to_dict(),
-            "stats": stats, "reference": reference, "problems": problems, "ok": not problems}
+            "stats": stats, "reference": reference, "problems": problems, "notes": notes, "ok": not problems}
+
+
+def accumulated_sample(source: str, model_config, frames: int, topic: str | None, settings,
+                       sweep_period: float | None = None, notify=None):
+    """([(where, PointCloud)], description): `frames` frames spread over `source`, each accumulated with the frames
+    before it as the model takes them (sweeps.py), in the model's feature order with `settings` applied. A cloud
+    keeps the features its sensor has, plus the time lag the accumulation writes; the check sees the others missing
+    as it would on single frames (so does the time lag of a source without stamps)."""
+    from ..calibration_data import spread_indices
+    from ..pointcloud import PointCloud
+    from ..pointcloud.features import PointPreparer, missing_features
+    from ..sweeps import (
+        TIME_LAG_FEATURE,
+        WindowPreparer,
+        describe_accumulation,
+        frame_sequence,
+        iter_sweep_windows,
+        single_sweep_note,
+    )
+
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    notify = notify or (lambda text: None)
+    features = model_config.point_features
+    names = [f.name for f in features]
+    sequence = frame_sequence(source, topic, sweep_period)
+    total = len(sequence)
+    if total == 0:
+        raise ValueError(f"{source}: no point cloud frames")
+    missing_stamps = single_sweep_note(model_config, sequence)
+    if missing_stamps:
+        notify(missing_stamps)
+    prepare = WindowPreparer(model_config, PointPreparer(features, settings, notify=lambda text: None),
+                             z_offset=settings.z_offset, notify=notify)
+    clouds, sizes = [], []
+    for frame, window in iter_sweep_windows(sequence, model_config.sweeps.count,
+                                            spread_indices(total, frames).tolist()):
+        points = prepare(window)
+        sizes.append(prepare.last_sweep_count)
+        newest = window.newest.cloud
+        lacking = {f.name for f in missing_features(getattr(newest, "fields", names), features)}
+        if sequence.stamps is not None:
+            lacking.discard(TIME_LAG_FEATURE)  # written by the accumulation; without stamps it stays missing (zeros)
+        kept = [k for k, name in enumerate(names) if name not in lacking]
+        clouds.append((frame.where, PointCloud(points[:, kept], tuple(names[k] for k in kept))))
+    described = f"{len(clouds)} of {total} frames ({sequence.description}) spread over the recording" \
+        + describe_accumulation(model_config, sequence) \
+        + (f": {min(sizes)}-{max(sizes)} sweeps per frame" if sequence.stamps is not None else "")
+    return clouds, described
 
 
 def run(args) -> int:
@@ -98,7 +166,7 @@ def run(args) -> int:
 
     config = read_model_config(args.model)
     result = run_check(args.source, config, args.frames, args.topic, args.intensity_scale, args.z_offset,
-                       args.sim_config, args.sim_split)
+                       args.sim_config, args.sim_split, sweep_period=args.sweep_period)
     stats, reference, problems = result["stats"], result["reference"], result["problems"]
     if args.write_reference:
         data = {"model": config.name,
@@ -126,6 +194,8 @@ def run(args) -> int:
     print(format_table(stats, reference))
     if reference is None:
         print(f"no reference statistics for model {config.name} (config/input_stats/*.yaml): only fields checked")
+    for text in result["notes"]:
+        print(f"note: {text}")
     for problem in problems:
         print(f"problem: {problem.line()}")
     print("ok: the frames look like the model's training data" if result["ok"]

@@ -56,6 +56,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, default=32,
                         help="frames compared, spread over the source's held-out frames (default 32)")
     parser.add_argument("--skip-first", type=int, default=0, metavar="K", help="leave out the first K frames")
+    parser.add_argument("--sweep-period", type=float, default=None, metavar="SECONDS",
+                        help="for a multi-sweep model on a folder of sequential frames: seconds between files (0.05 "
+                        "for nuScenes' 20 Hz sweeps); default: stamps in nuScenes-style file names, else single "
+                        "sweeps. Bags use their message stamps")
     parser.add_argument("--exclude-calibration", type=int, default=0, metavar="N",
                         help="leave out the N frames `lidar-ptq quantize --frames N` calibrates on from this "
                         "source (its even spread), so that the comparison runs on frames calibration never saw")
@@ -100,21 +104,30 @@ def held_out_indices(total: int, frames: int, skip_first: int = 0, calibration_f
 
 
 def compare_frames(source: str, frames: int = 32, topic: str | None = None, skip_first: int = 0,
-                   calibration_frames: int = 0, sim_config: str = "default", sim_split: str = "val"):
-    """([(frame_id, where, PointCloud with every field)], description) of the held-out frames of `source`."""
-    from ..calibration_data import POINT_FILE_SUFFIXES
-    from ..pointcloud import PointCloud, is_bag_path, iter_bag_frames, pointcloud2_topics, read_points
+                   calibration_frames: int = 0, sim_config: str = "default", sim_split: str = "val", *,
+                   sweeps=None, sweep_period: float | None = None, notify=None):
+    """([(frame_id, where, cloud)], description) of the held-out frames of `source`. `cloud`: a PointCloud with every
+    field (sim), or a sweeps.SweepWindow: the frame with the frames before it that `sweeps` (a SweepConfig; None: one
+    sweep) takes where the source has stamps (a bag; a folder with stamps in its file names or `sweep_period`), else
+    the frame alone. `notify` gets the note that a multi-sweep model meets frames without stamps."""
+    from ..pointcloud import PointCloud, is_bag_path
+    from ..sweeps import describe_accumulation, frame_sequence, iter_sweep_windows, single_sweep_note
 
     if source == "sim":
         if skip_first or calibration_frames:
             raise ValueError("--skip-first / --exclude-calibration apply to files, folders and bags; SOURCE 'sim' "
                              "takes --sim-split (the val split is never calibrated on)")
+        if sweep_period is not None:
+            raise ValueError("--sweep-period is for folders of sequential frames; the sim frames are independent")
         from ..sim import SimDataset, load_sim_config
 
         dataset = SimDataset(sim_split, frames, load_sim_config(sim_config))
         dataset.prepare(num_workers=1, progress=False)
         clouds = [(dataset.frame_id(i), f"sim {sim_split} frame {i}",
                    PointCloud(dataset[i].points, ("x", "y", "z", "intensity"))) for i in range(len(dataset))]
+        if sweeps is not None and sweeps.accumulates and notify is not None:
+            notify(f"the model takes {sweeps.count} accumulated sweeps but the sim frames are independent scenes: "
+                   "single sweeps (time lag 0)")
         return clouds, f"{len(clouds)} frames of the sim {sim_split} split ({sim_config} sensor)"
     path = Path(source)
     if not path.exists():
@@ -123,27 +136,29 @@ def compare_frames(source: str, frames: int = 32, topic: str | None = None, skip
                                            f"the {calibration_frames} calibration picks" if calibration_frames
                                            else "") if part)
     left_out = f" (left out: {left_out})" if left_out else ""
-    if is_bag_path(path):
-        if not pointcloud2_topics(path):
-            raise ValueError(f"{path}: the bag holds no sensor_msgs/msg/PointCloud2 topic")
-        total = sum(1 for _ in iter_bag_frames(path, topic))  # two passes: count, then keep only the chosen clouds
-        if total == 0:
-            raise ValueError(f"{path}: no point cloud messages")
-        chosen = set(held_out_indices(total, frames, skip_first, calibration_frames))
-        stem = path.name.split(".")[0]
-        clouds = [(f"{stem}_{i:06d}", f"{path} message {i}", f.cloud)
-                  for i, f in enumerate(iter_bag_frames(path, topic)) if i in chosen]
-        return clouds, f"{len(clouds)} of {total} messages of bag {path}{left_out}"
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
-        if not files:
-            raise ValueError(f"{path}: no .bin or .pcd point cloud files")
-        picked = [files[i] for i in held_out_indices(len(files), frames, skip_first, calibration_frames)]
-        return ([(f.name.split(".")[0], str(f), read_points(f)) for f in picked],
-                f"{len(picked)} of {len(files)} files in {path}{left_out}")
-    if skip_first or calibration_frames:
+    bag = is_bag_path(path)
+    if path.is_file() and not bag and (skip_first or calibration_frames):
         raise ValueError(f"{path} is a single frame: nothing to skip or hold out")
-    return [(path.name.split(".")[0], str(path), read_points(path))], f"the single file {path}"
+    sequence = frame_sequence(source, topic, sweep_period)
+    total = len(sequence)  # a bag: two passes, count then decode only the windows of the chosen messages
+    if bag and total == 0:
+        raise ValueError(f"{path}: no point cloud messages")
+    picks = held_out_indices(total, frames, skip_first, calibration_frames)
+    missing_stamps = single_sweep_note(sweeps, sequence) if sweeps is not None else None
+    if missing_stamps and notify is not None:
+        notify(missing_stamps)
+    count = sweeps.count if sweeps is not None else 1
+    clouds = [(frame.frame_id, frame.where, window)
+              for frame, window in iter_sweep_windows(sequence, count, picks)]
+    if bag:
+        described = f"{len(clouds)} of {total} messages of bag {path}{left_out}"
+    elif path.is_dir():
+        described = f"{len(clouds)} of {total} files in {path}{left_out}"
+    else:
+        described = f"the single file {path}"
+    if sweeps is not None:
+        described += describe_accumulation(sweeps, sequence)
+    return clouds, described
 
 
 # -- the comparison -----------------------------------------------------------------------------------------------
@@ -184,23 +199,30 @@ def run_compare(source: str, reference: str, candidate: str, *, frames: int = 32
                 min_score: float | None = None, backend: str = "auto", device: str = "auto",
                 threads: int | None = None, intensity_scale: float = 1.0, z_offset: float = 0.0,
                 sim_config: str = "default", sim_split: str = "val", worst: int = DEFAULT_WORST,
-                out: str | Path | None = None, detectors=None, log=None) -> dict:
+                out: str | Path | None = None, detectors=None, log=None, sweep_period: float | None = None) -> dict:
     """The comparison as plain data (what --json prints): models, source, input settings, the agreement of
     agreement.detection_agreement (total, per_frame, by_class, by_range), the worst frames, the verdict. With `out`,
     writes compare.json and worst_frames.png there. `detectors`: already loaded (reference, candidate) Detectors
-    (the demo's), instead of loading `reference` / `candidate`."""
+    (the demo's), instead of loading `reference` / `candidate`. A multi-sweep model compares on accumulated sweeps
+    (sweeps.py; `sweep_period`: seconds between a folder's files)."""
     from ..agreement import AGREEMENT_MIN_SCORE, detection_agreement, match_boxes
     from ..pointcloud.features import PointPreparer
+    from ..sweeps import WindowPreparer
 
     min_score = AGREEMENT_MIN_SCORE if min_score is None else min_score
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
     if not 1 <= worst <= 4:
         raise ValueError(f"--worst must be 1 to 4, got {worst}")
-    clouds, described = compare_frames(source, frames, topic, skip_first, calibration_frames, sim_config, sim_split)
+    frame_notes = []
+    sweeps = _model_sweeps((reference, candidate), detectors)
+    if sweeps is None:  # a model whose config is read only by loading it
+        detectors = _load_pair(reference, candidate, backend, device, threads)
+        sweeps = _model_sweeps((reference, candidate), detectors)
+    clouds, described = compare_frames(source, frames, topic, skip_first, calibration_frames, sim_config, sim_split,
+                                       sweeps=sweeps, sweep_period=sweep_period, notify=frame_notes.append)
     if detectors is None:
-        loaded = _load(reference, backend, device, threads)
-        detectors = (loaded, loaded if candidate == reference else _load(candidate, backend, device, threads))
+        detectors = _load_pair(reference, candidate, backend, device, threads)
     ref_detector, cand_detector = detectors
     if tuple(ref_detector.class_names) != tuple(cand_detector.class_names):
         raise ValueError(f"the models detect different classes ({list(ref_detector.class_names)} vs "
@@ -217,8 +239,15 @@ def run_compare(source: str, reference: str, candidate: str, *, frames: int = 32
 
     if settings_note and log is not None:
         log(f"note: {settings_note}")
-    prepare_ref = PointPreparer(ref_detector.config.point_features, ref_settings, notify=note)
-    prepare_cand = PointPreparer(cand_detector.config.point_features, cand_settings, notify=note)
+    for text in frame_notes:
+        note(text)
+    # Each model's feature rule and settings; a multi-sweep model's frames accumulated with those before them.
+    prepare_ref = WindowPreparer(ref_detector.config, PointPreparer(ref_detector.config.point_features, ref_settings,
+                                                                    notify=note),
+                                 z_offset=ref_settings.z_offset, notify=note)
+    prepare_cand = WindowPreparer(cand_detector.config, PointPreparer(cand_detector.config.point_features,
+                                                                      cand_settings, notify=note),
+                                  z_offset=cand_settings.z_offset, notify=note)
     references, candidates, kept = [], [], []  # kept: the worst frames so far, with their points for the picture
     for index, (frame_id, where, cloud) in enumerate(clouds):
         ref_boxes = ref_detector.detect(prepare_ref(cloud, where))
@@ -262,6 +291,29 @@ def run_compare(source: str, reference: str, candidate: str, *, frames: int = 32
         result["files"] = {"result": str(out / RESULT_FILE), "picture": str(out / PICTURE_FILE)}
         write_json_atomic(out / RESULT_FILE, json_ready(result))
     return result
+
+
+def _model_sweeps(models, detectors):
+    """The SweepConfig of the model that takes the most sweeps (its frames serve both: a model taking fewer keeps
+    the newest of them), read from the loaded detectors or from the models' configs without loading them; None when
+    a config is not readable that way (an OpenPCDet .pth)."""
+    if detectors is not None:
+        configs = [d.config for d in detectors]
+    else:
+        from .check import read_model_config
+
+        try:
+            configs = [read_model_config(str(m)) for m in models]
+        except Exception:  # noqa: BLE001 - whatever stops the cheap read, loading the model says it properly
+            return None
+    from ..sweeps import SweepConfig
+
+    return max((getattr(c, "sweeps", None) or SweepConfig() for c in configs), key=lambda s: s.count)
+
+
+def _load_pair(reference: str, candidate: str, backend: str, device: str, threads: int | None):
+    loaded = _load(reference, backend, device, threads)
+    return loaded, loaded if candidate == reference else _load(candidate, backend, device, threads)
 
 
 def _load(model: str, backend: str, device: str, threads: int | None):
@@ -339,7 +391,7 @@ def run(args) -> int:
                          threshold=args.threshold, min_score=args.min_score, backend=args.backend,
                          device=args.device, threads=args.threads, intensity_scale=args.intensity_scale,
                          z_offset=args.z_offset, sim_config=args.sim_config, sim_split=args.sim_split,
-                         worst=args.worst, out=args.out, log=log)
+                         worst=args.worst, out=args.out, log=log, sweep_period=args.sweep_period)
     if args.json:
         print(json.dumps(json_ready(result), indent=2))
     else:

@@ -1,5 +1,9 @@
 """`lidar-ptq detect INPUT... [--out DIR]`: run a detector (FP32 or INT8 checkpoint) on point clouds: files, folders
-of files, or rosbag2 bags; print the boxes, write one box JSON per frame, draw a frame."""
+of files, or rosbag2 bags; print the boxes, write one box JSON per frame, draw a frame.
+
+A multi-sweep model (its config's `sweeps` section) gets each frame accumulated with the frames before it, as the
+node does (lidar_ptq_core/sweeps.py): a bag's messages by their stamps, a folder's files in name order by the stamps
+in their names or --sweep-period."""
 
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP + "; a bundle's onnxruntime graphs "
                         "run on the CPU")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")
+    parser.add_argument("--sweep-period", type=float, default=None, metavar="SECONDS",
+                        help="for a multi-sweep model on folders of sequential frames: seconds between files (0.05 "
+                        "for nuScenes' 20 Hz sweeps); default: stamps in nuScenes-style file names, else single "
+                        "sweeps. Bags use their message stamps")
     parser.add_argument("--intensity-scale", type=float, default=1.0,
                         help="multiply intensity (0.00392 for a 0..255 sensor; `lidar-ptq check` suggests it); "
                         "applied after what an INT8 checkpoint recorded at calibration")
@@ -34,30 +42,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the per-frame counts")
 
 
-POINT_FILE_SUFFIXES = (".bin", ".pcd")
-
-
-def iter_frames(inputs, topic=None):
-    """(frame_id, PointCloud with every field the source has, where) for every frame of every input, in order."""
+def iter_frames(inputs, topic=None, model_config=None, sweep_period=None, notify=None):
+    """(frame_id, SweepWindow) for every frame of every input, in order (sweeps.frame_sequence): the frame with the
+    frames before it a multi-sweep `model_config` takes (one frame otherwise). `notify` gets, once per input, the
+    note that a multi-sweep model meets a source without stamps."""
     from pathlib import Path
 
-    from ..pointcloud import is_bag_path, iter_bag_frames, read_points
+    from ..sweeps import frame_sequence, iter_sweep_windows, single_sweep_note
 
+    count = model_config.sweeps.count if model_config is not None else 1
     for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise FileNotFoundError(f"input not found: {path}")
-        if is_bag_path(path):
-            for index, frame in enumerate(iter_bag_frames(path, topic)):
-                yield f"{path.name.split('.')[0]}_{index:06d}", frame.cloud, f"{path} message {index}"
-        elif path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(POINT_FILE_SUFFIXES))
-            if not files:
-                raise ValueError(f"{path}: no .bin or .pcd point cloud files")
-            for file in files:
-                yield file.name.split(".")[0], read_points(file), str(file)
-        else:
-            yield path.name.split(".")[0], read_points(path), str(path)
+        if item == "sim" or not Path(item).exists():
+            raise FileNotFoundError(f"input not found: {item}")
+        sequence = frame_sequence(item, topic, sweep_period)
+        note = single_sweep_note(model_config, sequence) if model_config is not None else None
+        if note and notify is not None:
+            notify(note)
+        for frame, window in iter_sweep_windows(sequence, count):
+            yield frame.frame_id, window
 
 
 def run(args) -> int:
@@ -69,6 +71,7 @@ def run(args) -> int:
     from ..pointcloud.features import PointPreparer
     from ..render import render_bev
     from ..runtime import Detector
+    from ..sweeps import WindowPreparer
 
     detector = Detector.load(args.bundle or args.checkpoint, args.backend, device=args.device)
     from ..pointcloud import is_bag_path
@@ -80,13 +83,21 @@ def run(args) -> int:
     settings = model_input_settings(detector.config, args.intensity_scale, args.z_offset)
     if not settings.is_identity:
         print(f"input corrected: {settings.describe()}")
+    def note(text):
+        print(f"note: {text}", file=sys.stderr)
+
     # The model config's rule for missing features (zeros + one note, or an error), as in calibration and the node.
-    prepare = PointPreparer(detector.config.point_features, settings,
-                            notify=lambda text: print(f"note: {text}", file=sys.stderr))
-    frames = iter_frames(args.inputs, args.topic)
+    prepare = PointPreparer(detector.config.point_features, settings, notify=note)
+    # A multi-sweep model: each frame with the frames before it (sweeps.py), as in the node and calibration.
+    prepare_window = WindowPreparer(detector.config, prepare, z_offset=settings.z_offset, notify=note)
+    sweeps = detector.config.sweeps.count
+    if sweeps > 1:
+        print(f"accumulating up to {sweeps} sweeps within {detector.config.sweeps.max_time_lag:g} s per frame, as "
+              "the model config asks (no poses: not motion compensated)")
+    frames = iter_frames(args.inputs, args.topic, detector.config, args.sweep_period, notify=note)
     count = 0
-    for frame_id, cloud, where in frames:
-        points = prepare(cloud, where)
+    for frame_id, window in frames:
+        points = prepare_window(window)
         detections = detector.detect(points)
         shown = detections.select(detections.scores >= args.min_score)
         count += 1
