@@ -68,7 +68,8 @@ class TorchEncoderOnnxBackend:
         import torch
 
         from ..export.onnx_ort_int8 import dense_part_quantized, export_dense_ort_int8, input_code_scale
-        from ..export.onnx_qdq import INPUT_NAME, export_dense_onnx, output_names
+        from ..export.onnx_qdq import INPUT_NAME, export_dense_onnx, is_dense_layer
+        from ..models.topology import network_topology
         from .ort_profile import session_options
 
         if graph not in ORT_GRAPHS:
@@ -93,17 +94,21 @@ class TorchEncoderOnnxBackend:
         self.model = model
         self.device = torch.device("cpu")  # the CPU execution provider
         self.input_name = INPUT_NAME
-        self.outputs = [name.split(".", 1) for name in output_names(model)]
+        topology = network_topology(model, is_layer=is_dense_layer)
+        self.outputs = [output.name.split(".", 1) for output in topology.outputs]  # (task, head) in graph order
+        self.tasks = 1 + max(int(task) for task, _ in self.outputs)
+        # A zero-filled scatter (pillar) passes channels one to one, so the encoder's features can become codes
+        # before it, with the zero point as the empty cells' code; after height compression they cannot.
+        self.codes_before_scatter = bool(topology.bev_producers)
 
     def bev_input(self, batch: dict):
         """What `dense` takes: the BEV map, FP32 or, for the integer graph, uint8 codes."""
         if self.code_scale is None:
             return self.model.bev_features(batch)
         from ..export.onnx_ort_int8 import ZERO_POINT, to_input_codes
-        from ..models.map_to_bev import PointPillarScatter
 
         encoded = self.model.encode(batch)
-        if isinstance(self.model.map_to_bev_module, PointPillarScatter):
+        if self.codes_before_scatter:
             return self.model.map_to_bev_module(to_input_codes(encoded, self.code_scale), batch["voxel_coords"],
                                                 int(batch["batch_size"]), background=ZERO_POINT)
         return to_input_codes(self.model.to_bev(encoded, batch), self.code_scale)
@@ -119,7 +124,7 @@ class TorchEncoderOnnxBackend:
         bev = bev.detach().cpu().numpy()
         if bev.dtype != np.uint8:
             bev = bev.astype(np.float32, copy=False)
-        results = [{} for _ in self.model.dense_head.heads_list]
+        results = [{} for _ in range(self.tasks)]
         frames = []
         for frame in range(bev.shape[0]):  # the graph is exported for one frame
             frames.append(self.session.run(None, {self.input_name: bev[frame : frame + 1]}))
