@@ -42,7 +42,7 @@ TARGET_RATIO = 1.2  # issue 19: the node at most 1.2x the bench pipeline per fra
 TARGET_P50_MS = 80.0  # and its latency p50 at 10 Hz at most 80 ms
 TARGET_ROW = "int8-onnxruntime"
 BENCH_STAGES = ("convert", "voxelize", "network", "decode")
-NODE_STAGES = ("convert", "input_check", "detect", "detections_msg", "markers_msg")  # frame_profile names
+NODE_STAGES = ("convert", "input_check", "detect", "detections_msg", "markers_msg", "publish")  # frame_profile names
 NODE_SCORE_THRESHOLD = 0.0  # what run_node gives the node: every box the checkpoint decodes
 
 
