@@ -94,3 +94,25 @@ def test_past_sweeps_are_moved_into_the_newest_sweeps_frame(three_sweep_checkpoi
     # without compensation the oldest sweep would sit metres away from where the newest sees it (1.6 m of travel,
     # 0.08 rad of turn)
     assert np.median(np.linalg.norm(clouds[0][:, :3] - expected_xyz, axis=1)) > 1.5
+
+
+def test_without_odometry_one_warning_at_start_names_the_smear(three_sweep_checkpoint, capfd):
+    """No odometry_topic: the node warns once when it starts (the static-world limit with its size), and
+    accumulating sweeps adds no second warning."""
+    harness = Harness(overrides={"model": str(three_sweep_checkpoint), "score_threshold": 0.0, "max_points": 0,
+                                 "input_check_frames": 0})
+    try:
+        assert harness.node._odometry_subscription is None
+        for k in range(2):
+            publish_sweep(harness, sample_cloud(k), k, timeout=60.0)
+    finally:
+        harness.close()
+    err = capfd.readouterr().err
+    assert err.count("not motion compensated") == 1, err
+    assert "no odometry_topic" in err and "at 10 m/s 2.5 m over 0.25 s" in err
+
+
+def sample_cloud(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.uniform(-30, 30, (800, 2)), rng.uniform(-2, 1, (800, 1)), rng.uniform(0, 1, (800, 1))],
+                          axis=1).astype(np.float32)
