@@ -7,9 +7,10 @@ filled as the config says (zeros, reported once) or refused with one error, the 
 `input_settings` (intensity scale, z offset) correct a sensor unlike the training data.
 
 A multi-sweep model (its config's `sweeps` section, lidar_ptq_core/sweeps.py) is calibrated on accumulated sweeps:
-from a bag, each picked message with the messages just before it and their time lags, as the node will see them (no
-poses here: no motion compensation, said once); the sim split and folders have no stamps, so their frames stay single
-sweeps (time lag 0), which is said too.
+from a bag (or a folder whose file names carry nuScenes-style stamps), each picked frame with the frames just before
+it and their time lags, as the node and detect see them (sweeps.py's windows; no poses here: no motion compensation,
+said once); the sim split and other folders have no stamps, so their frames stay single sweeps (time lag 0), which
+is said too.
 """
 
 from __future__ import annotations
@@ -92,57 +93,48 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
     settings = model_input_settings(model_config, intensity_scale, z_offset)
     prepare = PointPreparer(features, settings, notify=lambda text: print(f"note: {text}", file=sys.stderr))
     sweeps = getattr(model_config, "sweeps", None)
-    if sweeps is not None and sweeps.accumulates and _is_bag(source):
-        clouds, described = _accumulated_bag_clouds(Path(source), frames, topic, model_config, prepare, settings)
+    if sweeps is not None and sweeps.accumulates and _has_sweep_stamps(source, topic):
+        clouds, described = _accumulated_clouds(source, frames, topic, model_config, prepare, settings)
     else:
         sampled, described = sample_clouds(source, frames, topic, sim_config, progress=progress,
                                            sim_start=sim_start)
         clouds = [prepare(cloud, where) for where, cloud in sampled]
         if sweeps is not None and sweeps.accumulates:
             prepare.notify(f"the model takes {sweeps.count} accumulated sweeps but {source} has no sweep stamps: "
-                           "calibrating on single sweeps (time lag 0); a bag gives accumulated sweeps")
+                           "calibrating on single sweeps (time lag 0); a bag, or a folder whose file names carry "
+                           "nuScenes-style stamps, gives accumulated sweeps")
     if not settings.is_identity:
         described += f"; input corrected: {settings.describe()}"
     return clouds, described
 
 
-def _is_bag(source: str) -> bool:
+def _has_sweep_stamps(source: str, topic: str | None) -> bool:
+    """A bag, or a folder whose file names carry stamps (sweeps.frame_sequence): frames that accumulate."""
+    from .sweeps import frame_sequence
+
+    return source != "sim" and Path(source).exists() and frame_sequence(source, topic).stamps is not None
+
+
+def _accumulated_clouds(source: str, frames: int, topic: str | None, model_config, prepare, settings):
+    """Each of `frames` frames spread over the source accumulated with the frames before it, as the node and detect
+    accumulate them (sweeps.py: the same windows and WindowPreparer); only the frames a window needs are decoded."""
     from .pointcloud import is_bag_path
+    from .sweeps import WindowPreparer, frame_sequence, iter_sweep_windows
 
-    return source != "sim" and Path(source).exists() and is_bag_path(source)
-
-
-def _accumulated_bag_clouds(path: Path, frames: int, topic: str | None, model_config, prepare, settings):
-    """Each of `frames` messages spread over the bag accumulated with the messages before it (sweeps.py), as the
-    node accumulates them; one pass decoding every message, holding only the last `count` prepared sweeps."""
-    from collections import deque
-
-    from .pointcloud import iter_bag_frames
-    from .sweeps import SweepAccumulator
-
+    sequence = frame_sequence(source, topic)
     count = model_config.sweeps.count
-    total = sum(1 for _ in iter_bag_frames(path, topic))
-    chosen = set(spread_indices(total, frames).tolist())
-    recent: deque = deque(maxlen=count)  # (stamp s, prepared points) of the last messages, oldest first
-    clouds, window_sizes, warned = [], [], False
-    for i, frame in enumerate(iter_bag_frames(path, topic)):
-        if not any(i <= c < i + count for c in chosen):  # a message no picked window needs: not prepared
-            recent.clear()
-            continue
-        recent.append((frame.timestamp_ns * 1e-9, prepare(frame.cloud, f"{path} message {i}")))
-        if i in chosen:
-            # a fresh accumulator per pick: windows never share sweeps, and each says its own time lags
-            accumulator = SweepAccumulator.for_model(model_config, z_offset=settings.z_offset, notify=prepare.notify)
-            accumulator.warned_without_poses = warned  # the note on missing poses once per calibration
-            for stamp, points in recent:
-                cloud = accumulator.add(points, stamp)
-            warned = accumulator.warned_without_poses
-            clouds.append(cloud)
-            window_sizes.append(accumulator.last_sweep_count)
+    total = len(sequence)
+    accumulate = WindowPreparer(model_config, prepare, z_offset=settings.z_offset, notify=prepare.notify)
+    clouds, window_sizes = [], []
+    for _, window in iter_sweep_windows(sequence, count, spread_indices(total, frames).tolist()):
+        clouds.append(accumulate(window))
+        window_sizes.append(accumulate.last_sweep_count)
     if not clouds:
-        raise ValueError(f"{path}: no point cloud messages on {topic or 'its PointCloud2 topic'}")
-    return clouds, (f"{len(clouds)} of {total} messages of bag {path} spread over the recording, each with up to "
-                    f"{count - 1} messages before it as accumulated sweeps ({min(window_sizes)}-{max(window_sizes)} "
+        raise ValueError(f"{source}: no point cloud messages on {topic or 'its PointCloud2 topic'}")
+    unit, what = ("messages", f"of bag {source}") if is_bag_path(source) else \
+        ("files", f"in {source} (stamps in their names)")
+    return clouds, (f"{len(clouds)} of {total} {unit} {what} spread over the recording, each with up to "
+                    f"{count - 1} {unit} before it as accumulated sweeps ({min(window_sizes)}-{max(window_sizes)} "
                     f"sweeps per sample: those within {model_config.sweeps.max_time_lag:g} s)")
 
 

@@ -237,3 +237,19 @@ def test_nuscenes_voxel_config_detects_on_accumulated_sweeps(sources, tmp_path, 
     for k in range(3):
         np.testing.assert_allclose(seen.clouds[k], expected_window(k, 10, 0.05, clouds), atol=1e-5)
     assert len(list((tmp_path / "out").glob("*.json"))) == 3
+
+
+def test_calibration_accumulates_a_folder_with_stamped_names(sources, capsys):
+    """quantize's loader takes the same windows: 2 picks of the nuScenes-named folder (frames 0 and 4) for the
+    3-sweep model; a folder without stamps stays single sweeps, said once."""
+    from lidar_ptq_core.calibration_data import calibration_clouds
+
+    config = multi_sweep_config(count=3, max_time_lag=0.5)
+    samples, described = calibration_clouds(sources["named"], 2, model_config=config, intensity_scale=0.5)
+    assert "2 of 5 files in" in described and "each with up to 2 files before it" in described
+    assert "1-3 sweeps per sample" in described
+    np.testing.assert_allclose(samples[0], expected_window(0, 3, 0.05, intensity_scale=0.5), atol=1e-5)
+    np.testing.assert_allclose(samples[1], expected_window(4, 3, 0.05, intensity_scale=0.5), atol=1e-5)
+    samples, _ = calibration_clouds(sources["plain"], 2, model_config=config)
+    assert [len(s) for s in samples] == [len(CLOUDS[0]), len(CLOUDS[4])]
+    assert capsys.readouterr().err.count("no sweep stamps: calibrating on single sweeps") == 1
