@@ -185,7 +185,7 @@ def evaluate_and_match(
     """`evaluate` and `match_frames` (same arguments) from one matching pass."""
     matching = _match_all(predictions, ground_truths, class_names, distance_thresholds, iou_thresholds, range_edges,
                           region)
-    return _result_of(matching, len(ground_truths)), _matched_frames_of(matching, len(ground_truths))
+    return _result_of(matching, len(ground_truths)), _matched_frames_of(matching, ground_truths)
 
 
 def _result_of(matching: "_Matching", num_frames: int) -> EvalResult:
@@ -242,6 +242,9 @@ class MatchedFrames:
     ranges: list[str]  # "all" first, then the bin labels
     distance_thresholds: list[float]
     classes: dict[str, ClassOutcomes]
+    # One digest per frame of its ground truth (boxes, labels, ignore flags): two matchings are of the same frames,
+    # in the same order, only if these agree (a paired comparison checks it)
+    frame_digests: tuple[str, ...] = ()
 
     @property
     def iou_criterion(self) -> int:
@@ -261,11 +264,23 @@ def match_frames(
     """The per-frame matching that `evaluate` does (same arguments), returned per prediction instead of as APs."""
     matching = _match_all(predictions, ground_truths, class_names, distance_thresholds, iou_thresholds, range_edges,
                           region)
-    return _matched_frames_of(matching, len(ground_truths))
+    return _matched_frames_of(matching, ground_truths)
 
 
-def _matched_frames_of(matching: "_Matching", num_frames: int) -> MatchedFrames:
+def ground_truth_digest(gt: GroundTruth) -> str:
+    """A short digest of one frame's ground truth: boxes, labels and ignore flags."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for array in (gt.boxes.astype(np.float32), gt.labels.astype(np.int64), gt.ignore.astype(bool)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _matched_frames_of(matching: "_Matching", ground_truths: Sequence[GroundTruth]) -> MatchedFrames:
+    num_frames = len(ground_truths)
     return MatchedFrames(
+        frame_digests=tuple(ground_truth_digest(gt) for gt in ground_truths),
         num_frames=num_frames,
         class_names=matching.class_names,
         ranges=matching.range_keys,

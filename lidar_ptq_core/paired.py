@@ -199,6 +199,11 @@ def _check_same_frames(reference: MatchedFrames, candidate: MatchedFrames) -> No
     for name in reference.class_names:
         if not np.array_equal(reference.classes[name].gt_per_frame, candidate.classes[name].gt_per_frame):
             raise ValueError(f"the two prediction sets were matched against different ground truth ({name})")
+    if reference.frame_digests and candidate.frame_digests:
+        differ = [i for i, (a, b) in enumerate(zip(reference.frame_digests, candidate.frame_digests)) if a != b]
+        if differ:
+            raise ValueError(f"the two prediction sets were matched against different ground truth: {len(differ)} "
+                             f"frame(s) differ, the first at index {differ[0]} (other frames, or another order)")
 
 
 def _points(fraction: float) -> str:

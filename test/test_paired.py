@@ -156,6 +156,13 @@ def test_unpaired_inputs_and_bad_settings_are_refused():
     other_dets, other_gts = random_scenes(10, seed=11)
     with pytest.raises(ValueError, match="different ground truth"):
         paired_bootstrap(matched, match_frames(other_dets, other_gts, list(CLASSES)))
+    # The same ground-truth counts in every frame but one box elsewhere: only the per-frame digests can tell
+    moved = gts[3].boxes.copy()
+    moved[:, 0] += 0.5
+    shifted = [*gts[:3], GroundTruth(moved, gts[3].labels, gts[3].class_names, gts[3].num_points, gts[3].ignore),
+               *gts[4:]]
+    with pytest.raises(ValueError, match="1 frame\\(s\\) differ, the first at index 3"):
+        paired_bootstrap(matched, match_frames(dets, shifted))
     with pytest.raises(ValueError, match="resamples"):
         paired_bootstrap(matched, matched, num_resamples=0)
     with pytest.raises(ValueError, match="confidence"):
