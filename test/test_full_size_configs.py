@@ -178,8 +178,9 @@ def test_node_accumulates_sweeps_within_the_time_limit(tiny_multi_sweep_checkpoi
 
 
 def test_odometry_topic_needs_nav_msgs_and_a_multi_sweep_model(tiny_multi_sweep_checkpoint, tiny_checkpoint):
-    """nav_msgs is not installed by ./dev (requirements.txt has no ros-kilted-nav-msgs): asking for odometry then
-    stops the node with one line saying what to install; a single-sweep model ignores the parameter."""
+    """./dev installs nav_msgs (requirements.txt: ros-kilted-nav-msgs), so odometry_topic subscribes; where it is
+    not importable, asking for odometry stops the node with one line saying what to install. A single-sweep model
+    ignores the parameter (test_odometry_node checks the compensation itself)."""
     try:
         import nav_msgs.msg  # noqa: F401
     except ImportError:
