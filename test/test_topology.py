@@ -1,7 +1,8 @@
 """One description of the network (models/topology.py) gives the reconstruction blocks, the equalization pairs, the
-ONNX output names and the integer graph's ops; each must equal what the hand-written code gave before (frozen in
-test/data/topology_expected.json from the old functions, for both sim models, both full-size configs and three
-backbone/head variants of sim_pillar the shipped configs do not exercise, all built with random weights)."""
+ONNX output names, the integer graph's ops and the BatchNorms to fold; each must equal what the hand-written code
+gave before (frozen in test/data/topology_expected.json from the old functions, for both sim models, both full-size
+configs and three backbone/head variants of sim_pillar the shipped configs do not exercise, all built with random
+weights)."""
 
 import json
 from dataclasses import replace
@@ -63,6 +64,16 @@ def test_reconstruction_blocks_and_equalization_pairs_are_the_hand_written_ones(
     assert reconstruction_blocks(model) == EXPECTED[name]["blocks"]
     pairs = [[p.producer, [list(c) for c in p.consumers]] for p in equalization_pairs(model)]
     assert pairs == EXPECTED[name]["pairs"]
+
+
+def test_fold_pairs_are_the_ones_attribute_sniffing_found(built):
+    """The BatchNorms wired outside sequential containers come from the modules' own layer_norms() declarations;
+    they equal what the recipe found before by looking for linear/norm and conv1/bn1 attributes."""
+    from lidar_ptq_core.recipes.centerpoint import fold_pairs
+
+    name, model = built
+    assert [list(p) for p in fold_pairs(model)] == EXPECTED[name]["fold_pairs"]
+    assert EXPECTED[name]["fold_pairs"], "every config has a PFN or sparse residual BatchNorm"
 
 
 def test_output_names_are_the_heads_in_order(built):

@@ -73,6 +73,10 @@ class SparseBasicBlock(spconv.SparseModule):
         self.add = ResidualAdd()
         self.relu2 = nn.ReLU()
 
+    def layer_norms(self) -> list[tuple[str, str]]:
+        """(layer, the BatchNorm applied right after it): the wiring its forward() codes (models/topology.py)."""
+        return [("conv1", "bn1"), ("conv2", "bn2")]
+
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         out = self.conv1(x)
         out = _replace_features(out, self.relu1(self.bn1(out.features)))

@@ -18,6 +18,9 @@ What it describes (and nothing about quantization):
 - `groups`: the dense part's sequential containers, in module order (backbone blocks, deblocks, the head's shared
   conv, each head branch), with their layers in order.
 - `outputs`: the network's outputs `<task>.<head>` in the order the head makes them, with the layer producing each.
+- `layer_norms`: (layer, BatchNorm right after it) where a module's forward() wires them outside a sequential
+  container (the PFN's linear + norm, a sparse residual block's conv + bn), as each such module declares them
+  (`layer_norms()`); in module order. A sequential container's conv -> BatchNorm shows in the order of its children.
 
 Only BaseBEVBackbone + CenterHead are known; anything else is one ValueError naming the module.
 """
@@ -75,6 +78,7 @@ class Topology:
     nodes: tuple[Layer | Concat, ...]
     groups: tuple[Group, ...]
     outputs: tuple[Output, ...]
+    layer_norms: tuple[tuple[str, str], ...] = ()
 
     def layer(self, name: str) -> Layer:
         for node in self.nodes:
@@ -208,5 +212,7 @@ def network_topology(model: nn.Module, is_layer: Callable[[nn.Module], bool] = i
             prefix = f"dense_head.heads_list.{task}.{name}"
             outputs.append(Output(f"{task}.{name}", sequence(getattr(separate, name), shared, prefix, "branch")))
     in_module_order = [groups[name] for name, _ in model.named_modules() if name in groups]
+    layer_norms = [(f"{name}.{layer}", f"{name}.{norm}") for name, module in model.named_modules()
+                   if callable(getattr(module, "layer_norms", None)) for layer, norm in module.layer_norms()]
     return Topology(tuple(encoder), weighted[0], tuple(bev_producers), tuple(nodes), tuple(in_module_order),
-                    tuple(outputs))
+                    tuple(outputs), tuple(layer_norms))

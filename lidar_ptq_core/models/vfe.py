@@ -20,6 +20,10 @@ class PFNLayer(nn.Module):
         self.norm = nn.BatchNorm1d(per_point, eps=1e-3, momentum=0.01) if use_norm else None
         self.relu = nn.ReLU()  # a module, not torch.relu, so every activation can carry its own quantizer
 
+    def layer_norms(self) -> list[tuple[str, str]]:
+        """(layer, the BatchNorm applied right after it): the wiring its forward() codes (models/topology.py)."""
+        return [("linear", "norm")] if self.norm is not None else []
+
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """points (M, P, C_in) -> (M, C_out) for the last layer, else (M, P, C_out)."""
         x = self.linear(points)

@@ -61,13 +61,9 @@ def _is_layer(module) -> bool:
 
 
 def fold_pairs(model: CenterPoint) -> list[tuple[str, str]]:
-    pairs = []
-    for name, module in model.named_modules():
-        if hasattr(module, "linear") and getattr(module, "norm", None) is not None:
-            pairs.append((f"{name}.linear", f"{name}.norm"))
-        if hasattr(module, "conv1") and hasattr(module, "bn1"):
-            pairs += [(f"{name}.conv1", f"{name}.bn1"), (f"{name}.conv2", f"{name}.bn2")]
-    return pairs
+    """The BatchNorms to fold that are not in a sequential container after their layer (the quantizer finds those
+    itself): the layer -> norm wiring the model's modules declare (models/topology.py layer_norms)."""
+    return list(network_topology(model, is_layer=_is_layer).layer_norms)
 
 
 def first_layers(model: CenterPoint) -> list[str]:
