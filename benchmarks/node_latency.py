@@ -13,6 +13,12 @@ Per row, on the first --frames sim val frames as cloud_player publishes them (th
 Then "node ms / bench ms = R" and, for the INT8 onnxruntime row (the node's default model), a PASS / FAIL line against
 issue 19's targets: R <= 1.2 and latency p50 <= 80 ms at 10 Hz.
 
+With --before-tree DIR (the source tree of an earlier commit with its checkpoints, e.g. `git archive 121377c
+lidar_ptq_ros lidar_ptq_core config checkpoints | tar -x -C DIR`), each row also runs its node and player from that
+tree ("<row> before"), alternating with this tree's in --rounds rounds. Every node run also reports the CPU seconds of
+the node process, the player process (both whole lives: start included) and this process (the collector) while it ran:
+what shares the cores with the node.
+
 Rows (--rows, comma-separated; default the INT8 bundle only, about a minute):
   int8-onnxruntime    the INT8 bundle (--int8; the shipped sim_pillar_int8.lptq, the node's default) on onnxruntime
   fp32-torch          the FP32 checkpoint (--checkpoint)
@@ -134,6 +140,54 @@ def verdict(row: str, ratio: float, p50: float) -> str:
             f"latency p50 {p50:.0f} ms (target <= {TARGET_P50_MS:g} ms)")
 
 
+class ChildCpu:
+    """CPU seconds (user + system) of this process's child processes, by module (`python -m lidar_ptq_ros.<module>`),
+    sampled every `period` s from /proc while in the `with` block, and this process's own over the block."""
+
+    def __init__(self, period: float = 0.1):
+        import threading
+
+        self.period, self.seconds, self._modules = period, {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="node_latency_cpu", daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self._own = time.process_time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self.seconds["this process"] = time.process_time() - self._own
+        return False
+
+    def _children(self) -> set[int]:
+        pids = set()
+        for children in Path("/proc/self/task").glob("*/children"):
+            try:
+                pids.update(int(pid) for pid in children.read_text().split())
+            except OSError:
+                continue
+        return pids
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            for pid in self._children():
+                try:
+                    if pid not in self._modules:
+                        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                        module = next((a.decode() for a in args if a.startswith(b"lidar_ptq_ros.")), None)
+                        self._modules[pid] = module.split(".", 1)[1] if module else None
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                if self._modules[pid]:
+                    self.seconds[self._modules[pid]] = max(self.seconds.get(self._modules[pid], 0.0),
+                                                          (int(fields[11]) + int(fields[12])) / self._tick)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=50, help="sim val frames played per row (default 50)")
@@ -146,6 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default=TARGET_ROW, help=f"comma-separated rows among {', '.join(ROWS)} "
                         f"(default {TARGET_ROW})")
     parser.add_argument("--max-points", type=int, default=400000, help="the node's max_points default (400000)")
+    parser.add_argument("--before-tree", help="also run each row's node and player from this source tree (see above)")
+    parser.add_argument("--rounds", type=int, default=1, help="node runs per row and tree, alternating (default 1)")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "node_latency.txt"),
                         help="report (.txt; the .json beside it); '' writes nothing")
     args = parser.parse_args(argv)
@@ -155,6 +211,10 @@ def main(argv=None) -> int:
         parser.error(f"unknown rows {unknown}; choose among {list(ROWS)}")
     if args.frames < 2:
         parser.error("--frames must be at least 2")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.before_tree and not (Path(args.before_tree) / "lidar_ptq_ros").is_dir():
+        parser.error(f"--before-tree {args.before_tree} has no lidar_ptq_ros package")
 
     # The loopback environment before rclpy initialises (and for every node process).
     from lidar_ptq_ros.demo_chain import use_loopback_environment
@@ -207,15 +267,32 @@ def main(argv=None) -> int:
         bench_frames[row] += bench_pass(staged[row], messages, check=True)
     context = rclpy.Context()
     rclpy.init(context=context)
-    runs = []
+    trees = {"": REPO} | ({" before": Path(args.before_tree).resolve()} if args.before_tree else {})
+    node_runs = {(row, tag): [] for row in rows for tag in trees}  # (row, tree tag) -> [(NodeRun, cpu seconds)]
     try:
-        for row in rows:
-            label, model, backend = available[row]
-            print(f"{row}: detector_node on {model} ({backend}), {args.frames} frames at {args.rate:g} Hz", flush=True)
-            runs.append(run_node(context, label, model, backend, frames=args.frames, rate=args.rate,
-                                 threads=args.threads, class_names=class_names, env=env, log_dir=logs))
+        for round_index in range(args.rounds):
+            order = list(trees) if round_index % 2 == 0 else list(reversed(trees))
+            for row in rows:
+                label, model, backend = available[row]
+                for tag in order:
+                    print(f"{row}{tag}: detector_node on {model} ({backend}), {args.frames} frames at {args.rate:g} Hz"
+                          f"{f' from {trees[tag]}' if tag else ''}", flush=True)
+                    os.chdir(trees[tag])  # `python -m` puts the working folder first on the nodes' sys.path
+                    try:
+                        with ChildCpu() as cpu:
+                            run = run_node(context, label, model, backend, frames=args.frames, rate=args.rate,
+                                           threads=args.threads, class_names=class_names, env=env, log_dir=logs)
+                    finally:
+                        os.chdir(REPO)
+                    node_runs[(row, tag)].append((run, cpu.seconds))
     finally:
         rclpy.try_shutdown(context=context)
+    # One run per row and tree for the tables: the one with the median latency p50.
+    chosen = {}
+    for key, pairs in node_runs.items():
+        pairs = sorted(pairs, key=lambda pair: latency_summary(pair[0])["latency_ms"]["p50"])
+        chosen[key] = pairs[(len(pairs) - 1) // 2]
+    runs = [chosen[(row, "")][0] for row in rows]
     for row in rows:
         print(f"{row}: bench pipeline (after the node), {args.frames} frames", flush=True)
         bench_frames[row] += bench_pass(staged[row], messages, check=False)
@@ -223,11 +300,15 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
 
     results = {}
-    for row, run in zip(rows, runs):
+    for (row, tag), (run, cpu) in chosen.items():
         bench, node, latency = bench_summary(bench_frames[row]), node_summary(run.counters), latency_summary(run)
-        results[row] = {"model": run.model, "backend": run.backend, "bench": bench, "node": node,
-                        "ratio": node["total_ms_median"] / bench["total_ms_median"], **latency,
-                        "node_counters": run.counters}
+        results[row + tag] = {"model": run.model, "backend": run.backend, "tree": str(trees[tag]), "bench": bench,
+                              "node": node, "ratio": node["total_ms_median"] / bench["total_ms_median"], **latency,
+                              "cpu_seconds": cpu, "node_counters": run.counters,
+                              "all_runs": [{"latency_ms": latency_summary(r)["latency_ms"],
+                                            "processing_ms_mean": latency_summary(r)["processing_ms_mean"],
+                                            "answered": latency_summary(r)["answered"], "cpu_seconds": c}
+                                           for r, c in node_runs[(row, tag)]]}
 
     lines = [
         f"detector_node at {args.rate:g} Hz vs the library pipeline (bench) on the same {args.frames} sim val frames, "
@@ -254,6 +335,19 @@ def main(argv=None) -> int:
                      f"{r['ratio']:.2f}; latency p50 {r['latency_ms']['p50']:.0f} ms, p90 {r['latency_ms']['p90']:.0f}"
                      f" ms")
     lines.append("")
+    lines.append(f"CPU seconds while each node run lasted ({args.frames} frames at {args.rate:g} Hz; node and player: "
+                 "their whole lives, start included; this process: the collector)" +
+                 (f"; the run with the median latency p50 of {args.rounds}" if args.rounds > 1 else ""))
+    for key, r in results.items():
+        lines.append(f"  {key}: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in r["cpu_seconds"].items())
+                     + (f"; node mean {r['processing_ms_mean']:.0f} ms, latency p50 {r['latency_ms']['p50']:.0f} ms, "
+                        f"answered {r['answered']} of {r['published']}" if key not in rows else ""))
+        if len(r["all_runs"]) > 1:
+            lines.append("      every run: " + "; ".join(
+                f"node mean {a['processing_ms_mean']:.0f} ms, p50 {a['latency_ms']['p50']:.0f} ms, answered "
+                f"{a['answered']}, node CPU {a['cpu_seconds'].get('detector_node', float('nan')):.2f} s, player CPU "
+                f"{a['cpu_seconds'].get('cloud_player', float('nan')):.2f} s" for a in r["all_runs"]))
+    lines.append("")
     for row, run in zip(rows, runs):
         s = results[row]
         lines.append(f"  {row}: {keep_up_sentence(run)}; node max {s['processing_ms_max']:.0f} ms, latency max "
@@ -272,7 +366,7 @@ def main(argv=None) -> int:
             "frames": args.frames, "rate_hz": args.rate, "threads": args.threads, "seconds": seconds,
             "load_average": {"before": load_before[0], "after": load_after[0]},
             "targets": {"ratio": TARGET_RATIO, "latency_p50_ms": TARGET_P50_MS, "row": TARGET_ROW},
-            "rows": results,
+            "rounds": args.rounds, "before_tree": args.before_tree, "rows": results,
         }))
         print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
