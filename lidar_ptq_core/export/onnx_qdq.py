@@ -4,6 +4,14 @@ For an INT8 model the graph follows TensorRT's explicit-quantization form: a Qua
 every quantized layer input (per tensor) and on every weight (per output channel: axis 0 for Conv, axis 1 for
 ConvTranspose), zero-point 0, BN already folded, no Q/DQ on the outputs. FP32 models export as plain FP32 graphs.
 The torch exporter (TorchScript, opset 13) turns the quantizers' export mode (torch's fake-quant ops) into Q/DQ.
+
+One rewrite follows the export (`quantize_concat_inputs`): a quantizer right after a Concat (the deblocks' outputs
+feeding the head's shared conv) becomes one QuantizeLinear per Concat input, all with that quantizer's scale, so the
+Concat joins int8 codes and one DequantizeLinear follows it. Per-tensor quantization acts element by element, so
+Q(concat(a, b, c)) = concat(Q(a), Q(b), Q(c)): the same numbers, stated so that no engine has to move the quantizer
+across the Concat itself. OpenVINO 2026.4 (CPU) does move it, and gets it wrong: Concat -> Q/DQ -> Conv computed
+the conv of the sim pillar model's shared head conv up to 1.4 off (up to 14 INT8 steps on its output), and ~2 mAP
+lost, while a Concat of int8 codes runs exactly (docs/RUNTIME.md, "OpenVINO").
 """
 
 from __future__ import annotations
@@ -70,7 +78,56 @@ def export_dense_onnx(model, batch_size: int = 1) -> bytes:
                                 category=UserWarning)
         torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=output_names(model), do_constant_folding=True)
-    return buffer.getvalue()
+    return quantize_concat_inputs(buffer.getvalue())
+
+
+def quantize_concat_inputs(data: bytes) -> bytes:
+    """ONNX bytes with every Concat -> QuantizeLinear (the Concat's only consumer) rewritten as one QuantizeLinear
+    per Concat input (the same scale and zero-point) -> Concat of the int8 codes; the old quantizer's
+    DequantizeLinear nodes read the Concat. Bytes without such a Concat come back unchanged."""
+    import onnx
+
+    graph_model = onnx.load_from_string(data)
+    graph = graph_model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node)
+    outputs = {o.name for o in graph.output}
+    rewritten = []  # (concat, its quantizer)
+    for node in graph.node:
+        users = consumers.get(node.output[0], []) if node.op_type == "Concat" else []
+        if len(users) == 1 and users[0].op_type == "QuantizeLinear" and node.output[0] not in outputs \
+                and users[0].output[0] not in outputs:
+            rewritten.append((node, users[0]))
+    if not rewritten:
+        return data
+    float_outputs = {concat.output[0] for concat, _ in rewritten}
+    concat_of = {id(quantizer): concat for concat, quantizer in rewritten}
+    moved = {id(concat) for concat, _ in rewritten}
+    nodes = []
+    for node in graph.node:
+        if id(node) in moved:
+            continue  # emitted where its quantizer was, after the quantizer's scale constants
+        concat = concat_of.get(id(node))
+        if concat is None:
+            nodes.append(node)
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        for index, source in enumerate(list(concat.input)):
+            codes = f"{node.output[0]}_input{index}"
+            nodes.append(onnx.helper.make_node("QuantizeLinear", [source, *node.input[1:]], [codes],
+                                               name=f"{node.name}_input{index}", **attributes))
+            concat.input[index] = codes
+        concat.output[0] = node.output[0]  # the Concat now makes the codes the DequantizeLinear nodes read
+        nodes.append(concat)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # The Concat's float output no longer exists: its shape annotation (if the exporter wrote one) goes too.
+    kept = [v for v in graph.value_info if v.name not in float_outputs]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return graph_model.SerializeToString()
 
 
 def check_onnx(data: bytes):

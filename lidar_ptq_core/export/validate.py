@@ -9,7 +9,8 @@ the node and the rule it breaks:
    - every QuantizeLinear / DequantizeLinear has a constant, positive, finite scale and an int8 zero-point that is 0
      (TensorRT supports only symmetric INT8);
    - every QuantizeLinear feeds only DequantizeLinear nodes, and every DequantizeLinear of an activation is fed by a
-     QuantizeLinear (the pairs TensorRT fuses into INT8 layers; a lone Q or DQ is a precision break);
+     QuantizeLinear (the pairs TensorRT fuses into INT8 layers; a lone Q or DQ is a precision break); a Concat of
+     int8 codes may sit between them (Q on every input, one scale, its output read by DequantizeLinear only);
    - every Conv / ConvTranspose is either INT8 on both inputs or FP32 on both: its data input comes from a
      per-tensor DequantizeLinear (one scale), its weight from a DequantizeLinear of a constant with one scale per
      output channel on the right axis (0 for Conv, 1 for ConvTranspose);
@@ -153,6 +154,20 @@ def validate_tensorrt_onnx(data: bytes, name: str = "dense.onnx") -> OnnxValidat
         raise ValueError(f"{name}: {exc}") from None
 
 
+def _is_int8_concat(node, producers: dict, consumers: dict, constants: dict) -> bool:
+    """A Concat joining int8 codes: every input from a QuantizeLinear of one scale, read by DequantizeLinear only."""
+    if node.op_type != "Concat":
+        return False
+    sources = [producers.get(tensor) for tensor in node.input]
+    if not sources or any(s is None or s.op_type != "QuantizeLinear" for s in sources):
+        return False
+    scales = [constants.get(s.input[1]) for s in sources]
+    if any(scale is None or scale.size != 1 or scale != scales[0] for scale in scales):
+        return False
+    users = consumers.get(node.output[0], [])
+    return bool(users) and all(user.op_type == "DequantizeLinear" for user in users)
+
+
 def _validate(model) -> OnnxValidation:
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -183,16 +198,21 @@ def _validate(model) -> OnnxValidation:
         return report
     if opset < MIN_QDQ_OPSET:
         raise ValueError(f"opset {opset}: TensorRT's per-channel Q/DQ needs opset >= {MIN_QDQ_OPSET}")
+    int8_concats = {id(node) for node in graph.node if _is_int8_concat(node, producers, consumers, constants)}
     for node in qdq:
         _check_qdq_node(node, constants)
         if node.op_type == "QuantizeLinear":
             users = consumers.get(node.output[0], [])
+            if [id(user) for user in users] in ([c] for c in int8_concats):
+                continue  # a Concat of codes: its DequantizeLinear users count as the pairs
             if not users or any(user.op_type != "DequantizeLinear" for user in users):
                 raise ValueError(f"QuantizeLinear {node.name!r} must feed DequantizeLinear nodes only, feeds "
                                  f"{[user.op_type for user in users]}")
             report.qdq_pairs += len(users)
         else:
             source = producers.get(node.input[0])
+            if source is not None and id(source) in int8_concats:
+                continue
             if node.input[0] not in constants and (source is None or source.op_type != "QuantizeLinear"):
                 raise ValueError(f"DequantizeLinear {node.name!r} is not fed by a QuantizeLinear (a lone DQ)")
     for node in graph.node:
