@@ -8,7 +8,9 @@ declared below with descriptions; config/detector.yaml holds them in the standar
 
 A slow frame never builds a queue: the subscription callback only parks the newest message in a one-slot mailbox;
 a processing thread takes it from there. A message that arrives while the slot is still full replaces the one in it,
-which is counted as dropped. Counters and processing times go to /diagnostics.
+which is counted as dropped. Counters and processing times go to /diagnostics, with the median and maximum time of
+each stage of a frame over the last 50 (frame_profile.py: convert, detect, detections_msg, markers_msg, publish,
+total, process_cpu).
 
 A multi-sweep model (its config's `sweeps` section, e.g. nuScenes CenterPoint: 10 sweeps within 0.5 s) gets each cloud
 accumulated with the clouds before it and their time lags (lidar_ptq_core/sweeps.py). With `odometry_topic` set
@@ -99,7 +101,8 @@ PARAMETERS = (
                   "section): past sweeps are moved into the current sweep's frame. Empty: no motion compensation "
                   "(at 10 m/s a point 0.5 s old is 5 m off). Needs the nav_msgs package; ignored by single-sweep "
                   "models.", read_only=True),
-    ParameterSpec("publish_markers", True, "Publish detection_markers (visualization_msgs/MarkerArray) for RViz."),
+    ParameterSpec("publish_markers", True, "Publish detection_markers (visualization_msgs/MarkerArray) for RViz; "
+                  "built only while something subscribes to it."),
     ParameterSpec("num_threads", 0, "CPU threads for inference (torch, and onnxruntime's intra-op threads); 0 keeps "
                   "the libraries' defaults.", read_only=True,
                   constraints=">= 0"),
