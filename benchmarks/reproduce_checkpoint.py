@@ -63,6 +63,8 @@ def rerun_arguments(provenance: dict, overrides: argparse.Namespace, calibration
         args += ["--model-config", provenance["model_config"]]
     if provenance.get("topic"):
         args += ["--topic", provenance["topic"]]
+    if provenance.get("sweep_period") is not None:
+        args += ["--sweep-period", repr(float(provenance["sweep_period"]))]
     return args
 
 

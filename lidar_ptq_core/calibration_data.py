@@ -82,19 +82,24 @@ def sample_clouds(source: str, frames: int = 256, topic: str | None = None, sim_
 
 def calibration_clouds(source: str, frames: int = 256, topic: str | None = None, sim_config: str = "default",
                        progress: bool = True, *, model_config=None, intensity_scale: float = 1.0,
-                       z_offset: float = 0.0, sim_start: int = 0) -> tuple[list[np.ndarray], str]:
+                       z_offset: float = 0.0, sim_start: int = 0,
+                       sweep_period: float | None = None) -> tuple[list[np.ndarray], str]:
     """(clouds (N, F) float32 in the model's point-feature order, description). `source`: 'sim', a folder of .bin /
     .pcd files, or a rosbag2 bag (folder or file). `model_config` (a CenterPointConfig) names the point features and
     how a missing one is filled (default: x, y, z, intensity, zeros for a missing intensity). The model's recorded
-    input settings and then intensity_scale / z_offset are applied."""
+    input settings and then intensity_scale / z_offset are applied. `sweep_period`: seconds between the files of a
+    folder of sequential frames, so that a multi-sweep model calibrates on accumulated sweeps (sweeps.py)."""
     from .pointcloud.features import PointPreparer, default_point_features
 
     features = model_config.point_features if model_config is not None else default_point_features(4)
     settings = model_input_settings(model_config, intensity_scale, z_offset)
     prepare = PointPreparer(features, settings, notify=lambda text: print(f"note: {text}", file=sys.stderr))
     sweeps = getattr(model_config, "sweeps", None)
-    if sweeps is not None and sweeps.accumulates and _has_sweep_stamps(source, topic):
-        clouds, described = _accumulated_clouds(source, frames, topic, model_config, prepare, settings)
+    if sweep_period is not None and (sweeps is None or not sweeps.accumulates):
+        raise ValueError("--sweep-period is for models that take accumulated sweeps; this one takes single sweeps")
+    if sweeps is not None and sweeps.accumulates and _has_sweep_stamps(source, topic, sweep_period):
+        clouds, described = _accumulated_clouds(source, frames, topic, model_config, prepare, settings,
+                                                sweep_period)
     else:
         sampled, described = sample_clouds(source, frames, topic, sim_config, progress=progress,
                                            sim_start=sim_start)
@@ -108,20 +113,24 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
     return clouds, described
 
 
-def _has_sweep_stamps(source: str, topic: str | None) -> bool:
-    """A bag, or a folder whose file names carry stamps (sweeps.frame_sequence): frames that accumulate."""
+def _has_sweep_stamps(source: str, topic: str | None, sweep_period: float | None = None) -> bool:
+    """A bag, a folder whose file names carry stamps, or a folder with `sweep_period` (sweeps.frame_sequence):
+    frames that accumulate."""
     from .sweeps import frame_sequence
 
-    return source != "sim" and Path(source).exists() and frame_sequence(source, topic).stamps is not None
+    if source == "sim" or not Path(source).exists():
+        return False
+    return frame_sequence(source, topic, sweep_period).stamps is not None
 
 
-def _accumulated_clouds(source: str, frames: int, topic: str | None, model_config, prepare, settings):
+def _accumulated_clouds(source: str, frames: int, topic: str | None, model_config, prepare, settings,
+                        sweep_period: float | None = None):
     """Each of `frames` frames spread over the source accumulated with the frames before it, as the node and detect
     accumulate them (sweeps.py: the same windows and WindowPreparer); only the frames a window needs are decoded."""
     from .pointcloud import is_bag_path
     from .sweeps import WindowPreparer, frame_sequence, iter_sweep_windows
 
-    sequence = frame_sequence(source, topic)
+    sequence = frame_sequence(source, topic, sweep_period)
     count = model_config.sweeps.count
     total = len(sequence)
     accumulate = WindowPreparer(model_config, prepare, z_offset=settings.z_offset, notify=prepare.notify)
@@ -132,7 +141,7 @@ def _accumulated_clouds(source: str, frames: int, topic: str | None, model_confi
     if not clouds:
         raise ValueError(f"{source}: no point cloud messages on {topic or 'its PointCloud2 topic'}")
     unit, what = ("messages", f"of bag {source}") if is_bag_path(source) else \
-        ("files", f"in {source} (stamps in their names)")
+        ("files", f"in {source} (stamps: {sequence.stamps})")
     return clouds, (f"{len(clouds)} of {total} {unit} {what} spread over the recording, each with up to "
                     f"{count - 1} {unit} before it as accumulated sweeps ({min(window_sizes)}-{max(window_sizes)} "
                     f"sweeps per sample: those within {model_config.sweeps.max_time_lag:g} s)")

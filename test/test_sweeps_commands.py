@@ -253,3 +253,17 @@ def test_calibration_accumulates_a_folder_with_stamped_names(sources, capsys):
     samples, _ = calibration_clouds(sources["plain"], 2, model_config=config)
     assert [len(s) for s in samples] == [len(CLOUDS[0]), len(CLOUDS[4])]
     assert capsys.readouterr().err.count("no sweep stamps: calibrating on single sweeps") == 1
+
+
+def test_calibration_accumulates_a_plain_folder_with_a_sweep_period(sources):
+    """quantize --sweep-period: the folder without stamped names accumulates as if its files were 0.05 s apart
+    (the same windows as the stamped folder), and a single-sweep model refuses the option."""
+    from lidar_ptq_core.calibration_data import calibration_clouds
+
+    config = multi_sweep_config(count=3, max_time_lag=0.5)
+    samples, described = calibration_clouds(sources["plain"], 2, model_config=config, sweep_period=0.05)
+    assert "(stamps: --sweep-period 0.05 s)" in described and "1-3 sweeps per sample" in described
+    np.testing.assert_allclose(samples[0], expected_window(0, 3, 0.05), atol=1e-5)
+    np.testing.assert_allclose(samples[1], expected_window(4, 3, 0.05), atol=1e-5)
+    with pytest.raises(ValueError, match="--sweep-period is for models that take accumulated sweeps"):
+        calibration_clouds(sources["plain"], 2, sweep_period=0.05)

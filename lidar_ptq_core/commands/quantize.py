@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=256, help="calibration frames, spread over the source")
     parser.add_argument("--sim-start", type=int, default=0,
                         help="with --calib sim: the first frame of the calib split (another calibration window)")
+    parser.add_argument("--sweep-period", type=float, default=None, metavar="SECONDS",
+                        help="a multi-sweep model on a folder of sequential frames: seconds between files (0.05 for "
+                        "nuScenes' 20 Hz sweeps), so calibration accumulates sweeps as the node does")
     parser.add_argument("--sim-config", default="default",
                         help="with --calib sim: the simulated sensor (default: 64-beam; vlp32: 32-beam)")
     parser.add_argument("--intensity-scale", type=float, default=1.0,
@@ -90,6 +93,7 @@ def quantize_provenance(args, described: str, device) -> dict:
     return {
         "checkpoint": checkpoint, "model_config": args.model_config, "calib": args.calib, "topic": args.topic,
         "frames": args.frames, "sim_start": args.sim_start, "sim_config": args.sim_config,
+        "sweep_period": args.sweep_period,
         "intensity_scale": args.intensity_scale, "z_offset": args.z_offset, "method": args.method,
         "calibration": described, "threads": torch.get_num_threads(), "device": str(device),
         "torch": torch.__version__, "machine": platform.machine(),
@@ -143,7 +147,7 @@ def run(args) -> int:
     clouds, described = calibration_clouds(args.calib, args.frames, args.topic, args.sim_config,
                                            progress=not args.quiet, model_config=model.config,
                                            intensity_scale=args.intensity_scale, z_offset=args.z_offset,
-                                           sim_start=args.sim_start)
+                                           sim_start=args.sim_start, sweep_period=args.sweep_period)
     record_input_settings(model, args.intensity_scale, args.z_offset)
     print(f"calibration: {described}; network on {describe(device)}")
     batches = [batch_to(voxelize_clouds([c], model.config.voxelization, model.config.num_point_features)[0], device)
