@@ -4,6 +4,7 @@
 message-side step on the first --frames sim val frames and the INT8 bundle's detections for them:
 
   pointcloud_to_msg       cloud_player: a sim frame -> PointCloud2
+  deserialize cloud       the node's executor thread taking a PointCloud2 (rclpy deserialize_message)
   msg_to_detector_input   the node: PointCloud2 -> (N, 4) float32 points
   detections_to_msg       the node: Detections -> Detection3DArray
   serialize detections    what publish() does with it before the middleware (rclpy serialize_message)
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("pointcloud_to_msg", "msg_to_detector_input", "detections_to_msg", "serialize detections",
+STEPS = ("pointcloud_to_msg", "deserialize cloud", "msg_to_detector_input", "detections_to_msg", "serialize detections",
          "detections_to_markers", "serialize markers", "deserialize detections")
 BUNDLE = "sim_pillar_int8.lptq"
 
@@ -38,6 +39,7 @@ def measure(frames: int, repeats: int) -> dict:
     """{step: CPU ms per frame (median over repeats of the mean over frames)}, in this process's tree."""
     import numpy as np
     from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import Header
     from vision_msgs.msg import Detection3DArray
 
@@ -59,8 +61,10 @@ def measure(frames: int, repeats: int) -> dict:
     arrays = [conversions.detections_to_msg(d, header) for d in detections]
     markers = [detections_to_markers(d, header) for d in detections]
     serialized = [serialize_message(a) for a in arrays]
+    serialized_clouds = [serialize_message(m) for m in messages]
     steps = {
         "pointcloud_to_msg": lambda i: conversions.pointcloud_to_msg(clouds[i], header),
+        "deserialize cloud": lambda i: deserialize_message(serialized_clouds[i], PointCloud2),
         "msg_to_detector_input": lambda i: conversions.msg_to_detector_input(messages[i], 1.0, 400000, features, 0.0),
         "detections_to_msg": lambda i: conversions.detections_to_msg(detections[i], header),
         "serialize detections": lambda i: serialize_message(arrays[i]),
