@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                 for tag in order:
                     print(f"{row}{tag}: detector_node on {model} ({backend}), {args.frames} frames at {args.rate:g} Hz"
                           f"{f' from {trees[tag]}' if tag else ''}", flush=True)
-                    os.chdir(trees[tag])  # `python -m` puts the working folder first on the nodes' sys.path
+                    os.chdir(trees[tag])  # `python -m` imports the nodes from the working folder first
                     try:
                         with ChildCpu() as cpu:
                             run = run_node(context, label, model, backend, frames=args.frames, rate=args.rate,

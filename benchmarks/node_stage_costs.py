@@ -88,7 +88,7 @@ def measure(frames: int, repeats: int) -> dict:
 
 
 def measure_in(tree: Path, frames: int, repeats: int) -> dict:
-    """measure() with the packages of `tree` (a child python started in it, the tree first on sys.path)."""
+    """measure() with the packages of `tree` (a child python started in it imports them before the installed ones)."""
     code = (f"import json, runpy; m = runpy.run_path({str(Path(__file__).resolve())!r}, run_name='node_stage_costs'); "
             f"print('RESULT ' + json.dumps(m['measure']({frames}, {repeats})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=False)
