@@ -15,13 +15,15 @@ post-processing (voxelize, decode) are the Detector's and shared by all of them.
 - tensorrt (runtime/tensorrt_backend.py, UNVERIFIED: TensorRT is not installable on these machines, so it has never
   run): the encoder in torch on the GPU, the bundle's QDQ dense.onnx as a cached TensorRT engine (INT8 + FP16). Where
   tensorrt is not importable, asking for it raises one clear error (TensorRTUnavailable, a ValueError).
+- openvino (runtime/openvino_backend.py, an optional install: requirements-openvino.txt): the encoder in torch, the
+  bundle's QDQ dense.onnx on OpenVINO's CPU plugin (INT8 kernels). Never chosen by auto.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 
 
 class TorchBackend:

@@ -74,8 +74,9 @@ class Detector:
     def from_bundle(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
                     engine_cache: str | Path | None = None, device: str = "cpu") -> "Detector":
         """A `.lptq` bundle on a backend: onnxruntime, torch, tensorrt (UNVERIFIED here: needs TensorRT and a CUDA
-        GPU; the engine is built on first use and cached in `engine_cache`, default ~/.cache/lidar_ptq/engines), or
-        auto: tensorrt where tensorrt imports and CUDA is available, else onnxruntime."""
+        GPU; the engine is built on first use and cached in `engine_cache`, default ~/.cache/lidar_ptq/engines),
+        openvino (the QDQ dense graph on OpenVINO's CPU plugin, requirements-openvino.txt), or auto: tensorrt where
+        tensorrt imports and CUDA is available, else onnxruntime."""
         from .backends import resolve_backend, tensorrt_unavailable
 
         backend = resolve_backend(backend)
@@ -91,6 +92,12 @@ class Detector:
 
             model, bundle = load_bundle_model(path, device="cuda")
             return cls(model, TensorRTBackend(model, bundle.read_part(DENSE_PART), cache_dir=engine_cache))
+        if backend == "openvino":
+            from .openvino_backend import OpenVinoBackend, import_openvino
+
+            import_openvino()  # its one clear error before the bundle is loaded
+            model, bundle = load_bundle_model(bundled_bundle(str(path)))
+            return cls(model, OpenVinoBackend(model, bundle.read_part(DENSE_PART), threads))
         from ..devices import resolve_device
 
         return cls(load_bundle_model(path, device=resolve_device(device))[0])  # torch: the checkpoint, fake-quant
