@@ -93,3 +93,28 @@ def test_stages_reach_diagnostics_and_markers_wait_for_a_subscriber(tiny_checkpo
         assert np.isfinite(spans[TOTAL])
     finally:
         h.close()
+
+
+def test_input_check_runs_after_the_frame_is_published_and_once(tiny_checkpoint, reference):  # noqa: F811
+    h = Harness(overrides={"model": str(tiny_checkpoint), "score_threshold": 0.0, "max_points": 0,
+                           "input_check_frames": 2})
+    try:
+        published, checks = [], []
+        publish = h.node._detections_pub.publish
+        h.node._detections_pub.publish = lambda msg: (published.append(msg.header.stamp.sec), publish(msg))
+
+        def check(given):  # stands in for the check (the tiny model has no reference statistics); clears as it does
+            checks.append(list(published))
+            h.node._check_clouds = None
+
+        h.node._check_input = check
+        stamps = []
+        for seed in (21, 22, 23):
+            msg = xyzi_cloud(sample_points(n=500, seed=seed))
+            stamps.append(h.stamp(msg))
+            h._publish_until(msg, lambda s=stamps[-1]: s in published, f"detections for stamp {stamps[-1]}")
+        wait_for(lambda: h.stats().frames_processed >= 3, "the third frame done")
+        assert checks == [stamps[:2]], "one check, at the second frame, after that frame's detections went out"
+        assert "input_check" in h.node.profile.summary()
+    finally:
+        h.close()
