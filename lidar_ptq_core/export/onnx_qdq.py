@@ -64,8 +64,10 @@ def export_mode(model: nn.Module):
             q.export_mode = False
 
 
-def export_dense_onnx(model, batch_size: int = 1) -> bytes:
-    """ONNX bytes of the model's dense part for a (batch_size, C, H, W) BEV input of the model's own geometry."""
+def export_dense_onnx(model, batch_size: int = 1, int8_concats: bool = True) -> bytes:
+    """ONNX bytes of the model's dense part for a (batch_size, C, H, W) BEV input of the model's own geometry.
+    `int8_concats` False leaves the exporter's Concat -> QuantizeLinear as it is (to show what OpenVINO makes of it:
+    benchmarks/openvino_layers.py)."""
     channels, height, width, _ = model.config.bev_input_geometry()
     example = torch.zeros(batch_size, channels, height, width)
     buffer = io.BytesIO()
@@ -78,7 +80,7 @@ def export_dense_onnx(model, batch_size: int = 1) -> bytes:
                                 category=UserWarning)
         torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=output_names(model), do_constant_folding=True)
-    return quantize_concat_inputs(buffer.getvalue())
+    return quantize_concat_inputs(buffer.getvalue()) if int8_concats else buffer.getvalue()
 
 
 def quantize_concat_inputs(data: bytes) -> bytes:
