@@ -115,10 +115,8 @@ def concat_repro() -> list[dict]:
     from onnx.reference import ReferenceEvaluator
     from onnx.version_converter import convert_version
 
-    sys.path.insert(0, str(REPO / "test"))
+    from lidar_ptq_core.export.concat_pattern import concat_then_quantize_graph, graph_inputs
     from lidar_ptq_core.export.onnx_qdq import quantize_concat_inputs
-
-    from test_export_qdq_concat import concat_then_quantize_graph, graph_inputs
 
     rows = []
     for branches in (1, 2, 3):

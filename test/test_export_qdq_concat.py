@@ -4,61 +4,12 @@ numbers, a graph TensorRT's rules accept, and the form OpenVINO computes correct
 import numpy as np
 import pytest
 
+from lidar_ptq_core.export.concat_pattern import concat_then_quantize_graph, graph_inputs
 from lidar_ptq_core.export.onnx_qdq import check_onnx, export_dense_onnx, quantize_concat_inputs
 from lidar_ptq_core.export.validate import validate_tensorrt_onnx
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-def concat_then_quantize_graph(branches: int = 3, channels: int = 4, scale: float = 0.04, seed: int = 0) -> bytes:
-    """Inputs -> ReLU -> Concat -> Q/DQ -> Conv (per-channel Q/DQ weights): the deblocks-to-head pattern."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, initializers = [], []
-
-    def constant(name, value):
-        initializers.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def quantize_dequantize(tensor, tag, scales, axis=None):
-        attributes = {} if axis is None else {"axis": axis}
-        s = constant(f"{tag}_scale", np.asarray(scales, np.float32))
-        z = constant(f"{tag}_zero", np.zeros(np.shape(scales), np.int8))
-        nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [f"{tag}_q"], name=f"{tag}_Q", **attributes))
-        nodes.append(helper.make_node("DequantizeLinear", [f"{tag}_q", s, z], [f"{tag}_dq"], name=f"{tag}_DQ",
-                                      **attributes))
-        return f"{tag}_dq"
-
-    inputs = [f"x{b}" for b in range(branches)]
-    for name in inputs:
-        nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"]))
-    nodes.append(helper.make_node("Concat", [f"{name}_relu" for name in inputs], ["cat"], axis=1, name="Concat"))
-    data = quantize_dequantize("cat", "cat", scale)
-    weight = rng.normal(0, 0.2, (6, channels * branches, 3, 3)).astype(np.float32)
-    weight_scales = np.abs(weight).max(axis=(1, 2, 3)) / 127
-    weight = quantize_dequantize(constant("w", weight), "w", weight_scales, axis=0)
-    nodes.append(helper.make_node("Conv", [data, weight, constant("b", rng.normal(0, 0.5, 6).astype(np.float32))],
-                                  ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-    graph = helper.make_graph(
-        nodes, "concat_then_quantize",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, channels, 16, 16]) for name in inputs],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 16, 16])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
-
-
-def graph_inputs(data: bytes, seed: int = 1) -> dict:
-    import onnx
-
-    rng = np.random.default_rng(seed)
-    graph = onnx.load_from_string(data).graph
-    return {value.name: rng.normal(0, 2, [d.dim_value for d in value.type.tensor_type.shape.dim]).astype(np.float32)
-            for value in graph.input}
 
 
 def test_the_rewrite_moves_the_quantizer_onto_every_concat_input_and_changes_no_number():

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_export_qdq_concat import concat_then_quantize_graph, graph_inputs
+from lidar_ptq_core.export.concat_pattern import concat_then_quantize_graph, graph_inputs
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
