@@ -91,3 +91,20 @@ def test_the_shipped_bundle_on_openvino_finds_the_boxes_onnxruntime_finds():
             # INT8 on the same grids: a near-tie may round the other way, which moves a few outputs, no more.
             assert float(diff.median()) <= 1e-4 * max(float(value.abs().max()), 1.0), head
             assert float(diff.max()) <= 0.1 * max(float(value.abs().max()), 1e-3), head
+
+
+@needs_openvino
+def test_lidar_ptq_detect_runs_a_bundle_on_openvino(tmp_path, capsys):
+    from lidar_ptq_core import cli
+    from lidar_ptq_core.sim import generate_frame, load_sim_config
+
+    frame = tmp_path / "000000.bin"
+    generate_frame(load_sim_config("default"), 0).points.astype(np.float32).tofile(frame)
+    out = tmp_path / "boxes"
+    assert cli.main(["detect", str(frame), "--bundle", "sim_pillar_int8.lptq", "--backend", "openvino",
+                     "--out", str(out), "--quiet"]) == 0
+    from lidar_ptq_core.boxfile import read_detections
+
+    (box_file,) = out.glob("*.json")
+    _, detections = read_detections(box_file)
+    assert len(detections) > 5  # a sim frame holds dozens of objects
