@@ -9,9 +9,9 @@ One rewrite follows the export (`quantize_concat_inputs`): a quantizer right aft
 feeding the head's shared conv) becomes one QuantizeLinear per Concat input, all with that quantizer's scale, so the
 Concat joins int8 codes and one DequantizeLinear follows it. Per-tensor quantization acts element by element, so
 Q(concat(a, b, c)) = concat(Q(a), Q(b), Q(c)): the same numbers, stated so that no engine has to move the quantizer
-across the Concat itself. OpenVINO 2026.4 (CPU) does move it, and gets it wrong: Concat -> Q/DQ -> Conv computed
-the conv of the sim pillar model's shared head conv up to 1.4 off (up to 14 INT8 steps on its output), and ~2 mAP
-lost, while a Concat of int8 codes runs exactly (docs/RUNTIME.md, "OpenVINO").
+across the Concat itself. OpenVINO 2026.4 (CPU) computes Concat -> Q/DQ -> Conv wrongly: the sim pillar model's
+head outputs came out up to 2.97 off (about 2 mAP), a Concat of int8 codes runs right (docs/RUNTIME.md, "OpenVINO";
+docs/benchmarks/openvino_layers.txt).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ is rebuilt or recalibrated here.
 
 Two settings keep it the fake-quant model's arithmetic:
 - INFERENCE_PRECISION_HINT f32: on CPUs with bfloat16 units (AVX512_BF16, AMX) OpenVINO's default runs everything
-  that is not INT8 (the requantization, the head's FP32 outputs) in bfloat16; on the sim pillar model that tripled
-  the head outputs' distance to fake-quant.
+  that is not INT8 (the requantization, the head's FP32 outputs) in bfloat16; on the sim models that made the head
+  outputs' distance to fake-quant two to three times larger (docs/benchmarks/openvino_layers.txt).
 - the graph itself: a Concat of int8 codes rather than Concat -> QuantizeLinear (export/onnx_qdq.py
   quantize_concat_inputs), which OpenVINO 2026.4 computes wrongly. Bundles exported before that rewrite are refused.
 
