@@ -53,7 +53,7 @@ from .node_main import run_node_main
 from .node_parameters import ParameterSpec, StartupError, declare_parameters
 
 NODE_NAME = "lidar_ptq_detector"
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")  # runtime/backends.py BACKENDS
 DEFAULT_MODEL = "sim_pillar_int8.lptq"  # the product is INT8: the bundled INT8 model as a bundle; FP32 is a choice
 BUNDLE_SUFFIX = ".lptq"
 # What lidar drivers publish with; depth 1 so the middleware never queues old sweeps either.
@@ -159,7 +159,8 @@ def validate_settings(values: Mapping[str, object]) -> Settings:
                          "bundle's engine (`lidar-ptq build-engine`, unverified)")
     if backend not in BACKENDS:
         raise ValueError(f"parameter 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}")
-    if backend in ("onnxruntime", "tensorrt") and isinstance(model, str) and not model.strip().endswith(BUNDLE_SUFFIX):
+    bundle_only = backend in ("onnxruntime", "tensorrt", "openvino")
+    if bundle_only and isinstance(model, str) and not model.strip().endswith(BUNDLE_SUFFIX):
         raise ValueError(f"parameter 'backend' is {backend!r} but 'model' {model!r} is not a {BUNDLE_SUFFIX} bundle; "
                          f"{backend} runs the ONNX part of a bundle (`lidar-ptq export`), a checkpoint runs in torch")
     odometry_topic = values.get("odometry_topic", "")

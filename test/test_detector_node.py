@@ -638,3 +638,11 @@ def test_ten_megabyte_cloud_from_another_process(harness, reference, tmp_path):
             process.wait()
         log.close()
     assert_same_detections(msg, reference.detect(points), reference.class_names)
+
+
+def test_the_node_accepts_every_backend_the_library_offers():
+    """One list of backends: the node's parameter check allows what Detector.from_bundle runs (openvino included)."""
+    from lidar_ptq_core.runtime.backends import BACKENDS as LIBRARY_BACKENDS
+    from lidar_ptq_ros.detector_node import BACKENDS as NODE_BACKENDS
+
+    assert set(NODE_BACKENDS) == set(LIBRARY_BACKENDS)

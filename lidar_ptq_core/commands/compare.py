@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
                         help="the model to follow (usually FP32): bundled name, .safetensors or .lptq bundle")
     parser.add_argument("--candidate", required=True,
                         help="the model checked against it (usually INT8): bundled name, .safetensors or .lptq")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt", "openvino"],
                         help="network backend of a bundle (default auto, as lidar-ptq detect); checkpoints run in "
                         "torch")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
