@@ -405,6 +405,10 @@ def run_demo(args) -> int:
     print(format_latency_table(runs))
     for run in runs:
         print("  " + keep_up_sentence(run))
+    if runs[-1].model.endswith(".lptq"):
+        compared_to_bench = node_over_bench(runs[-1], val, args.threads)
+        summary["node_over_bench"] = compared_to_bench
+        print("  " + compared_to_bench["line"])
     print("\nmAP against the simulator's ground truth on the frames each run answered (every published box):")
     for run in runs:
         box_dir = out / f"node_{run.label.lower()}"
@@ -467,6 +471,34 @@ def run_demo(args) -> int:
     write_json_atomic(out / "summary.json", json_ready(summary))
     print(f"demo done in {summary['seconds']:.0f} s")
     return 0
+
+
+def node_over_bench(run: NodeRun, dataset, threads: int) -> dict:
+    """The node's median time per frame (its /diagnostics) over the library pipeline's on the same clouds (issue 19:
+    at most 1.2x, with a latency p50 of at most 80 ms at 10 Hz), timed here after the node has stopped."""
+    from lidar_ptq_core.runtime import Detector
+
+    from .chain_report import latency_summary
+    from .detector_node import PARAMETERS
+    from .pipeline_bench import (
+        StagedDetector,
+        bench_pass,
+        bench_summary,
+        messages_like_the_player,
+        node_summary,
+        verdict,
+    )
+
+    max_points = next(p.default for p in PARAMETERS if p.name == "max_points")
+    staged = StagedDetector(Detector.load(run.model, run.backend, threads), max_points)
+    bench = bench_summary(bench_pass(staged, messages_like_the_player(dataset), check=True))
+    node = node_summary(run.counters)
+    ratio = node["total_ms_median"] / bench["total_ms_median"]
+    p50 = latency_summary(run)["latency_ms"]["p50"]
+    line = (f"{run.label} node {node['total_ms_median']:.0f} ms per frame (median) against "
+            f"{bench['total_ms_median']:.0f} ms for the same pipeline in the library on the same clouds: "
+            + verdict(f"{run.label} {run.backend}", ratio, p50))
+    return {"bench": bench, "node": node, "ratio": ratio, "latency_p50_ms": p50, "line": line}
 
 
 def fp32_reference(checkpoint: str, run: NodeRun, dataset, threads: int) -> NodeRun:

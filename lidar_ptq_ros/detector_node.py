@@ -76,7 +76,7 @@ PARAMETERS = (
                   "on CPU; a bundle runs its checkpoint part), 'onnxruntime' (a .lptq bundle only: the dense part in "
                   "onnxruntime, an INT8 one as its integer graph) or 'tensorrt' (a .lptq bundle on a GPU with "
                   "TensorRT 10: written, unverified; not installable on these CPU machines).", read_only=True,
-                  constraints="one of: auto, torch, onnxruntime, tensorrt"),
+                  constraints="one of: " + ", ".join(BACKENDS)),
     ParameterSpec("score_threshold", 0.3,
                   "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",
                   constraints="0 <= x <= 1"),

@@ -157,3 +157,9 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     assert (out / "compare" / "worst_frames.png").stat().st_size > 10_000
     assert {p.name for p in (out / "logs").iterdir()} >= {"recorder.log", "player_calib.log", "detector_fp32.log",
                                                           "detector_int8.log", "player_fp32.log", "player_int8.log"}
+    # The INT8 node's time per frame over the library pipeline's on the same clouds, with its verdict line
+    ratio = summary["node_over_bench"]
+    assert ratio["bench"]["frames"] == 3 and ratio["bench"]["total_ms_median"] > 0
+    assert ratio["ratio"] == pytest.approx(ratio["node"]["total_ms_median"] / ratio["bench"]["total_ms_median"])
+    assert ratio["line"] in text and ("PASS (INT8 onnxruntime)" in ratio["line"]
+                                      or "FAIL (INT8 onnxruntime)" in ratio["line"])
