@@ -13,6 +13,10 @@ Every field of the source's clouds is published (float32, little endian, unorgan
 (KEEP_LAST 2), which best-effort subscribers such as the detector and the recorder accept too; QoS can be overridden
 with the standard qos_overrides./<topic>.publisher.* parameters. `wait_for_subscribers` holds the first cloud back
 until that many subscriptions have matched, so that a short `once` run reaches a node started beside it.
+
+Each cloud's header is also published alone on `points_stamps` (std_msgs/Header, reliable, a few dozen bytes): what
+a tool that only needs to know which clouds went out when (the demo's and benchmarks' collector) subscribes to,
+instead of taking every multi-megabyte cloud from the cores the detector shares.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ SIM_SOURCE = "sim"
 SIM_SPLITS = ("val", "calib", "train", "test")
 POINT_FILE_SUFFIXES = (".bin", ".pcd")  # .bin: KITTI (.pcd.bin: nuScenes), .pcd: PCD
 PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE)
+# The stamps are small: keep them all, so a collector that falls behind for a moment still sees every cloud's header
+STAMPS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 ACK_TIMEOUT_S = 5.0  # once: how long the last clouds may take to be acknowledged by reliable subscribers
 
 PARAMETERS = (
@@ -67,7 +73,8 @@ PARAMETERS = (
     ParameterSpec("frame_id", "lidar", "header.frame_id of every published cloud (the RViz fixed frame).",
                   read_only=True, constraints="non-empty"),
     ParameterSpec("wait_for_subscribers", 0,
-                  "Publish the first cloud only once this many subscriptions match `points`; 0 starts at once.",
+                  "Publish the first cloud only once this many subscriptions match `points` and `points_stamps` "
+                  "together; 0 starts at once.",
                   read_only=True, constraints=">= 0"),
 )
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
@@ -209,6 +216,7 @@ class CloudPlayer(Node):
         self._waiting = self.settings.wait_for_subscribers > 0
         self._publisher = self.create_publisher(PointCloud2, "points", PLAYER_QOS,
                                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._stamps = self.create_publisher(Header, "points_stamps", STAMPS_QOS)
         self._timer = self.create_timer(1.0 / self.settings.rate, self._tick)
         self.topic = self._publisher.topic_name
         waiting = (f", after {self.settings.wait_for_subscribers} subscriber(s) matched" if self._waiting else "")
@@ -238,7 +246,8 @@ class CloudPlayer(Node):
         if self.finished.done() or not self.context.ok():  # a signal shut the context down: nothing to publish on
             return
         if self._waiting:
-            if self._publisher.get_subscription_count() < self.settings.wait_for_subscribers:
+            matched = self._publisher.get_subscription_count() + self._stamps.get_subscription_count()
+            if matched < self.settings.wait_for_subscribers:
                 return
             self._waiting = False
         try:
@@ -253,12 +262,14 @@ class CloudPlayer(Node):
             return
         header = Header(frame_id=self.settings.frame_id, stamp=self.get_clock().now().to_msg())
         self._publisher.publish(pointcloud_to_msg(cloud, header))
+        self._stamps.publish(header)
         self.published += 1
 
     def _finish(self, status: int) -> None:
         self._timer.cancel()
         if status == 0:  # let reliable subscribers take the last clouds before the process ends
             self._publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
+            self._stamps.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
         self.finished.set_result(status)
 
 

@@ -37,12 +37,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 
 from lidar_ptq_core.config_files import data_roots
 
 from .chain_report import FrameResult, NodeRun
+from .cloud_player import STAMPS_QOS
 from .conversions import msg_to_detections
 from .detector_node import NODE_NAME as DETECTOR_NODE_NAME
 
@@ -153,7 +154,8 @@ def _stamp_ns(stamp) -> int:
 
 
 class Collector(Node):
-    """Takes, under `namespace`: every cloud's stamp from `points` (raw CDR, never decoded), every Detection3DArray
+    """Takes, under `namespace`: every cloud's stamp from the player's `points_stamps` (its headers alone: the clouds
+    themselves are not taken from the cores the node uses), every Detection3DArray
     from `detections` with its arrival time, and the detector's reports from `diagnostics`."""
 
     def __init__(self, namespace: str, **node_options):
@@ -164,7 +166,7 @@ class Collector(Node):
         self.answers: list[tuple[int, int, bytes]] = []
         self.counters: dict[str, str] = {}
         self.counters_stamp_ns = 0  # when the node made its last report (its clock: system time, as the stamps)
-        self._points = self.create_subscription(PointCloud2, "points", self._on_cloud, COLLECT_QOS, raw=True)
+        self._points = self.create_subscription(Header, "points_stamps", self._on_cloud, STAMPS_QOS, raw=True)
         self._detections = self.create_subscription(Detection3DArray, "detections", self._on_detections, COLLECT_QOS,
                                                     raw=True)
         self._diagnostics = self.create_subscription(DiagnosticArray, "diagnostics", self._on_diagnostics,
@@ -261,7 +263,7 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
                  f"{rate:g} Hz")
         player = NodeProcess("cloud_player", log_dir / f"player_{tag}.log",
                              {"source": "sim", "sim_split": "val", "sim_config": sim_config, "sim_frames": frames,
-                              "rate": float(rate), "loop": False, "wait_for_subscribers": 2},
+                              "rate": float(rate), "loop": False, "wait_for_subscribers": 2},  # node + collector
                              {"__ns": ns}, env)
         status = player.wait(timeout=STARTUP_TIMEOUT_S + 3.0 * frames / rate)
         if status != 0:
