@@ -114,7 +114,8 @@ def main(argv=None) -> int:
                              "default model), or an INT8 checkpoint, exported to a bundle first")
     parser.add_argument("--rows", default=TARGET_ROW, help=f"comma-separated rows among {', '.join(ROWS)} "
                         f"(default {TARGET_ROW})")
-    parser.add_argument("--max-points", type=int, default=400000, help="the node's max_points default (400000)")
+    parser.add_argument("--max-points", type=int, default=None,
+                        help="the bench's max_points (default: the node's default, as run_node leaves it)")
     parser.add_argument("--before-tree", help="also run each row's node and player from this source tree (see above)")
     parser.add_argument("--rounds", type=int, default=1, help="node runs per row and tree, alternating (default 1)")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "node_latency.txt"),

@@ -48,14 +48,12 @@ def main() -> int:
     from lidar_ptq_core.io_utils import write_text_and_json
     from lidar_ptq_core.runtime import Detector
     from lidar_ptq_core.sim import SimDataset, load_sim_config
-    from lidar_ptq_ros.detector_node import PARAMETERS
     from lidar_ptq_ros.pipeline_bench import StagedDetector, bench_summary, messages_like_the_player
 
     dataset = SimDataset("val", args.frames, load_sim_config("default"))
     dataset.prepare(progress=False)
     messages = messages_like_the_player(dataset)
-    max_points = next(p.default for p in PARAMETERS if p.name == "max_points")
-    staged = StagedDetector(Detector.load(args.bundle, args.backend, args.threads), max_points)
+    staged = StagedDetector(Detector.load(args.bundle, args.backend, args.threads))  # the node's max_points
     staged.frame(messages[0])  # warm-up
     load_before = os.getloadavg()[0]
     passes = {"back to back": [], f"paced at {args.rate:g} Hz": []}

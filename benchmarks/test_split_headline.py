@@ -18,7 +18,6 @@ files: lidar-ptq eval --pred <int8 dir>/pred --reference <fp32 dir>/pred --gt <g
 from __future__ import annotations
 
 import argparse
-import hashlib
 import platform
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 from lidar_ptq_core.benchmarking import append_jsonl, read_jsonl
 from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections, write_ground_truth
 from lidar_ptq_core.evaluate import evaluate_and_match
-from lidar_ptq_core.io_utils import write_bytes_atomic
+from lidar_ptq_core.io_utils import file_sha256, write_bytes_atomic
 from lidar_ptq_core.paired import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap
 from lidar_ptq_core.runtime import Detector, bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config, split_seed
@@ -41,11 +40,7 @@ CACHE = REPO / "runs" / "test_split"
 
 def checkpoint_digest(path: Path) -> str:
     """First 12 hex digits of the file's SHA-256: cached boxes belong to these exact weights."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def detect_missing(checkpoint: Path, dataset: SimDataset, pred_dir: Path, gt_dir: Path, threads: int) -> list[float]:

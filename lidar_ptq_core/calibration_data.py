@@ -97,9 +97,9 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
     sweeps = getattr(model_config, "sweeps", None)
     if sweep_period is not None and (sweeps is None or not sweeps.accumulates):
         raise ValueError("--sweep-period is for models that take accumulated sweeps; this one takes single sweeps")
-    if sweeps is not None and sweeps.accumulates and _has_sweep_stamps(source, topic, sweep_period):
-        clouds, described = _accumulated_clouds(source, frames, topic, model_config, prepare, settings,
-                                                sweep_period)
+    sequence = _stamped_sequence(source, topic, sweep_period) if sweeps is not None and sweeps.accumulates else None
+    if sequence is not None:
+        clouds, described = _accumulated_clouds(sequence, source, frames, topic, model_config, prepare, settings)
     else:
         sampled, described = sample_clouds(source, frames, topic, sim_config, progress=progress,
                                            sim_start=sim_start)
@@ -113,24 +113,23 @@ def calibration_clouds(source: str, frames: int = 256, topic: str | None = None,
     return clouds, described
 
 
-def _has_sweep_stamps(source: str, topic: str | None, sweep_period: float | None = None) -> bool:
-    """A bag, a folder whose file names carry stamps, or a folder with `sweep_period` (sweeps.frame_sequence):
-    frames that accumulate."""
+def _stamped_sequence(source: str, topic: str | None, sweep_period: float | None = None):
+    """The frames of a bag, of a folder whose file names carry stamps, or of a folder with `sweep_period`
+    (sweeps.frame_sequence): frames that accumulate; None for a source without stamps."""
     from .sweeps import frame_sequence
 
     if source == "sim" or not Path(source).exists():
-        return False
-    return frame_sequence(source, topic, sweep_period).stamps is not None
+        return None
+    sequence = frame_sequence(source, topic, sweep_period)
+    return sequence if sequence.stamps is not None else None
 
 
-def _accumulated_clouds(source: str, frames: int, topic: str | None, model_config, prepare, settings,
-                        sweep_period: float | None = None):
+def _accumulated_clouds(sequence, source: str, frames: int, topic: str | None, model_config, prepare, settings):
     """Each of `frames` frames spread over the source accumulated with the frames before it, as the node and detect
     accumulate them (sweeps.py: the same windows and WindowPreparer); only the frames a window needs are decoded."""
     from .pointcloud import is_bag_path
-    from .sweeps import WindowPreparer, frame_sequence, iter_sweep_windows
+    from .sweeps import WindowPreparer, iter_sweep_windows
 
-    sequence = frame_sequence(source, topic, sweep_period)
     count = model_config.sweeps.count
     total = len(sequence)
     accumulate = WindowPreparer(model_config, prepare, z_offset=settings.z_offset, notify=prepare.notify)

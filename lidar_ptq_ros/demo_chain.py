@@ -481,7 +481,6 @@ def node_over_bench(run: NodeRun, dataset, threads: int) -> dict:
     from lidar_ptq_core.runtime import Detector
 
     from .chain_report import latency_summary
-    from .detector_node import PARAMETERS
     from .pipeline_bench import (
         StagedDetector,
         bench_pass,
@@ -491,8 +490,7 @@ def node_over_bench(run: NodeRun, dataset, threads: int) -> dict:
         verdict,
     )
 
-    max_points = next(p.default for p in PARAMETERS if p.name == "max_points")
-    staged = StagedDetector(Detector.load(run.model, run.backend, threads), max_points)
+    staged = StagedDetector(Detector.load(run.model, run.backend, threads))  # the node's default max_points
     bench = bench_summary(bench_pass(staged, messages_like_the_player(dataset), check=True))
     node = node_summary(run.counters)
     ratio = node["total_ms_median"] / bench["total_ms_median"]

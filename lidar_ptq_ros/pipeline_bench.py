@@ -18,11 +18,16 @@ NODE_SCORE_THRESHOLD = 0.0  # what run_node gives the node: every box the checkp
 
 class StagedDetector:
     """The node's pipeline on a PointCloud2 with the library's pieces, stage by stage: what `lidar-ptq bench` times,
-    from the message on. `frame(msg)` -> (Detections, {stage: ms})."""
+    from the message on. `frame(msg)` -> (Detections, {stage: ms}). `max_points`: the node's parameter of that name
+    (default: the node's default)."""
 
-    def __init__(self, detector, max_points: int):
+    def __init__(self, detector, max_points: int | None = None):
         from lidar_ptq_core.pointcloud.features import InputSettings
 
+        if max_points is None:
+            from .detector_node import PARAMETERS
+
+            max_points = next(p.default for p in PARAMETERS if p.name == "max_points")
         self.detector, self.max_points = detector, max_points
         config = detector.config
         # As the node: the input settings recorded at calibration, then the node's own (identity here).

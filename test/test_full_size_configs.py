@@ -18,7 +18,6 @@ pytest.importorskip("vision_msgs.msg", reason="vision_msgs is built into the ven
 
 import torch  # noqa: E402
 
-import lidar_ptq_core.runtime.detector as detector_module  # noqa: E402
 from lidar_ptq_core.calibration_data import calibration_clouds  # noqa: E402
 from lidar_ptq_core.config_files import resolve_config  # noqa: E402
 from lidar_ptq_core.models.centerpoint import build_centerpoint  # noqa: E402
@@ -31,26 +30,13 @@ from lidar_ptq_ros.conversions import msg_to_detections  # noqa: E402
 from lidar_ptq_ros.detector_node import StartupError  # noqa: E402
 
 from test_detector_node import FRAME_ID, Harness, sample_points, wait_for, xyzi_cloud  # noqa: E402
+from test_sweeps import VoxelizerInputs, multi_sweep_config  # noqa: E402
 from test_train import tiny_pillar_config  # noqa: E402
 
 XYZI = ("x", "y", "z", "intensity")
 STAMP0_S = 1_700_000_000
 SWEEP_PERIOD_NS = 100_000_000  # 10 Hz
 NODE_WAIT_S = 900.0  # a full-size frame takes seconds to a minute on the shared 2-core machine
-
-
-class VoxelizerInputs:
-    """Records every cloud runtime/detector.py hands to voxelize_clouds (what the network gets)."""
-
-    def __init__(self, monkeypatch):
-        self.clouds = []
-        real = detector_module.voxelize_clouds
-
-        def recording(clouds, *args, **kwargs):
-            self.clouds.extend(np.array(c, copy=True) for c in clouds)
-            return real(clouds, *args, **kwargs)
-
-        monkeypatch.setattr(detector_module, "voxelize_clouds", recording)
 
 
 def publish_sweep(harness: Harness, points: np.ndarray, index: int, timeout: float = NODE_WAIT_S):
@@ -144,11 +130,8 @@ def test_full_size_config_quantizes_from_a_bag_and_runs_in_the_node(name, node_s
 # -- the node's sweep accumulation, on a tiny model ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_multi_sweep_checkpoint(tmp_path_factory):
-    data = tiny_pillar_config().to_dict()
-    data.update(num_point_features=5, point_features=["x", "y", "z", "intensity", "time_lag"],
-                sweeps={"count": 3, "max_time_lag": 0.25})
     torch.manual_seed(0)
-    return save_checkpoint(build_centerpoint(CenterPointConfig.from_dict(data)),
+    return save_checkpoint(build_centerpoint(multi_sweep_config(count=3, max_time_lag=0.25)),
                            tmp_path_factory.mktemp("model") / "tiny_sweeps.safetensors")
 
 

@@ -21,24 +21,19 @@ from nav_msgs.msg import Odometry  # noqa: E402
 
 from lidar_ptq_core.models.centerpoint import build_centerpoint  # noqa: E402
 from lidar_ptq_core.models.checkpoint import save_checkpoint  # noqa: E402
-from lidar_ptq_core.models.config import CenterPointConfig  # noqa: E402
 from lidar_ptq_ros.detector_node import OUTPUT_QOS  # noqa: E402
 
 from test_detector_node import Harness, wait_for  # noqa: E402
-from test_full_size_configs import STAMP0_S, SWEEP_PERIOD_NS, VoxelizerInputs, publish_sweep  # noqa: E402
-from test_sweeps import to_sensor, yaw_pose  # noqa: E402
-from test_train import tiny_pillar_config  # noqa: E402
+from test_full_size_configs import STAMP0_S, SWEEP_PERIOD_NS, publish_sweep  # noqa: E402
+from test_sweeps import VoxelizerInputs, multi_sweep_config, to_sensor, yaw_pose  # noqa: E402
 
 _topics = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def three_sweep_checkpoint(tmp_path_factory):
-    data = tiny_pillar_config().to_dict()
-    data.update(num_point_features=5, point_features=["x", "y", "z", "intensity", "time_lag"],
-                sweeps={"count": 3, "max_time_lag": 0.25})
     torch.manual_seed(0)
-    return save_checkpoint(build_centerpoint(CenterPointConfig.from_dict(data)),
+    return save_checkpoint(build_centerpoint(multi_sweep_config(count=3, max_time_lag=0.25)),
                            tmp_path_factory.mktemp("model") / "three_sweeps.safetensors")
 
 

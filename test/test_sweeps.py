@@ -47,6 +47,23 @@ def to_sensor(world_xyz: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return world_xyz @ inverse[:3, :3].T + inverse[:3, 3]
 
 
+class VoxelizerInputs:
+    """Records every cloud runtime/detector.py hands to voxelize_clouds (what the network gets); shared by the sweep
+    tests of the commands, the node and the full-size configs."""
+
+    def __init__(self, monkeypatch):
+        import lidar_ptq_core.runtime.detector as detector_module
+
+        self.clouds = []
+        real = detector_module.voxelize_clouds
+
+        def recording(clouds, *args, **kwargs):
+            self.clouds.extend(np.array(c, copy=True) for c in clouds)
+            return real(clouds, *args, **kwargs)
+
+        monkeypatch.setattr(detector_module, "voxelize_clouds", recording)
+
+
 def multi_sweep_config(count: int = 3, max_time_lag: float = 0.5) -> CenterPointConfig:
     data = tiny_pillar_config().to_dict()
     data.update(num_point_features=5, point_features=list(FEATURES),

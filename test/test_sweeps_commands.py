@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import lidar_ptq_core.runtime.detector as detector_module
 from lidar_ptq_core.cli import main
 from lidar_ptq_core.commands.check import read_model_config, run_check
 from lidar_ptq_core.commands.compare import run_compare
@@ -24,7 +23,7 @@ from lidar_ptq_core.sweeps import (
     iter_sweep_windows,
 )
 
-from test_sweeps import multi_sweep_config
+from test_sweeps import VoxelizerInputs, multi_sweep_config
 
 XYZI = ("x", "y", "z", "intensity")
 NUSCENES_STAMP0_US = 1532402927647951
@@ -78,20 +77,6 @@ def sources(tmp_path_factory):
     write_bag_frames(bag, [(1_700_000_000_000_000_000 + k * 100_000_000, "lidar", PointCloud(c, XYZI))
                            for k, c in enumerate(CLOUDS)])
     return {"named": str(named), "plain": str(plain), "bag": str(bag)}
-
-
-class VoxelizerInputs:
-    """Every cloud runtime/detector.py hands to voxelize_clouds: what the network gets."""
-
-    def __init__(self, monkeypatch):
-        self.clouds = []
-        real = detector_module.voxelize_clouds
-
-        def recording(clouds, *args, **kwargs):
-            self.clouds.extend(np.array(c, copy=True) for c in clouds)
-            return real(clouds, *args, **kwargs)
-
-        monkeypatch.setattr(detector_module, "voxelize_clouds", recording)
 
 
 # -- the library parts ----------------------------------------------------------------------------------------------
