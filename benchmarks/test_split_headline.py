@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lidar_ptq_core.benchmarking import append_jsonl, read_jsonl
+from lidar_ptq_core.benchmarking import append_jsonl, format_split_rows, read_jsonl, split_row_key
 from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections, write_ground_truth
 from lidar_ptq_core.evaluate import evaluate_and_match
 from lidar_ptq_core.io_utils import file_sha256, write_bytes_atomic
@@ -76,32 +76,6 @@ def read_boxes(dataset: SimDataset, pred_dir: Path, gt_dir: Path):
     return predictions, ground_truths
 
 
-def row_key(row: dict) -> tuple:
-    return row["checkpoint"], row["sha256"], row.get("reference_sha256"), row["frames"], row["sim_fingerprint"]
-
-
-def format_rows(rows: list[dict], header: str) -> str:
-    width = max([24] + [len(r["checkpoint"]) + 7 for r in rows])
-    far = rows[0]["far_range"] if rows else "far"
-    columns = ("mAP", "BEV IoU", far)
-    lines = [header, "", f"{'checkpoint':<{width}} {'frames':>6} " + " ".join(f"{c:>7}" for c in columns)
-             + "".join(f"  {'d ' + c + ' [95 % CI]':>24}" for c in columns) + f" {'ms':>6}"]
-    for row in rows:
-        name = row["checkpoint"] + (" (fp32)" if row["paired"] is None else "")
-        values = (row["mAP"], row["bev_iou_mAP"], row["far_mAP"])
-        cells = " ".join(f"{100 * v:7.2f}" for v in values)
-        if row["paired"] is None:
-            deltas = "".join(f"  {'':>24}" for _ in columns)
-        else:
-            deltas = "".join(f"  {_interval(d):>24}" for d in row["paired"])
-        ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.0f}"
-        lines.append(f"{name:<{width}} {row['frames']:>6} {cells}{deltas} {ms:>6}")
-    made = [f"  {row['checkpoint']}: {row['calibration']}" for row in rows if row.get("calibration")]
-    if made:
-        lines += ["", "calibration (from each checkpoint's recorded provenance):", *made]
-    return "\n".join(lines) + "\n"
-
-
 def calibration_of(path: Path) -> str | None:
     """How an INT8 checkpoint was calibrated, from its recorded provenance (None for FP32 or older files)."""
     import json
@@ -118,16 +92,15 @@ def calibration_of(path: Path) -> str | None:
             f"{provenance.get('threads', '?')} threads")
 
 
-def _interval(d: dict) -> str:
-    return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sim_pillar", help="FP32 checkpoint: bundled name or .safetensors")
     parser.add_argument("--checkpoints", nargs="+", default=None,
                         help="INT8 checkpoints, bundled names or paths (default: <model>_int8)")
     parser.add_argument("--frames", type=int, default=1000, help="test frames 0..N-1 (default: %(default)s)")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="test (headline figures, never used to choose) or val (where recipes and rows are "
+                             "chosen; rows go to val_split_<model>)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for detection (default: %(default)s)")
@@ -144,25 +117,26 @@ def main() -> int:
 
     model_name = Path(args.model).stem
     suffix = "" if args.sim_config == "default" else f"_{args.sim_config}"
-    out = Path(args.out or REPO / "docs" / "benchmarks" / f"test_split_{model_name}{suffix}")
+    out = Path(args.out or REPO / "docs" / "benchmarks" / f"{args.split}_split_{model_name}{suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_path = out.with_suffix(".jsonl")
     rows = read_jsonl(rows_path)
 
     sim = load_sim_config(args.sim_config)
-    test = SimDataset("test", args.frames, sim)
+    test = SimDataset(args.split, args.frames, sim)
     started = time.perf_counter()
     made = test.prepare(num_workers=args.workers, progress=False)
     if made:
-        print(f"generated {made} test frames in {time.perf_counter() - started:.0f} s", flush=True)
-    cache = CACHE / model_name / test.fingerprint[:12]
+        print(f"generated {made} {args.split} frames in {time.perf_counter() - started:.0f} s", flush=True)
+    cache = (CACHE if args.split == "test" else CACHE.with_name("val_split")) / model_name / test.fingerprint[:12]
     gt_dir = cache / "gt"
 
     fp32_path = bundled_checkpoint(args.model)
     checkpoints = [fp32_path] + [bundled_checkpoint(c) for c in (args.checkpoints or [f"{model_name}_int8"])]
     digests = {path: checkpoint_digest(path) for path in checkpoints}
-    header = (f"{model_name} on the first N sim test frames ({args.sim_config} sensor; seed "
-              f"{split_seed('test', 0):,} + index; never used for any choice), detector region; "
+    role = "never used for any choice" if args.split == "test" else "the split recipes and rows are chosen on"
+    header = (f"{model_name} on the first N sim {args.split} frames ({args.sim_config} sensor; seed "
+              f"{split_seed(args.split, 0):,} + index; {role}), detector region; "
               "AP in %: centre-distance mAP, BEV IoU mAP, far-range centre-distance mAP; "
               f"INT8 - FP32 with paired bootstrap 95 % intervals over frames ({args.resamples} resamples, "
               f"seed {args.seed}); ms = median detection time per frame on {args.threads} thread(s) "
@@ -183,17 +157,18 @@ def main() -> int:
         row = {
             "checkpoint": path.stem, "sha256": digests[path],
             "reference_sha256": None if is_fp32 else digests[fp32_path],
-            "frames": args.frames, "split": "test", "sim_fingerprint": test.fingerprint,
+            "frames": args.frames, "split": args.split, "sim_fingerprint": test.fingerprint,
             "mAP": result.distance_map["all"], "bev_iou_mAP": result.iou_map["all"],
             "far_range": far, "far_mAP": result.distance_map[far],
+            "class_ap": {name: c.distance_ap["all"] for name, c in result.classes.items()},
             "boxes": str(box_dir.relative_to(REPO)),
             "median_ms": round(1000 * float(np.median(seconds)), 1) if seconds else None,
             "threads": args.threads, "calibration": calibration_of(path),
             "paired": None, "resamples": args.resamples, "seed": args.seed,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
-        done = {row_key(r): r for r in rows}
-        if row_key(row) in done:
+        done = {split_row_key(r): r for r in rows}
+        if split_row_key(row) in done:
             print(f"[{path.stem}] row already in {rows_path.name}", flush=True)
             continue
         if row["median_ms"] is None:  # boxes were cached by an earlier run: keep its timing if there is one
@@ -206,7 +181,7 @@ def main() -> int:
                 print(d.format(path.stem, fp32_path.stem), flush=True)
         rows.append(row)
         append_jsonl(rows_path, row)
-        table = format_rows(rows, header)
+        table = format_split_rows(rows, header)
         write_bytes_atomic(out.with_suffix(".txt"), table.encode())
         print(table, flush=True)
     return 0

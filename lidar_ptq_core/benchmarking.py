@@ -173,3 +173,60 @@ def qat_train_config(steps: int, lr: float, checkpoint_every: int) -> TrainConfi
     """QAT's fine-tuning settings: batch 2, a one-cycle schedule that starts at `lr` (no warm-up to speak of)."""
     return TrainConfig(steps=steps, batch_size=2, lr=lr, pct_start=0.02, div_factor=1.0,
                        checkpoint_every=checkpoint_every, log_every=10, loc_weight=1.0)
+
+
+def split_row_key(row: dict) -> tuple:
+    """What makes two rows of benchmarks/test_split_headline.py the same measurement."""
+    return row["checkpoint"], row["sha256"], row.get("reference_sha256"), row["frames"], row["sim_fingerprint"]
+
+
+def format_split_rows(rows: list[dict], header: str) -> str:
+    """The table of benchmarks/test_split_headline.py: one row per checkpoint, FP32 rows without differences, each
+    INT8 row with its paired intervals; then AP per class and how each checkpoint was calibrated."""
+    width = max([24] + [len(r["checkpoint"]) + 7 for r in rows])
+    far = rows[0]["far_range"] if rows else "far"
+    columns = ("mAP", "BEV IoU", far)
+    lines = [header, "", f"{'checkpoint':<{width}} {'frames':>6} " + " ".join(f"{c:>7}" for c in columns)
+             + "".join(f"  {'d ' + c + ' [95 % CI]':>24}" for c in columns) + f" {'ms':>6}"]
+    for row in rows:
+        name = row["checkpoint"] + (" (fp32)" if row["paired"] is None else "")
+        values = (row["mAP"], row["bev_iou_mAP"], row["far_mAP"])
+        cells = " ".join(f"{100 * v:7.2f}" for v in values)
+        if row["paired"] is None:
+            deltas = "".join(f"  {'':>24}" for _ in columns)
+        else:
+            deltas = "".join(f"  {_interval(d):>24}" for d in row["paired"])
+        ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.0f}"
+        lines.append(f"{name:<{width}} {row['frames']:>6} {cells}{deltas} {ms:>6}")
+    lines += _class_lines(rows)
+    made = [f"  {row['checkpoint']}: {row['calibration']}" for row in rows if row.get("calibration")]
+    if made:
+        lines += ["", "calibration (from each checkpoint's recorded provenance):", *made]
+    return "\n".join(lines) + "\n"
+
+
+def _class_lines(rows: list[dict]) -> list[str]:
+    """Centre-distance AP per class (INT8 - FP32 in brackets): a mAP difference is often one class's."""
+    fp32 = {r["sha256"]: r.get("class_ap") for r in rows if r["paired"] is None}
+    with_classes = [r for r in rows if r.get("class_ap")]
+    if not with_classes:
+        return []
+    names = list(with_classes[0]["class_ap"])
+    width = max(24, *(len(r["checkpoint"]) + 7 for r in with_classes))
+    lines = ["", "centre-distance AP per class in % (INT8 - FP32):",
+             f"{'checkpoint':<{width}} " + " ".join(f"{n:>16}" for n in names)]
+    for row in with_classes:
+        reference = fp32.get(row.get("reference_sha256")) if row["paired"] is not None else None
+        cells = []
+        for name in names:
+            ap = row["class_ap"].get(name)
+            cell = "-" if ap is None else f"{100 * ap:.2f}"
+            if ap is not None and reference and reference.get(name) is not None:
+                cell += f" ({100 * (ap - reference[name]):+.2f})"
+            cells.append(f"{cell:>16}")
+        lines.append(f"{row['checkpoint']:<{width}} " + " ".join(cells))
+    return lines
+
+
+def _interval(d: dict) -> str:
+    return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"

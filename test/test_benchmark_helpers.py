@@ -25,11 +25,13 @@ from lidar_ptq_core.benchmarking import (
     file_stem,
     first_reaching,
     format_rows,
+    format_split_rows,
     parse_method_spec,
     read_jsonl,
     row_of,
     row_stem,
     same_model,
+    split_row_key,
 )
 from lidar_ptq_core.quant import method_config
 from lidar_ptq_core.voxelize import voxelize_clouds
@@ -208,3 +210,22 @@ def test_script_parses_its_help(script, monkeypatch):
         runpy.run_path(str(script), run_name="__main__")
     assert stop.value.code == 0
     assert out.getvalue().startswith("usage: ")
+
+
+def _split_row(name, sha, paired, class_ap, reference_sha=None):
+    return {"checkpoint": name, "sha256": sha, "reference_sha256": reference_sha, "frames": 1000,
+            "sim_fingerprint": "f", "mAP": 0.70, "bev_iou_mAP": 0.34, "far_range": "50m+", "far_mAP": 0.55,
+            "median_ms": None, "paired": paired, "class_ap": class_ap, "calibration": None}
+
+
+def test_split_table_shows_intervals_and_each_class_difference_against_its_own_fp32_row():
+    fp32 = _split_row("fp32", "a", None, {"Car": 0.90, "Cyclist": 0.40})
+    interval = {"difference": -0.0033, "low": -0.0051, "high": -0.0014}
+    int8 = _split_row("int8", "b", [interval] * 3, {"Car": 0.905, "Cyclist": 0.37}, reference_sha="a")
+    table = format_split_rows([fp32, int8], "header")
+    int8_line = next(line for line in table.splitlines() if line.startswith("int8 ") and "[" in line)
+    assert int8_line.count("-0.33 [-0.51, -0.14]") == 3
+    class_line = [line for line in table.splitlines() if line.startswith("int8 ")][-1]
+    assert "90.50 (+0.50)" in class_line and "37.00 (-3.00)" in class_line
+    assert split_row_key(int8) != split_row_key(dict(int8, sha256="c"))
+
