@@ -87,8 +87,17 @@ def session_options(threads: int | None = None, optimization_level=None):
 
     Why no spinning: by default onnxruntime's intra-op threads busy-wait for a while after each run. In our pipeline
     torch code (the encoder, decode) runs right after, on the same cores, and measured here the pillar encoder took
-    28-36 ms after a spinning session against 13-18 ms after a sleeping one, with the session itself no slower."""
+    28-36 ms after a spinning session against 13-18 ms after a sleeping one, with the session itself no slower.
+
+    Every onnxruntime session of the project is made with these options (the detector node's, `lidar-ptq bench`'s,
+    the demo's library pipeline), so this is also where the process's allocator is set to keep freed memory between
+    frames (heap.keep_freed_memory: the numpy work around the session otherwise faults its arrays in again every
+    frame, which made the same voxelize take 4.6 ms in one process and 8-10 ms in another)."""
     import onnxruntime as ort
+
+    from .heap import keep_freed_memory
+
+    keep_freed_memory()
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
