@@ -3,7 +3,10 @@
 (time.process_time, this process only, so another job on the machine changes it less than wall time) of each
 message-side step on the first --frames sim val frames and the INT8 bundle's detections for them:
 
+  read sim frame          cloud_player: a sim frame from the cache (before it serialized its source at start)
   pointcloud_to_msg       cloud_player: a sim frame -> PointCloud2
+  serialize cloud         what publish() does with it before the middleware (rclpy serialize_message)
+  stamp serialized cloud  cloud_player with its source serialized at start: the stored bytes with a new stamp
   deserialize cloud       the node's executor thread taking a PointCloud2 (rclpy deserialize_message)
   msg_to_detector_input   the node: PointCloud2 -> (N, 4) float32 points
   detections_to_msg       the node: Detections -> Detection3DArray
@@ -30,7 +33,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("pointcloud_to_msg", "deserialize cloud", "msg_to_detector_input", "detections_to_msg", "serialize detections",
+STEPS = ("read sim frame", "pointcloud_to_msg", "serialize cloud", "stamp serialized cloud",
+         "deserialize cloud", "msg_to_detector_input", "detections_to_msg", "serialize detections",
          "detections_to_markers", "serialize markers", "deserialize detections")
 BUNDLE = "sim_pillar_int8.lptq"
 
@@ -62,8 +66,11 @@ def measure(frames: int, repeats: int) -> dict:
     markers = [detections_to_markers(d, header) for d in detections]
     serialized = [serialize_message(a) for a in arrays]
     serialized_clouds = [serialize_message(m) for m in messages]
+    stamp = Header().stamp
     steps = {
+        "read sim frame": lambda i: dataset[i],
         "pointcloud_to_msg": lambda i: conversions.pointcloud_to_msg(clouds[i], header),
+        "serialize cloud": lambda i: serialize_message(messages[i]),
         "deserialize cloud": lambda i: deserialize_message(serialized_clouds[i], PointCloud2),
         "msg_to_detector_input": lambda i: conversions.msg_to_detector_input(messages[i], 1.0, 400000, features, 0.0),
         "detections_to_msg": lambda i: conversions.detections_to_msg(detections[i], header),
@@ -72,6 +79,8 @@ def measure(frames: int, repeats: int) -> dict:
         "serialize markers": lambda i: serialize_message(markers[i]),
         "deserialize detections": lambda i: deserialize_message(serialized[i], Detection3DArray),
     }
+    if hasattr(conversions, "serialized_with_stamp"):  # an older tree has no such step
+        steps["stamp serialized cloud"] = lambda i: conversions.serialized_with_stamp(serialized_clouds[i], stamp)
     out = {}
     for name, step in steps.items():
         step(0)  # warm-up
@@ -118,7 +127,8 @@ def main(argv=None) -> int:
         for name, tree in trees.items():
             runs[name].append(measure_in(tree, args.frames, args.repeats))
     load_after = os.getloadavg()
-    result = {name: {k: float(np.median([r[k] for r in rows])) for k in rows[0]} for name, rows in runs.items()}
+    result = {name: {k: float(np.median([r.get(k, np.nan) for r in rows])) for k in (*STEPS, *rows[0])}
+              for name, rows in runs.items()}
 
     names = list(trees)
     command = " ".join(sys.argv[1:] if argv is None else argv)

@@ -20,6 +20,7 @@ from lidar_ptq_ros.conversions import (  # noqa: E402
     msg_to_detections,
     msg_to_detector_input,
     pointcloud_to_msg,
+    serialized_with_stamp,
 )
 
 CLASSES = ("car", "truck", "pedestrian", "cyclist")
@@ -104,3 +105,23 @@ def test_pointcloud_to_msg_layout_and_bytes():
     assert bytes(msg.data) == points.astype("<f4").tobytes()
     points[5, 2] = np.nan
     assert not cloud_msg(points).is_dense
+
+
+def test_serialized_with_stamp_rewrites_only_the_stamp_of_a_serialized_cloud():
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    points = np.random.default_rng(4).uniform(-50, 50, (257, 4)).astype(np.float32)
+    original = serialize_message(cloud_msg(points))
+    restamped = serialized_with_stamp(original, Time(sec=1_700_000_123, nanosec=999_999_999))
+    assert isinstance(restamped, bytes) and len(restamped) == len(original)  # what Publisher.publish sends as is
+    back = deserialize_message(restamped, PointCloud2)
+    assert (back.header.stamp.sec, back.header.stamp.nanosec) == (1_700_000_123, 999_999_999)
+    assert back.header.frame_id == "lidar_top" and bytes(back.data) == points.astype("<f4").tobytes()
+    assert restamped[12:] == original[12:] and restamped[:4] == original[:4]
+    # A big-endian encapsulation keeps its byte order; anything else is refused.
+    big_endian = b"\x00\x00\x00\x00" + bytes(8) + b"rest"
+    assert serialized_with_stamp(big_endian, Time(sec=1, nanosec=2))[4:12] == bytes([0, 0, 0, 1, 0, 0, 0, 2])
+    with pytest.raises(ValueError, match="not a plain CDR message"):
+        serialized_with_stamp(b"\x00\x07" + bytes(20), Time(sec=1, nanosec=2))

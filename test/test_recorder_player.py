@@ -466,6 +466,25 @@ def test_player_once_publishes_every_frame_in_order_then_finishes(ros, tmp_path)
         assert back.fields == FIELDS and same_cloud(back.points, cloud.points)
 
 
+@pytest.mark.parametrize("serialized_at_start", [True, False], ids=["serialized-at-start", "built-as-played"])
+def test_player_serializes_a_small_source_once_and_builds_a_large_one_as_played(ros, tmp_path, monkeypatch,
+                                                                               serialized_at_start):
+    if not serialized_at_start:  # a source larger than the budget: each cloud is built when its turn comes
+        monkeypatch.setattr(cloud_player, "PRESERIALIZE_MAX_BYTES", 1000)
+    clouds = kitti_folder(tmp_path / "frames", 3)
+    player, received = start_player(ros, namespace(), source=str(tmp_path / "frames"), rate=50.0, loop=True,
+                                    wait_for_subscribers=1)
+    assert (player._serialized is not None) == serialized_at_start
+    if serialized_at_start:
+        assert len(player._serialized) == 3
+    wait_for(lambda: len(received) >= 5, "five clouds")
+    order = [next(k for k, c in enumerate(clouds) if same_cloud(msg_to_pointcloud(m).points, c.points))
+             for m in received[:5]]
+    assert order == [0, 1, 2, 0, 1] and player.passes >= 1
+    stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in received[:5]]
+    assert all(a < b for a, b in zip(stamps, stamps[1:])), "each publish stamped anew, also the stored clouds"
+
+
 def test_player_loop_starts_over(ros, tmp_path):
     clouds = kitti_folder(tmp_path / "frames", 2)
     ns = namespace()
