@@ -37,6 +37,8 @@ class NodeRun:
     frames: list[FrameResult]
     counters: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics key-values
     unmatched_answers: int = 0  # Detection3DArrays whose stamp is no published cloud's (never expected)
+    # CPU ms per cloud period while the clouds were played: {process: {thread name: ms}} (process_cpu.py)
+    cpu_ms_per_cloud: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def published(self) -> int:

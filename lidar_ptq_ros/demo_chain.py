@@ -46,6 +46,7 @@ from .chain_report import FrameResult, NodeRun
 from .cloud_player import STAMPS_QOS
 from .conversions import msg_to_detections
 from .detector_node import NODE_NAME as DETECTOR_NODE_NAME
+from .process_cpu import CpuSampler
 
 DEFAULT_DOMAIN_ID = "42"
 DDS_PROFILE = Path("dds") / "fastdds_loopback_shm.xml"
@@ -250,12 +251,16 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
     spinner = threading.Thread(target=executor.spin, name="lidar_ptq_demo_collector", daemon=True)
     spinner.start()
     tag = label.lower()
+    cpu = CpuSampler()
     detector = NodeProcess("detector_node", log_dir / f"detector_{tag}.log",
                            {"model": model, "backend": backend, "num_threads": threads,
                             "score_threshold": float(score_threshold), "diagnostics_period": 0.5,
                             "publish_markers": True},
                            {"__ns": ns, "/diagnostics": f"{ns}/diagnostics"}, env)
     player = None
+    cpu.watch("detector_node", detector.process.pid)
+    cpu.watch("this process", os.getpid())  # the collector, and whatever else the caller runs meanwhile
+    cpu.start()
     try:
         wait_until(collector.detector_ready, "detector node up (model loaded, topics matched)", STARTUP_TIMEOUT_S,
                    detector)
@@ -265,6 +270,7 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
                              {"source": "sim", "sim_split": "val", "sim_config": sim_config, "sim_frames": frames,
                               "rate": float(rate), "loop": False, "wait_for_subscribers": 2},  # node + collector
                              {"__ns": ns}, env)
+        cpu.watch("cloud_player", player.process.pid)
         status = player.wait(timeout=STARTUP_TIMEOUT_S + 3.0 * frames / rate)
         if status != 0:
             raise player.fail(f"exited with status {status}")
@@ -274,6 +280,7 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
             raise ChainError(f"cloud_player published {published} clouds but the collector saw "
                              f"{len(collector.clouds)}; frames cannot be told apart")
     finally:
+        cpu.stop()
         if player is not None:
             player.stop()  # already exited, unless something failed or the demo was interrupted
         status = detector.stop()
@@ -282,7 +289,33 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
         collector.destroy_node()
     if status != 0:
         raise detector.fail(f"exited with status {status} on Ctrl-C")
-    return collector.node_run(label, model, backend, rate, class_names)
+    run = collector.node_run(label, model, backend, rate, class_names)
+    run.cpu_ms_per_cloud = cpu_per_cloud(cpu, collector.clouds, rate)
+    return run
+
+
+def cpu_per_cloud(cpu: CpuSampler, stamps_ns: list[int], rate: float) -> dict[str, dict[str, float]]:
+    """CPU ms per cloud period of each watched process's threads, from the first cloud's stamp to the last's: the
+    steady state, without the processes' start-up."""
+    if len(stamps_ns) < 2:
+        return {}
+    start, end = stamps_ns[0] / 1e9, stamps_ns[-1] / 1e9
+    seconds = cpu.window_seconds(start, end)
+    if seconds <= 0:
+        return {}
+    scale = 1000.0 / (seconds * rate)
+    return {label: {name: value * scale for name, value in sorted(threads.items(), key=lambda kv: -kv[1])}
+            for label, threads in cpu.window(start, end).items()}
+
+
+def cpu_line(run: NodeRun) -> str:
+    """One line: CPU ms per cloud period of each process while the clouds were played, its busiest threads."""
+    parts = []
+    for label, threads in run.cpu_ms_per_cloud.items():
+        busiest = ", ".join(f"{name} {ms:.1f}" for name, ms in list(threads.items())[:4] if ms >= 0.05)
+        parts.append(f"{label} {sum(threads.values()):.1f}" + (f" ({busiest})" if busiest else ""))
+    return (f"{run.label}: CPU ms per cloud period while playing (threads by name): " + "; ".join(parts)
+            if parts else f"{run.label}: no CPU samples")
 
 
 def record_calibration_bag(bag: Path, frames: int, *, env: dict, log_dir: Path, sim_config: str = "default",
@@ -407,6 +440,8 @@ def run_demo(args) -> int:
     print(format_latency_table(runs))
     for run in runs:
         print("  " + keep_up_sentence(run))
+    for run in runs:
+        print("  " + cpu_line(run))
     if runs[-1].model.endswith(".lptq"):
         compared_to_bench = node_over_bench(runs[-1], val, args.threads)
         summary["node_over_bench"] = compared_to_bench
@@ -422,7 +457,8 @@ def run_demo(args) -> int:
             write_detections(box_dir / "pred" / f"{frame_id}.json", frame_id, frame.detections)
             write_ground_truth(box_dir / "gt" / f"{frame_id}.json", frame_id, ground_truths[frame.index])
         result = accuracy(run, ground_truths, geometry.class_names, region)
-        entry = {"model": run.model, "backend": run.backend, **latency_summary(run), "node_counters": run.counters}
+        entry = {"model": run.model, "backend": run.backend, **latency_summary(run), "node_counters": run.counters,
+                 "cpu_ms_per_cloud": run.cpu_ms_per_cloud}
         if result is not None:
             per_class = ", ".join(f"{name} {100 * c.distance_ap['all']:.1f}" for name, c in result.classes.items()
                                   if c.distance_ap["all"] == c.distance_ap["all"])

@@ -161,5 +161,12 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     ratio = summary["node_over_bench"]
     assert ratio["bench"]["frames"] == 3 and ratio["bench"]["total_ms_median"] > 0
     assert ratio["ratio"] == pytest.approx(ratio["node"]["total_ms_median"] / ratio["bench"]["total_ms_median"])
+    # What each process of the chain spent per cloud period while the clouds were played (process_cpu.py)
+    for label, run in summary["runs"].items():
+        cpu = run["cpu_ms_per_cloud"]
+        assert set(cpu) == {"detector_node", "cloud_player", "this process"}, cpu
+        assert sum(cpu["detector_node"].values()) > 0 and "main" in cpu["detector_node"]
+        assert all(ms >= 0 for threads in cpu.values() for ms in threads.values())
+        assert f"{label}: CPU ms per cloud period while playing" in text
     assert ratio["line"] in text and ("PASS (INT8 onnxruntime)" in ratio["line"]
                                       or "FAIL (INT8 onnxruntime)" in ratio["line"])

@@ -1,0 +1,62 @@
+"""process_cpu.CpuSampler: per-thread CPU seconds of watched processes over a window of wall time, from /proc."""
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from lidar_ptq_ros.process_cpu import MAIN_THREAD, CpuSampler
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_window_gives_the_cpu_of_a_busy_thread_by_its_name_and_leaves_out_what_came_before():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+
+    def busy():
+        libc.prctl(15, b"cpu_test_busy", 0, 0, 0)  # PR_SET_NAME: the name the sampler groups by
+        _spin(0.05)  # before the window
+        ready.set()
+        go.wait()
+        _spin(0.3)
+
+    ready, go = threading.Event(), threading.Event()
+    worker = threading.Thread(target=busy)
+    with CpuSampler(period=0.02) as cpu:
+        cpu.watch("test", os.getpid())
+        worker.start()
+        ready.wait()
+        time.sleep(0.1)
+        start = time.time()
+        time.sleep(0.1)  # the window's first sample is taken before the thread spins again
+        go.set()
+        worker.join()
+        time.sleep(0.1)
+        end = time.time()
+    threads = cpu.window(start, end)["test"]
+    # Clock ticks are 10 ms: the 0.3 s spun inside the window, within a few ticks; the 0.05 s before it left out.
+    assert threads["cpu_test_busy"] == pytest.approx(0.3, abs=0.05)
+    assert MAIN_THREAD in threads and threads[MAIN_THREAD] < 0.1  # the main thread slept
+    assert cpu.window_seconds(start, end) == pytest.approx(end - start, abs=0.1)
+    assert cpu.window(end + 10, end + 20) == {} and cpu.window_seconds(end + 10, end + 20) == 0.0
+
+
+def test_a_process_that_exited_is_left_out_of_later_samples():
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with CpuSampler(period=0.01) as cpu:
+        cpu.watch("gone", child.pid)
+        time.sleep(0.05)
+    assert cpu.window(0, time.time() + 1) == {}
