@@ -215,10 +215,15 @@ def main(argv=None) -> int:
         bench, node, latency = bench_summary(bench_frames[row]), node_summary(run.counters), latency_summary(run)
         results[row + tag] = {"model": run.model, "backend": run.backend, "tree": str(trees[tag]), "bench": bench,
                               "node": node, "ratio": node["total_ms_median"] / bench["total_ms_median"], **latency,
-                              "cpu_seconds": cpu, "node_counters": run.counters,
+                              "cpu_seconds": cpu, "cpu_ms_per_cloud": run.cpu_ms_per_cloud,
+                              "page_faults_per_cloud": run.page_faults_per_cloud,
+                              "node_counters": run.counters,
                               "all_runs": [{"latency_ms": latency_summary(r)["latency_ms"],
                                             "processing_ms_mean": latency_summary(r)["processing_ms_mean"],
-                                            "answered": latency_summary(r)["answered"], "cpu_seconds": c}
+                                            "answered": latency_summary(r)["answered"], "cpu_seconds": c,
+                                            "node_ms_median": node_summary(r.counters)["total_ms_median"],
+                                            "cpu_ms_per_cloud": r.cpu_ms_per_cloud,
+                                            "page_faults_per_cloud": r.page_faults_per_cloud}
                                            for r, c in node_runs[(row, tag)]]}
 
     lines = [
@@ -258,6 +263,24 @@ def main(argv=None) -> int:
                 f"node mean {a['processing_ms_mean']:.0f} ms, p50 {a['latency_ms']['p50']:.0f} ms, answered "
                 f"{a['answered']}, node CPU {a['cpu_seconds'].get('detector_node', float('nan')):.2f} s, player CPU "
                 f"{a['cpu_seconds'].get('cloud_player', float('nan')):.2f} s" for a in r["all_runs"]))
+    lines.append("")
+    lines.append("CPU ms per cloud period while the clouds were played (first cloud's stamp to the last: steady state),"
+                 " per process and its busiest threads by name (lidar_ptq_ros/process_cpu.py)")
+    for key, r in results.items():
+        lines.append(f"  {key}: " + "; ".join(
+            f"{label} {sum(threads.values()):.1f} (" + ", ".join(
+                f"{name} {ms:.1f}" for name, ms in list(threads.items())[:4]) + ")"
+            + f" {r['page_faults_per_cloud'].get(label, float('nan')):.0f} page faults"
+            for label, threads in r["cpu_ms_per_cloud"].items()))
+    if args.rounds > 1:
+        lines.append("Every run, alternating (node median ms, latency p50 ms, node / player CPU ms per cloud period, "
+                     "node page faults per cloud):")
+        for key, r in results.items():
+            lines.append(f"  {key}: " + "; ".join(
+                f"{a['node_ms_median']:.1f} / p50 {a['latency_ms']['p50']:.0f} / "
+                f"{sum(a['cpu_ms_per_cloud'].get('detector_node', {}).values()):.1f} / "
+                f"{sum(a['cpu_ms_per_cloud'].get('cloud_player', {}).values()):.1f} / "
+                f"{a['page_faults_per_cloud'].get('detector_node', float('nan')):.0f}" for a in r["all_runs"]))
     lines.append("")
     for row, run in zip(rows, runs):
         s = results[row]

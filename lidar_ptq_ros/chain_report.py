@@ -39,6 +39,7 @@ class NodeRun:
     unmatched_answers: int = 0  # Detection3DArrays whose stamp is no published cloud's (never expected)
     # CPU ms per cloud period while the clouds were played: {process: {thread name: ms}} (process_cpu.py)
     cpu_ms_per_cloud: dict[str, dict[str, float]] = field(default_factory=dict)
+    page_faults_per_cloud: dict[str, float] = field(default_factory=dict)  # {process: minor faults}, same window
 
     @property
     def published(self) -> int:

@@ -46,7 +46,7 @@ from .chain_report import FrameResult, NodeRun
 from .cloud_player import STAMPS_QOS
 from .conversions import msg_to_detections
 from .detector_node import NODE_NAME as DETECTOR_NODE_NAME
-from .process_cpu import CpuSampler
+from .process_cpu import CpuSampler, name_this_thread
 
 DEFAULT_DOMAIN_ID = "42"
 DDS_PROFILE = Path("dds") / "fastdds_loopback_shm.xml"
@@ -248,7 +248,8 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
     collector = Collector(ns, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(collector)
-    spinner = threading.Thread(target=executor.spin, name="lidar_ptq_demo_collector", daemon=True)
+    spinner = threading.Thread(target=_named(executor.spin, "demo_collector"), name="lidar_ptq_demo_collector",
+                               daemon=True)
     spinner.start()
     tag = label.lower()
     cpu = CpuSampler()
@@ -290,22 +291,32 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
     if status != 0:
         raise detector.fail(f"exited with status {status} on Ctrl-C")
     run = collector.node_run(label, model, backend, rate, class_names)
-    run.cpu_ms_per_cloud = cpu_per_cloud(cpu, collector.clouds, rate)
+    run.cpu_ms_per_cloud, run.page_faults_per_cloud = cpu_per_cloud(cpu, collector.clouds, rate)
     return run
 
 
-def cpu_per_cloud(cpu: CpuSampler, stamps_ns: list[int], rate: float) -> dict[str, dict[str, float]]:
-    """CPU ms per cloud period of each watched process's threads, from the first cloud's stamp to the last's: the
-    steady state, without the processes' start-up."""
+def _named(target, name: str):
+    """`target` run in a thread the OS (and CpuSampler) knows by `name`."""
+    def run():
+        name_this_thread(name)
+        target()
+    return run
+
+
+def cpu_per_cloud(cpu: CpuSampler, stamps_ns: list[int], rate: float) -> tuple[dict, dict]:
+    """CPU ms per cloud period of each watched process's threads ({process: {thread name: ms}}, busiest first) and
+    minor page faults per cloud period of each process, from the first cloud's stamp to the last's: the steady state,
+    without the processes' start-up. Empty dicts when the run was too short to tell."""
     if len(stamps_ns) < 2:
-        return {}
+        return {}, {}
     start, end = stamps_ns[0] / 1e9, stamps_ns[-1] / 1e9
     seconds = cpu.window_seconds(start, end)
     if seconds <= 0:
-        return {}
-    scale = 1000.0 / (seconds * rate)
-    return {label: {name: value * scale for name, value in sorted(threads.items(), key=lambda kv: -kv[1])}
-            for label, threads in cpu.window(start, end).items()}
+        return {}, {}
+    periods = seconds * rate
+    return ({label: {name: 1000.0 * value / periods for name, value in sorted(threads.items(), key=lambda kv: -kv[1])}
+             for label, threads in cpu.window(start, end).items()},
+            {label: faults / periods for label, faults in cpu.page_faults(start, end).items()})
 
 
 def cpu_line(run: NodeRun) -> str:
@@ -313,9 +324,11 @@ def cpu_line(run: NodeRun) -> str:
     parts = []
     for label, threads in run.cpu_ms_per_cloud.items():
         busiest = ", ".join(f"{name} {ms:.1f}" for name, ms in list(threads.items())[:4] if ms >= 0.05)
-        parts.append(f"{label} {sum(threads.values()):.1f}" + (f" ({busiest})" if busiest else ""))
-    return (f"{run.label}: CPU ms per cloud period while playing (threads by name): " + "; ".join(parts)
-            if parts else f"{run.label}: no CPU samples")
+        faults = run.page_faults_per_cloud.get(label)
+        parts.append(f"{label} {sum(threads.values()):.1f}" + (f" ({busiest})" if busiest else "")
+                     + (f" {faults:.0f} page faults" if faults is not None else ""))
+    return (f"{run.label}: CPU ms per cloud period while playing (threads by name), and minor page faults: "
+            + "; ".join(parts) if parts else f"{run.label}: no CPU samples")
 
 
 def record_calibration_bag(bag: Path, frames: int, *, env: dict, log_dir: Path, sim_config: str = "default",
@@ -458,7 +471,7 @@ def run_demo(args) -> int:
             write_ground_truth(box_dir / "gt" / f"{frame_id}.json", frame_id, ground_truths[frame.index])
         result = accuracy(run, ground_truths, geometry.class_names, region)
         entry = {"model": run.model, "backend": run.backend, **latency_summary(run), "node_counters": run.counters,
-                 "cpu_ms_per_cloud": run.cpu_ms_per_cloud}
+                 "cpu_ms_per_cloud": run.cpu_ms_per_cloud, "page_faults_per_cloud": run.page_faults_per_cloud}
         if result is not None:
             per_class = ", ".join(f"{name} {100 * c.distance_ap['all']:.1f}" for name, c in result.classes.items()
                                   if c.distance_ap["all"] == c.distance_ap["all"])

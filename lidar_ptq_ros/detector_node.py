@@ -51,6 +51,7 @@ from .frame_profile import TOTAL, FrameProfile, FrameTimer
 from .markers import detections_to_markers
 from .node_main import run_node_main
 from .node_parameters import ParameterSpec, StartupError, declare_parameters
+from .process_cpu import name_this_thread
 
 NODE_NAME = "lidar_ptq_detector"
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")  # runtime/backends.py BACKENDS
@@ -326,6 +327,7 @@ class DetectorNode(Node):
             self._cond.notify()
 
     def _process_loop(self) -> None:
+        name_this_thread("detector_work")  # apart from onnxruntime's pool and the executor in /proc and top
         while True:
             with self._cond:
                 while self._mailbox is None and not self._stopping:

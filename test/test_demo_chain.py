@@ -165,7 +165,8 @@ def test_demo_chain_records_quantizes_exports_and_reports_what_the_node_publishe
     for label, run in summary["runs"].items():
         cpu = run["cpu_ms_per_cloud"]
         assert set(cpu) == {"detector_node", "cloud_player", "this process"}, cpu
-        assert sum(cpu["detector_node"].values()) > 0 and "main" in cpu["detector_node"]
+        assert sum(cpu["detector_node"].values()) > 0 and {"main", "detector_work"} <= set(cpu["detector_node"])
+        assert set(run["page_faults_per_cloud"]) == set(cpu)
         assert all(ms >= 0 for threads in cpu.values() for ms in threads.values())
         assert f"{label}: CPU ms per cloud period while playing" in text
     assert ratio["line"] in text and ("PASS (INT8 onnxruntime)" in ratio["line"]

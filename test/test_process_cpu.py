@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from lidar_ptq_ros.process_cpu import MAIN_THREAD, CpuSampler
+from lidar_ptq_ros.process_cpu import MAIN_THREAD, CpuSampler, name_this_thread
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _spin(seconds: float) -> None:
@@ -19,18 +20,22 @@ def _spin(seconds: float) -> None:
 
 
 def test_window_gives_the_cpu_of_a_busy_thread_by_its_name_and_leaves_out_what_came_before():
-    import ctypes
-
-    libc = ctypes.CDLL(None)
+    import mmap
 
     def busy():
-        libc.prctl(15, b"cpu_test_busy", 0, 0, 0)  # PR_SET_NAME: the name the sampler groups by
+        name_this_thread("cpu_test_busy")  # the name the sampler groups by
         _spin(0.05)  # before the window
         ready.set()
         go.wait()
         _spin(0.3)
+        fresh = mmap.mmap(-1, 1024 * PAGE)
+        for offset in range(0, len(fresh), PAGE):  # each page faulted in once
+            fresh[offset] = 1
+        fresh.close()
+        spun.set()
+        leave.wait()  # alive until sampled: an ended thread counts up to its last sample only
 
-    ready, go = threading.Event(), threading.Event()
+    ready, go, spun, leave = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     worker = threading.Thread(target=busy)
     with CpuSampler(period=0.02) as cpu:
         cpu.watch("test", os.getpid())
@@ -40,14 +45,17 @@ def test_window_gives_the_cpu_of_a_busy_thread_by_its_name_and_leaves_out_what_c
         start = time.time()
         time.sleep(0.1)  # the window's first sample is taken before the thread spins again
         go.set()
-        worker.join()
+        spun.wait()
         time.sleep(0.1)
         end = time.time()
+        leave.set()
+        worker.join()
     threads = cpu.window(start, end)["test"]
     # Clock ticks are 10 ms: the 0.3 s spun inside the window, within a few ticks; the 0.05 s before it left out.
     assert threads["cpu_test_busy"] == pytest.approx(0.3, abs=0.05)
     assert MAIN_THREAD in threads and threads[MAIN_THREAD] < 0.1  # the main thread slept
     assert cpu.window_seconds(start, end) == pytest.approx(end - start, abs=0.1)
+    assert 1024 <= cpu.page_faults(start, end)["test"] < 1024 + 500  # the pages touched, and little else
     assert cpu.window(end + 10, end + 20) == {} and cpu.window_seconds(end + 10, end + 20) == 0.0
 
 
@@ -59,4 +67,4 @@ def test_a_process_that_exited_is_left_out_of_later_samples():
     with CpuSampler(period=0.01) as cpu:
         cpu.watch("gone", child.pid)
         time.sleep(0.05)
-    assert cpu.window(0, time.time() + 1) == {}
+    assert cpu.window(0, time.time() + 1) == {} and cpu.page_faults(0, time.time() + 1) == {}
