@@ -56,6 +56,8 @@ STARTUP_TIMEOUT_S = 180.0  # a node process importing torch and loading a model 
 SETTLE_TIMEOUT_S = 60.0
 # A cloud not counted by the node this long after its stamp never reached it (best effort on a busy machine).
 DELIVERY_MARGIN_NS = 2_000_000_000
+# Reading /proc for the chain's ~60 threads takes about 1 ms of the cores the node uses: 4 times a second is enough.
+CPU_SAMPLE_PERIOD_S = 0.25
 _runs = itertools.count(1)
 
 
@@ -252,7 +254,8 @@ def run_node(context, label: str, model: str, backend: str, *, frames: int, rate
                                daemon=True)
     spinner.start()
     tag = label.lower()
-    cpu = CpuSampler()
+    # About ten samples over a short run, at most CPU_SAMPLE_PERIOD_S apart over a long one
+    cpu = CpuSampler(period=min(CPU_SAMPLE_PERIOD_S, max(0.05, frames / rate / 10)))
     detector = NodeProcess("detector_node", log_dir / f"detector_{tag}.log",
                            {"model": model, "backend": backend, "num_threads": threads,
                             "score_threshold": float(score_threshold), "diagnostics_period": 0.5,

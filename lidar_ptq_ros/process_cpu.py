@@ -16,7 +16,6 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from pathlib import Path
 
 MAIN_THREAD = "main"  # the process's first thread (the rclpy executor in the nodes)
 
@@ -24,16 +23,21 @@ MAIN_THREAD = "main"  # the process's first thread (the rclpy executor in the no
 def _thread_times(pid: int, tick: float) -> dict[int, tuple[str, float, int]]:
     """{tid: (thread name, CPU s, minor page faults)} of one process; empty once it has exited."""
     threads = {}
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return threads
+    for tid_text in tids:
         try:
-            text = stat.read_text()
+            with open(f"/proc/{pid}/task/{tid_text}/stat", "rb") as stat:
+                text = stat.read().decode(errors="replace")
         except OSError:  # the thread ended between listing and reading
             continue
-        name = text[text.index("(") + 1: text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()  # from field 3 (state): minflt is 10, utime 14, stime 15
-        tid = int(stat.parent.name)
-        threads[tid] = (MAIN_THREAD if tid == pid else name, (int(fields[11]) + int(fields[12])) * tick,
-                        int(fields[7]))
+        close = text.rindex(")")
+        fields = text[close + 2:].split()  # from field 3 (state): minflt is field 10, utime 14, stime 15
+        tid = int(tid_text)
+        name = MAIN_THREAD if tid == pid else text[text.index("(") + 1: close]
+        threads[tid] = (name, (int(fields[11]) + int(fields[12])) * tick, int(fields[7]))
     return threads
 
 

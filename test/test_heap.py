@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lidar_ptq_core.runtime.heap import USER_SETTINGS
+from lidar_ptq_core.runtime.heap import SWITCH, USER_SETTINGS
 
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the setting exists in glibc only")
@@ -37,7 +37,7 @@ print(json.dumps({"state": state, "faults": faults[3:]}))
 
 
 def _environment_without_user_settings() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
+    return {k: v for k, v in os.environ.items() if k not in (*USER_SETTINGS, SWITCH)}
 
 
 def _run_frames(mode: str, env: dict) -> dict:
@@ -57,9 +57,11 @@ def test_kept_memory_takes_the_page_faults_out_of_a_frame():
 
 
 @glibc_only
-def test_user_settings_are_left_alone():
+def test_user_settings_are_left_alone_and_the_switch_turns_it_off():
     env = _environment_without_user_settings() | {"MALLOC_TRIM_THRESHOLD_": "131072"}
     assert _run_frames("keep", env)["state"] == "user settings"
+    off = _run_frames("keep", _environment_without_user_settings() | {SWITCH: "0"})
+    assert off["state"] == "off" and min(off["faults"]) > 500, off
 
 
 @glibc_only

@@ -12,7 +12,8 @@ voxelize 8.7 ms of which about half was those faults (3.9 ms with none). That wa
 `keep_freed_memory()` sets glibc's thresholds once per process (mallopt): allocations up to 32 MB come from the heap,
 and up to 128 MB of freed heap stay in the process. The process keeps what its frames used at their peak, which it
 takes again at the next frame anyway. Thresholds given in the environment (MALLOC_MMAP_THRESHOLD_,
-MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) are left as the user set them.
+MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) are left as the user set them, and LIDAR_PTQ_KEEP_FREED_MEMORY=0 leaves
+glibc's defaults (benchmarks/node_pipeline_variants.py compares the two).
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ MMAP_THRESHOLD_BYTES = 32 << 20  # the largest glibc accepts on 64-bit (HEAP_MAX
 TRIM_THRESHOLD_BYTES = 128 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+SWITCH = "LIDAR_PTQ_KEEP_FREED_MEMORY"  # "0": leave the allocator as glibc sets it
 
 _lock = threading.Lock()
 _state: str | None = None  # what the first call did, for every later call
 
 
 def keep_freed_memory() -> str:
-    """Set the thresholds (once per process). Returns what was done: 'set', 'user settings' (the environment sets
-    the allocator), 'not glibc' (nothing to set) or 'refused' (mallopt said no)."""
+    """Set the thresholds (once per process). Returns what was done: 'set', 'off' (LIDAR_PTQ_KEEP_FREED_MEMORY=0),
+    'user settings' (the environment sets the allocator), 'not glibc' (nothing to set) or 'refused' (mallopt said
+    no)."""
     global _state
     with _lock:
         if _state is None:
@@ -43,6 +46,8 @@ def keep_freed_memory() -> str:
 
 
 def _apply() -> str:
+    if os.environ.get(SWITCH, "").strip() == "0":
+        return "off"
     if any(os.environ.get(name) for name in USER_SETTINGS):
         return "user settings"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

@@ -46,7 +46,9 @@ class OnnxRuntimeBackend:
     name = RUNTIME_ENGINE
     takes_numpy = True
 
-    def __init__(self, bundle: Bundle, threads: int | None = None):
+    def __init__(self, bundle: Bundle, threads: int | None = None, config_entries: dict | None = None):
+        """`config_entries`: onnxruntime session config entries over ort_profile.session_options' (for benchmarks
+        comparing them: the node and the library use none)."""
         import onnxruntime as ort
 
         from .ort_profile import session_options
@@ -57,7 +59,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f"{bundle.path}: a {bundle.config.vfe.type} model's encoder is not a shipped graph; "
                              "voxel bundles need torch and spconv for their sparse part")
         parts = bundle.read_parts([plan["encoder"], plan["dense"]])
-        options = session_options(threads)
+        options = session_options(threads, config_entries=config_entries)
         self.encoder = ort.InferenceSession(parts[plan["encoder"]], options, providers=["CPUExecutionProvider"])
         self.session = ort.InferenceSession(parts[plan["dense"]], options, providers=["CPUExecutionProvider"])
         self.graph_parts = {"encoder": plan["encoder"], "dense": plan["dense"]}

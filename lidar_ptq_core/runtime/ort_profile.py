@@ -81,9 +81,10 @@ def profile_session(onnx_bytes: bytes, feeds: dict, runs: int = 1, threads: int 
         return parse_profile(trimmed, runs)
 
 
-def session_options(threads: int | None = None, optimization_level=None):
+def session_options(threads: int | None = None, optimization_level=None, config_entries: dict | None = None):
     """onnxruntime SessionOptions: all graph optimizations (QDQ fusion needs >= extended) unless told otherwise;
-    `threads` intra-op threads (None: onnxruntime's default, one per physical core); worker threads do not spin.
+    `threads` intra-op threads (None: onnxruntime's default, one per physical core); worker threads do not spin;
+    `config_entries`: further session config entries, after (so over) these.
 
     Why no spinning: by default onnxruntime's intra-op threads busy-wait for a while after each run. In our pipeline
     torch code (the encoder, decode) runs right after, on the same cores, and measured here the pillar encoder took
@@ -101,6 +102,8 @@ def session_options(threads: int | None = None, optimization_level=None):
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (config_entries or {}).items():  # benchmarks/node_ort_options.py tries others against these
+        options.add_session_config_entry(key, str(value))
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization_level is None
                                         else optimization_level)
     if threads:
