@@ -185,3 +185,20 @@ def test_session_options_keep_worker_threads_from_spinning():
     options = session_options(threads=2)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
+
+
+def test_integer_graph_of_a_model_with_float_output_layers_matches_its_fake_quant_model():
+    import onnxruntime as ort
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 2)
+    config = method_config("sparse-max", keep_float_outputs=True, **FAST)
+    qmodel, report = quantize_centerpoint(model, batches[:1], "sparse-max", config, progress=False)
+    layers = int8_layer_report(qmodel)
+    assert sorted(n for n, how in layers.items() if how == "fp32 layer (not quantized)") == sorted(
+        report.layout["kept_float"])
+    bev = qmodel.bev_features(batches[1]).detach()
+    session = ort.InferenceSession(export_dense_ort_int8(qmodel), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"bev": bev.numpy()})
+    for name, ort_int8, fq in zip(output_names(qmodel), got, _outputs(qmodel, bev)):
+        assert np.median(np.abs(ort_int8 - fq)) <= 1e-4 * max(np.abs(fq).max(), 1.0), name

@@ -413,6 +413,23 @@ def test_keep_float_layers_are_named_and_left_alone():
                              progress=False)
 
 
+def test_keep_float_outputs_leaves_exactly_the_layers_that_make_the_network_outputs():
+    from lidar_ptq_core.recipes.centerpoint import output_layers
+
+    model = tiny_model(TINY_PILLAR)
+    heads = sorted(f"dense_head.heads_list.{task}.{name}.1"  # every task's head (the tiny model has two)
+                   for task, head in enumerate(model.dense_head.heads_list) for name in head.head_names)
+    assert len(heads) == 10
+    assert sorted(output_layers(model)) == heads
+    config = method_config("max", keep_float_outputs=True, keep_float=("backbone_2d.deblocks.0",))
+    qmodel, report = quantize_centerpoint(model, calibration_batches(model, 2), "max", config, progress=False)
+    assert sorted(report.layout["kept_float"]) == sorted(heads + ["backbone_2d.deblocks.0.0"])
+    assert all(type(qmodel.get_submodule(name)) is nn.Conv2d for name in heads)
+    assert "dense_head.heads_list.0.center.0.0" in report.layout["quantized"]  # the 3x3 conv before stays INT8
+    with pytest.raises(ValueError, match="output_layers"):  # a target that names no outputs cannot honour it
+        quantize(model, calibration_batches(model, 1), "max", config)
+
+
 def test_quantization_resumes_from_its_stage_checkpoints(tmp_path, monkeypatch):
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model)

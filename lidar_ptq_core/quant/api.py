@@ -49,6 +49,7 @@ class QuantTarget:
     blocks: Sequence[str] = ()
     task_hook: TaskHook | None = None
     equalization_pairs: Sequence[EqualizationPair] = ()  # quant/equalize.py
+    output_layers: Sequence[str] = ()  # layers whose output is a network output (config.keep_float_outputs)
 
 
 @dataclass
@@ -144,7 +145,10 @@ def _quantize(model, calibration_batches, config: QuantConfig, target: QuantTarg
     if not batches:
         raise ValueError("quantize needs at least one calibration batch")
     qmodel = copy.deepcopy(model).eval()
-    layout = plan_layout(qmodel, target.fold_pairs, tuple(target.add_types), config.keep_float,
+    keep_float = tuple(config.keep_float) + (tuple(target.output_layers) if config.keep_float_outputs else ())
+    if config.keep_float_outputs and not target.output_layers:
+        raise ValueError("keep_float_outputs needs the target's output_layers (the task recipe names them)")
+    layout = plan_layout(qmodel, target.fold_pairs, tuple(target.add_types), tuple(dict.fromkeys(keep_float)),
                          target.first_layers if config.input_channel_scaling else ())
     with torch.no_grad():
         reference = target.forward(model.eval(), batches[0])

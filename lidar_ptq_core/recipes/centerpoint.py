@@ -66,6 +66,11 @@ def fold_pairs(model: CenterPoint) -> list[tuple[str, str]]:
     return list(network_topology(model, is_layer=_is_layer).layer_norms)
 
 
+def output_layers(model: CenterPoint) -> list[str]:
+    """The layer that makes each network output (every head's last conv), from the model's topology."""
+    return list(dict.fromkeys(output.layer for output in network_topology(model, is_layer=_is_layer).outputs))
+
+
 def first_layers(model: CenterPoint) -> list[str]:
     return [network_topology(model, is_layer=_is_layer).first_layer]
 
@@ -173,6 +178,7 @@ def centerpoint_target(model: CenterPoint, config: QuantConfig | None = None) ->
         blocks=reconstruction_blocks(model),
         task_hook=TGPLHook(model, config.tgpl_score_threshold, config.tgpl_top_k),
         equalization_pairs=equalization_pairs(model),
+        output_layers=output_layers(model),
     )
 
 
