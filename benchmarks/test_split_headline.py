@@ -82,14 +82,32 @@ def calibration_of(path: Path) -> str | None:
 
     from lidar_ptq_core.models.checkpoint import read_checkpoint_metadata
 
-    report = read_checkpoint_metadata(path).get("report")
+    metadata = read_checkpoint_metadata(path)
+    report = metadata.get("report")
     if not report:
         return None
     provenance = json.loads(report).get("provenance") or {}
     if not provenance:
         return None
-    return (f"{provenance.get('method', '?')} on {provenance.get('calibration', '?')}, "
+    method = provenance.get("method", "?")
+    changed = preset_changes(method, json.loads(metadata.get("quantization") or "{}"))
+    return (f"{method}{f' ({changed})' if changed else ''} on {provenance.get('calibration', '?')}, "
             f"{provenance.get('threads', '?')} threads")
+
+
+def preset_changes(method: str, settings: dict) -> str:
+    """The settings of a checkpoint that differ from its method's preset, as 'key=value, ...'."""
+    from lidar_ptq_core.quant import METHODS, method_config
+
+    if method not in METHODS or not settings:
+        return ""
+    preset = method_config(method).to_dict()
+    return ", ".join(f"{key}={settings[key]}" for key in sorted(settings)
+                     if key != "method" and key in preset and _plain(settings[key]) != _plain(preset[key]))
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def main() -> int:
