@@ -6,6 +6,8 @@ Variants (--variants, comma-separated; default all):
   kept             what the node and every bench run with: the allocator keeps freed memory (runtime/heap.py),
                    onnxruntime intra-op threads do not spin (ort_profile.session_options), --threads threads
   glibc-default    the allocator left as glibc sets it (LIDAR_PTQ_KEEP_FREED_MEMORY=0)
+  glibc-after-torch  the same, in a process that first ran the FP32 checkpoint in torch on the frames, as
+                   `lidar-ptq demo`'s process had (quantization, compare) before it timed its bench
   spinning         onnxruntime's intra-op threads busy-wait between parallel sections (allow_spinning 1)
   dynamic-blocks   onnxruntime hands out a parallel loop's work in shrinking blocks (dynamic_block_base 4), so a
                    preempted thread holds up less of it
@@ -33,17 +35,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "sim_pillar_int8.lptq"
-# name -> (environment, onnxruntime session config entries, threads: None = --threads)
+GLIBC_DEFAULT = {"LIDAR_PTQ_KEEP_FREED_MEMORY": "0"}
+# name -> (environment, onnxruntime session config entries, threads: None = --threads, torch work first)
 VARIANTS = {
-    "kept": ({}, {}, None),
-    "glibc-default": ({"LIDAR_PTQ_KEEP_FREED_MEMORY": "0"}, {}, None),
-    "spinning": ({}, {"session.intra_op.allow_spinning": "1"}, None),
-    "dynamic-blocks": ({}, {"session.dynamic_block_base": "4"}, None),
-    "one-thread": ({}, {}, 1),
+    "kept": ({}, {}, None, False),
+    "glibc-default": (GLIBC_DEFAULT, {}, None, False),
+    "glibc-after-torch": (GLIBC_DEFAULT, {}, None, True),
+    "spinning": ({}, {"session.intra_op.allow_spinning": "1"}, None, False),
+    "dynamic-blocks": ({}, {"session.dynamic_block_base": "4"}, None, False),
+    "one-thread": ({}, {}, 1, False),
 }
 
 
-def measure(frames: int, passes: int, threads: int, config_entries: dict) -> dict:
+def measure(frames: int, passes: int, threads: int, config_entries: dict, torch_first: bool = False) -> dict:
     """One variant in this process: per-frame stage ms, CPU ms and page faults, and what the allocator setting did."""
     import resource
     import threading
@@ -60,6 +64,13 @@ def measure(frames: int, passes: int, threads: int, config_entries: dict) -> dic
     dataset = SimDataset("val", frames, load_sim_config("default"))
     dataset.prepare(progress=False)
     messages = messages_like_the_player(dataset)
+    if torch_first:
+        import torch
+
+        torch.set_num_threads(threads)
+        fp32 = Detector.from_checkpoint("sim_pillar")
+        for frame in dataset:
+            fp32.detect(frame.points)
     bundle = read_bundle(bundled_bundle(BUNDLE))
     detector = Detector(backend=OnnxRuntimeBackend(bundle, threads, config_entries), config=bundle.config)
     staged = StagedDetector(detector)
@@ -81,12 +92,12 @@ def measure(frames: int, passes: int, threads: int, config_entries: dict) -> dic
 
 
 def run_variant(name: str, frames: int, passes: int, threads: int) -> dict:
-    environment, entries, variant_threads = VARIANTS[name]
+    environment, entries, variant_threads, torch_first = VARIANTS[name]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env.update(environment)
     code = (f"import json, runpy; m = runpy.run_path({str(Path(__file__).resolve())!r}, run_name='variant'); "
             f"print('RESULT ' + json.dumps(m['measure']({frames}, {passes}, {variant_threads or threads}, "
-            f"{entries!r})))")
+            f"{entries!r}, {torch_first})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -141,11 +152,11 @@ def main(argv=None) -> int:
              f"command: ./dev run python benchmarks/node_pipeline_variants.py "
              f"{shlex.join(sys.argv[1:] if argv is None else argv)}", "",
              "medians per frame, ms (faults: minor page faults); 'x kept': total over the kept variant's",
-             f"{'variant':<16}{'frames':>7}{'total':>8}{'p90':>7}" + "".join(f"{s:>10}" for s in stages)
+             f"{'variant':<18}{'frames':>7}{'total':>8}{'p90':>7}" + "".join(f"{s:>10}" for s in stages)
              + f"{'CPU ms':>9}{'faults':>8}{'x kept':>8}   per-round totals"]
     for name, r in result.items():
         m = r["median"]
-        lines.append(f"{name:<16}{r['frames']:>7}{r['total_ms_median']:>8.1f}{r['total_ms_p90']:>7.1f}"
+        lines.append(f"{name:<18}{r['frames']:>7}{r['total_ms_median']:>8.1f}{r['total_ms_p90']:>7.1f}"
                      + "".join(f"{m[s]:>10.1f}" for s in stages)
                      + f"{m['cpu']:>9.1f}{m['faults']:>8.0f}{r['total_ms_median'] / kept['total_ms_median']:>8.2f}   "
                      + ", ".join(f"{t:.1f}" for t in r["round_totals"]))
