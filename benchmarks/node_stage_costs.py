@@ -9,7 +9,8 @@ message-side step on the first --frames sim val frames and the INT8 bundle's det
   stamp serialized cloud  cloud_player with its source serialized at start: the stored bytes with a new stamp
   deserialize cloud       the node's executor thread taking a PointCloud2 (rclpy deserialize_message)
   msg_to_detector_input   the node: PointCloud2 -> (N, 4) float32 points
-  detections_to_msg       the node: Detections -> Detection3DArray
+  detections_to_msg       Detections -> Detection3DArray (what the node did before it wrote the CDR itself)
+  detections_to_cdr       the node: Detections -> the serialized Detection3DArray it publishes as it is
   serialize detections    what publish() does with it before the middleware (rclpy serialize_message)
   detections_to_markers   the node: Detections -> MarkerArray (only for a subscriber since issue 19)
   serialize markers
@@ -33,8 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("read sim frame", "pointcloud_to_msg", "serialize cloud", "stamp serialized cloud",
-         "deserialize cloud", "msg_to_detector_input", "detections_to_msg", "serialize detections",
+STEPS = ("read sim frame", "pointcloud_to_msg", "serialize cloud", "stamp serialized cloud", "deserialize cloud",
+         "msg_to_detector_input", "detections_to_msg", "detections_to_cdr", "serialize detections",
          "detections_to_markers", "serialize markers", "deserialize detections")
 BUNDLE = "sim_pillar_int8.lptq"
 
@@ -79,8 +80,10 @@ def measure(frames: int, repeats: int) -> dict:
         "serialize markers": lambda i: serialize_message(markers[i]),
         "deserialize detections": lambda i: deserialize_message(serialized[i], Detection3DArray),
     }
-    if hasattr(conversions, "serialized_with_stamp"):  # an older tree has no such step
+    if hasattr(conversions, "serialized_with_stamp"):  # an older tree has no such steps
         steps["stamp serialized cloud"] = lambda i: conversions.serialized_with_stamp(serialized_clouds[i], stamp)
+    if hasattr(conversions, "detections_to_cdr"):
+        steps["detections_to_cdr"] = lambda i: conversions.detections_to_cdr(detections[i], header)
     out = {}
     for name, step in steps.items():
         step(0)  # warm-up

@@ -141,6 +141,60 @@ def detections_to_msg(detections: Detections, header: Header) -> Detection3DArra
     return out
 
 
+_COVARIANCE_ZEROS = bytes(36 * 8)  # PoseWithCovariance.covariance, all zero as detections_to_msg leaves it
+
+
+def detections_to_cdr(detections: Detections, header: Header) -> bytes:
+    """detections_to_msg(detections, header) serialized (CDR little endian, what rclpy's serialize_message gives for
+    it, padding zeroed), written straight from the arrays: the node publishes these bytes instead of building one
+    Python message per box and having rclpy convert and serialize them (1.0 + 0.6 ms for 70 boxes on a loaded
+    machine). test_conversions checks it against serialize_message field by field."""
+    boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 7)
+    half_yaw = 0.5 * boxes[:, 6]
+    scores = np.asarray(detections.scores, np.float64).reshape(-1)
+    out = bytearray(b"\x00\x01\x00\x00")  # encapsulation: CDR, little endian; alignment counts from after it
+
+    def align(size: int) -> None:
+        out.extend(bytes(-(len(out) - 4) % size))
+
+    def string(text: str) -> None:
+        data = text.encode() + b"\x00"
+        align(4)
+        out.extend(struct.pack("<I", len(data)))
+        out.extend(data)
+
+    stamp = struct.pack("<iI", int(header.stamp.sec), int(header.stamp.nanosec))
+    frame_id = str(header.frame_id)
+
+    def write_header() -> None:
+        align(4)
+        out.extend(stamp)
+        string(frame_id)
+
+    write_header()
+    align(4)
+    out.extend(struct.pack("<I", len(boxes)))
+    class_ids = _class_names(detections)
+    poses = np.zeros((len(boxes), 7))  # position x y z, orientation x y z w
+    poses[:, :3] = boxes[:, :3]
+    poses[:, 5], poses[:, 6] = np.sin(half_yaw), np.cos(half_yaw)
+    pose_bytes = [row.tobytes() for row in poses.astype("<f8")]
+    size_bytes = [row.tobytes() for row in boxes[:, 3:6].astype("<f8")]
+    for i in range(len(boxes)):
+        write_header()  # Detection3D.header
+        align(4)
+        out.extend(b"\x01\x00\x00\x00")  # results: one hypothesis
+        string(class_ids[i])
+        align(8)
+        out.extend(struct.pack("<d", scores[i]))
+        out.extend(pose_bytes[i])  # hypothesis pose (8-aligned after the score)
+        out.extend(_COVARIANCE_ZEROS)
+        out.extend(pose_bytes[i])  # bbox.center
+        out.extend(size_bytes[i])  # bbox.size
+        string(str(i))  # id
+    return bytes(out)
+
+
 def msg_to_detections(msg: Detection3DArray, class_names: tuple[str, ...]) -> Detections:
     """Inverse of detections_to_msg (first hypothesis of each detection); class ids must be in class_names."""
     index = {name: i for i, name in enumerate(class_names)}

@@ -16,6 +16,7 @@ from std_msgs.msg import Header  # noqa: E402
 from lidar_ptq_core.detections import Detections  # noqa: E402
 from lidar_ptq_core.pointcloud import KITTI_FIELDS, PointCloud  # noqa: E402
 from lidar_ptq_ros.conversions import (  # noqa: E402
+    detections_to_cdr,
     detections_to_msg,
     msg_to_detections,
     msg_to_detector_input,
@@ -125,3 +126,20 @@ def test_serialized_with_stamp_rewrites_only_the_stamp_of_a_serialized_cloud():
     assert serialized_with_stamp(big_endian, Time(sec=1, nanosec=2))[4:12] == bytes([0, 0, 0, 1, 0, 0, 0, 2])
     with pytest.raises(ValueError, match="not a plain CDR message"):
         serialized_with_stamp(b"\x00\x07" + bytes(20), Time(sec=1, nanosec=2))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 70])
+def test_detections_to_cdr_is_the_serialized_detections_message(n):
+    from rclpy.serialization import deserialize_message, serialize_message
+    from vision_msgs.msg import Detection3DArray
+
+    for class_names in (CLASSES, ()):  # class names, or label numbers as class ids
+        detections = random_detections(n=n, seed=n, class_names=class_names)
+        expected = detections_to_msg(detections, header(stamp=1_700_000_001))
+        written = detections_to_cdr(detections, header(stamp=1_700_000_001))
+        reference = serialize_message(expected)
+        # rclpy's serializer leaves alignment padding uninitialised; every other byte is the same
+        assert isinstance(written, bytes) and len(written) == len(reference)
+        assert deserialize_message(written, Detection3DArray) == expected
+        differing = [i for i, (a, b) in enumerate(zip(written, reference)) if a != b]
+        assert all(written[i] == 0 for i in differing), "only padding may differ, and it is zero here"

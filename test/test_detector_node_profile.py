@@ -1,6 +1,7 @@
 """The detector node's per-stage profile: FrameTimer / FrameProfile alone, then through the node: stages on
 /diagnostics, and markers built only while someone subscribes to them."""
 
+import struct
 import time
 
 import numpy as np
@@ -101,7 +102,9 @@ def test_input_check_runs_after_the_frame_is_published_and_once(tiny_checkpoint,
     try:
         published, checks = [], []
         publish = h.node._detections_pub.publish
-        h.node._detections_pub.publish = lambda msg: (published.append(msg.header.stamp.sec), publish(msg))
+        # The node publishes the detections serialized (CDR: 4-byte encapsulation, then header.stamp.sec)
+        h.node._detections_pub.publish = lambda data: (published.append(struct.unpack_from("<i", data, 4)[0]),
+                                                       publish(data))
 
         def check(given):  # stands in for the check (the tiny model has no reference statistics); clears as it does
             checks.append(list(published))
