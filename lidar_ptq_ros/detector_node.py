@@ -43,6 +43,7 @@ from visualization_msgs.msg import MarkerArray
 
 from lidar_ptq_core.detections import Detections
 from lidar_ptq_core.pointcloud.features import InputSettings
+from lidar_ptq_core.runtime.heap import keep_freed_memory
 from lidar_ptq_core.sweeps import SweepAccumulator, pose_from_position_quaternion
 
 from .conversions import detections_to_cdr, msg_to_detector_input
@@ -302,6 +303,9 @@ class DetectorNode(Node):
         return SetParametersResult(successful=True)
 
     def _load_detector(self):
+        # Every frame allocates and frees the same large arrays: keep freed memory instead of faulting it in again
+        # each frame, whatever the backend (onnxruntime's session options do it too; runtime/heap.py).
+        keep_freed_memory()
         with warnings.catch_warnings():  # spconv's import-time deprecation notices say nothing to a node's user
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
             from lidar_ptq_core.runtime import Detector

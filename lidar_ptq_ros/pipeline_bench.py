@@ -23,6 +23,9 @@ class StagedDetector:
 
     def __init__(self, detector, max_points: int | None = None):
         from lidar_ptq_core.pointcloud.features import InputSettings
+        from lidar_ptq_core.runtime.heap import keep_freed_memory
+
+        keep_freed_memory()  # as the detector node does for every backend: the comparison is like with like
 
         if max_points is None:
             from .detector_node import PARAMETERS
