@@ -12,6 +12,8 @@ Variants (--variants, comma-separated; default all):
   dynamic-blocks   onnxruntime hands out a parallel loop's work in shrinking blocks (dynamic_block_base 4), so a
                    preempted thread holds up less of it
   one-thread       1 intra-op thread
+  fp32-kept, fp32-glibc-default   the FP32 checkpoint in torch (the FP32 node's pipeline; --threads torch threads)
+                   with the allocator kept and left to glibc (not in the default list)
 
 Each child loads the INT8 bundle on onnxruntime and runs lidar_ptq_ros.pipeline_bench.StagedDetector (PointCloud2 ->
 points, voxelize, network, decode) on the first --frames sim val frames as cloud_player publishes them, in a worker
@@ -36,18 +38,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "sim_pillar_int8.lptq"
 GLIBC_DEFAULT = {"LIDAR_PTQ_KEEP_FREED_MEMORY": "0"}
-# name -> (environment, onnxruntime session config entries, threads: None = --threads, torch work first)
+# name -> (environment, onnxruntime session config entries, threads: None = --threads, torch work first, FP32 torch)
 VARIANTS = {
-    "kept": ({}, {}, None, False),
-    "glibc-default": (GLIBC_DEFAULT, {}, None, False),
-    "glibc-after-torch": (GLIBC_DEFAULT, {}, None, True),
-    "spinning": ({}, {"session.intra_op.allow_spinning": "1"}, None, False),
-    "dynamic-blocks": ({}, {"session.dynamic_block_base": "4"}, None, False),
-    "one-thread": ({}, {}, 1, False),
+    "kept": ({}, {}, None, False, False),
+    "glibc-default": (GLIBC_DEFAULT, {}, None, False, False),
+    "glibc-after-torch": (GLIBC_DEFAULT, {}, None, True, False),
+    "spinning": ({}, {"session.intra_op.allow_spinning": "1"}, None, False, False),
+    "dynamic-blocks": ({}, {"session.dynamic_block_base": "4"}, None, False, False),
+    "one-thread": ({}, {}, 1, False, False),
+    "fp32-kept": ({}, {}, None, False, True),
+    "fp32-glibc-default": (GLIBC_DEFAULT, {}, None, False, True),
 }
+DEFAULT_VARIANTS = [name for name, spec in VARIANTS.items() if not spec[4]]
 
 
-def measure(frames: int, passes: int, threads: int, config_entries: dict, torch_first: bool = False) -> dict:
+def baseline_of(name: str) -> str:
+    return "fp32-kept" if VARIANTS[name][4] else "kept"
+
+
+def measure(frames: int, passes: int, threads: int, config_entries: dict, torch_first: bool = False,
+            fp32: bool = False) -> dict:
     """One variant in this process: per-frame stage ms, CPU ms and page faults, and what the allocator setting did."""
     import resource
     import threading
@@ -71,8 +81,14 @@ def measure(frames: int, passes: int, threads: int, config_entries: dict, torch_
         fp32 = Detector.from_checkpoint("sim_pillar")
         for frame in dataset:
             fp32.detect(frame.points)
-    bundle = read_bundle(bundled_bundle(BUNDLE))
-    detector = Detector(backend=OnnxRuntimeBackend(bundle, threads, config_entries), config=bundle.config)
+    if fp32:  # as the FP32 node: the checkpoint in torch with num_threads torch threads
+        import torch
+
+        torch.set_num_threads(threads)
+        detector = Detector.from_checkpoint("sim_pillar")
+    else:
+        bundle = read_bundle(bundled_bundle(BUNDLE))
+        detector = Detector(backend=OnnxRuntimeBackend(bundle, threads, config_entries), config=bundle.config)
     staged = StagedDetector(detector)
     rows = []
 
@@ -92,12 +108,12 @@ def measure(frames: int, passes: int, threads: int, config_entries: dict, torch_
 
 
 def run_variant(name: str, frames: int, passes: int, threads: int) -> dict:
-    environment, entries, variant_threads, torch_first = VARIANTS[name]
+    environment, entries, variant_threads, torch_first, fp32 = VARIANTS[name]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env.update(environment)
     code = (f"import json, runpy; m = runpy.run_path({str(Path(__file__).resolve())!r}, run_name='variant'); "
             f"print('RESULT ' + json.dumps(m['measure']({frames}, {passes}, {variant_threads or threads}, "
-            f"{entries!r}, {torch_first})))")
+            f"{entries!r}, {torch_first}, {fp32})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -107,8 +123,9 @@ def run_variant(name: str, frames: int, passes: int, threads: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated among {', '.join(VARIANTS)} (default all; 'kept' always runs)")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated among {', '.join(VARIANTS)} (default {', '.join(DEFAULT_VARIANTS)}; "
+                             "'kept', or 'fp32-kept' with an FP32 variant, always runs)")
     parser.add_argument("--frames", type=int, default=20, help="sim val frames (default 20)")
     parser.add_argument("--passes", type=int, default=3, help="passes over the frames per process (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over the variants, order alternating (default 3)")
@@ -116,10 +133,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="report .txt (and .json beside it); default: print only")
     parser.add_argument("--note", default="", help="a line on the machine's state, kept in the report")
     args = parser.parse_args(argv)
-    names = ["kept"] + [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "kept"]
-    unknown = [v for v in names if v not in VARIANTS]
+    asked = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in asked if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
+    # Each model's baseline runs too: every other variant is read against it
+    baselines = ["kept"] if any(not VARIANTS[v][4] for v in asked) else []
+    baselines += ["fp32-kept"] if any(VARIANTS[v][4] for v in asked) else []
+    names = baselines + [v for v in asked if v not in baselines]
     if min(args.frames, args.passes, args.rounds, args.threads) < 1:
         parser.error("--frames, --passes, --rounds and --threads must be at least 1")
 
@@ -133,7 +154,7 @@ def main(argv=None) -> int:
             runs[name].append(run_variant(name, args.frames, args.passes, args.threads))
     load_after = os.getloadavg()
 
-    stages = runs["kept"][0]["stages"]
+    stages = runs[names[0]][0]["stages"]
     result = {}
     for name, variant_runs in runs.items():
         frames = [f for r in variant_runs for f in r["frames"]]
@@ -144,21 +165,22 @@ def main(argv=None) -> int:
                         "total_ms_median": float(np.median(totals)), "total_ms_p90": float(np.percentile(totals, 90)),
                         "round_totals": [float(np.median([sum(f[s] for s in stages) for f in r["frames"]]))
                                          for r in variant_runs]}
-    kept = result["kept"]
     lines = [f"the node's pipeline in the library ({BUNDLE}, onnxruntime) in a worker thread, {args.frames} sim val "
              f"frames x {args.passes} passes per process, {args.rounds} rounds over the variants (order alternating)",
              f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
              + (f"; {args.note}" if args.note else ""),
              f"command: ./dev run python benchmarks/node_pipeline_variants.py "
              f"{shlex.join(sys.argv[1:] if argv is None else argv)}", "",
-             "medians per frame, ms (faults: minor page faults); 'x kept': total over the kept variant's",
+             "medians per frame, ms (faults: minor page faults); 'x kept': total over the kept variant's of the same "
+             "model (kept, or fp32-kept)",
              f"{'variant':<18}{'frames':>7}{'total':>8}{'p90':>7}" + "".join(f"{s:>10}" for s in stages)
              + f"{'CPU ms':>9}{'faults':>8}{'x kept':>8}   per-round totals"]
     for name, r in result.items():
         m = r["median"]
         lines.append(f"{name:<18}{r['frames']:>7}{r['total_ms_median']:>8.1f}{r['total_ms_p90']:>7.1f}"
                      + "".join(f"{m[s]:>10.1f}" for s in stages)
-                     + f"{m['cpu']:>9.1f}{m['faults']:>8.0f}{r['total_ms_median'] / kept['total_ms_median']:>8.2f}   "
+                     + f"{m['cpu']:>9.1f}{m['faults']:>8.0f}"
+                     + f"{r['total_ms_median'] / result[baseline_of(name)]['total_ms_median']:>8.2f}   "
                      + ", ".join(f"{t:.1f}" for t in r["round_totals"]))
     lines.append("allocator per variant: " + ", ".join(f"{name} {r['allocator']}" for name, r in result.items()))
     report = "\n".join(lines)
