@@ -55,7 +55,8 @@ def test_window_gives_the_cpu_of_a_busy_thread_by_its_name_and_leaves_out_what_c
     assert threads["cpu_test_busy"] == pytest.approx(0.3, abs=0.05)
     assert MAIN_THREAD in threads and threads[MAIN_THREAD] < 0.1  # the main thread slept
     assert cpu.window_seconds(start, end) == pytest.approx(end - start, abs=0.1)
-    assert 1024 <= cpu.page_faults(start, end)["test"] < 1024 + 500  # the pages touched, and little else
+    # the 1024 pages touched, and not many more (other threads of a test session may fault a little meanwhile)
+    assert 1024 <= cpu.page_faults(start, end)["test"] < 4096
     assert cpu.window(end + 10, end + 20) == {} and cpu.window_seconds(end + 10, end + 20) == 0.0
 
 
