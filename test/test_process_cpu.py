@@ -19,6 +19,13 @@ def _spin(seconds: float) -> None:
         pass
 
 
+def _until_sampled_after(cpu: CpuSampler, moment: float) -> None:
+    """Wait (on a loaded machine the sampler may run late) until two samples lie after `moment`."""
+    deadline = time.time() + 30
+    while cpu.window_seconds(moment, float("inf")) <= 0 and time.time() < deadline:
+        time.sleep(0.01)
+
+
 def test_window_gives_the_cpu_of_a_busy_thread_by_its_name_and_leaves_out_what_came_before():
     import mmap
 
@@ -43,10 +50,10 @@ def test_window_gives_the_cpu_of_a_busy_thread_by_its_name_and_leaves_out_what_c
         ready.wait()
         time.sleep(0.1)
         start = time.time()
-        time.sleep(0.1)  # the window's first sample is taken before the thread spins again
+        _until_sampled_after(cpu, start)  # the window's first sample is taken before the thread spins again
         go.set()
         spun.wait()
-        time.sleep(0.1)
+        _until_sampled_after(cpu, time.time())  # and its last one after the thread's work
         end = time.time()
         leave.set()
         worker.join()
