@@ -133,14 +133,17 @@ def test_the_detector_node_runs_the_shipped_bundle_where_torch_cannot_be_importe
         from lidar_ptq_core.sim import generate_frame, load_sim_config
         from lidar_ptq_ros.conversions import pointcloud_to_msg
         from lidar_ptq_ros.detector_node import DetectorNode
+        from rclpy.serialization import deserialize_message
         from std_msgs.msg import Header
+        from vision_msgs.msg import Detection3DArray
 
         context = rclpy.Context()
         rclpy.init(context=context)
         node = DetectorNode(context=context, parameter_overrides=[Parameter("score_threshold", value=0.3),
                                                                   Parameter("num_threads", value=1)])
         published = []
-        node._detections_pub.publish = published.append  # keep what the node publishes, without a subscriber
+        # keep what the node publishes (the serialized Detection3DArray), without a subscriber
+        node._detections_pub.publish = lambda data: published.append(deserialize_message(data, Detection3DArray))
         try:
             points = generate_frame(load_sim_config("default"), 0).points[:, :4]
             node._process(pointcloud_to_msg(PointCloud(points, ("x", "y", "z", "intensity")),
