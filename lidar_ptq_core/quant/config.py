@@ -82,6 +82,11 @@ class QuantConfig:
     # or weights. Checked on held-out frames like the grid search when stage_check_frames is set.
     bias_correction: bool = False
     bias_correction_frames: int = 4
+    # -- output correction (quant/output_correction.py): each output layer's bias absorbs the mean INT8 - FP32 shift
+    # of its channels at the sites the task hook names (a detector's pseudo-label centres), on this many frames;
+    # checked on held-out frames like bias correction when stage_check_frames is set.
+    output_correction: bool = False
+    output_correction_frames: int = 32
     # -- last: every bias on its int32 grid s_x * s_w, as integer kernels add it (quant/bias.py)
     int32_bias: bool = True
     # -- report
@@ -115,7 +120,7 @@ class QuantConfig:
             raise ValueError(f"tgpl_top_k must be >= 1, got {self.tgpl_top_k}")
         for name in ("grid_search_frames", "adaround_frames", "tgpl_steps", "tgpl_frames", "equalization_frames",
                      "adaround_steps", "task_loss_every", "adaround_check_frames", "stage_check_frames",
-                     "bias_correction_frames"):
+                     "bias_correction_frames", "output_correction_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
 

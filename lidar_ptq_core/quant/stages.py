@@ -27,6 +27,7 @@ from .calibrate import calibrate_activations, collect_statistics, grid_search_cl
 from .config import QuantConfig
 from .equalize import equalize
 from .modules import QuantLayer
+from .output_correction import correct_outputs
 from .reconstruct import assign_blocks, fp_references, learn_step_sizes, network_loss, reconstruct_block
 from .share import tied_input_quantizers, unify_amax
 from .state import quantizers_disabled, set_quantizers, tensors_of
@@ -49,6 +50,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
                  "adaround_beta", "adaround_warmup", "learn_activation_scales", "activation_drop_prob",
                  "task_loss_every", "task_loss_weight", "adaround_check_frames", "tgpl_lr"),
     "bias_correction": ("bias_correction", "bias_correction_frames"),
+    "output_correction": ("output_correction", "output_correction_frames"),
     "int32_bias": ("int32_bias",),
     "sensitivity": ("sensitivity_frames",),
 }
@@ -240,6 +242,18 @@ def bias_correction(run: QuantRun) -> dict:
     return {"layers": len(records), "frames": len(frames)}
 
 
+def output_correction(run: QuantRun) -> dict:
+    frames = run.frames(run.config.output_correction_frames)
+    hook = run.target.task_hook
+    references = fp32_references(run, frames, hook)
+    records = correct_outputs(run.model, run.target.output_layers, frames, run.forward, hook, references)
+    for name, record in records.items():
+        if name in run.report.layers:  # a layer kept in float has no row in the report's table
+            run.report.layers[name]["output_correction"] = record
+    return {"layers": len(records), "frames": len(frames),
+            "largest": {name: round(r["output_correction_max"], 5) for name, r in records.items()}}
+
+
 def int32_bias(run: QuantRun) -> dict:
     records = round_biases_to_int32_grid(run.wrappers)
     for name, record in records.items():
@@ -267,6 +281,11 @@ def build_stages(config: QuantConfig, target: "QuantTarget", wrappers: dict) -> 
         stages += [reconstruction_stage(blocks, index) for index in range(len(blocks))]
     if config.bias_correction:
         stages.append(Stage("bias_correction", "bias_correction", bias_correction, checked=True))
+    if config.output_correction:
+        if target.task_hook is None or not target.output_layers:
+            raise ValueError("output_correction needs a task hook and the target's output_layers")
+        stages.append(Stage("output_correction", "output_correction", output_correction, checked=True,
+                            uses_task_hook=True))
     if config.int32_bias:
         stages.append(Stage("int32_bias", "int32_bias", int32_bias))
     if config.sensitivity_frames:

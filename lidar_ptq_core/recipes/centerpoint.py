@@ -146,6 +146,18 @@ class TGPLHook:
                     cells[task_of_class[int(label)]].append((frame, int(row), int(col)))
         return [torch.tensor(sorted(set(c)), dtype=torch.long).reshape(-1, 3) for c in cells]
 
+    def output_sites(self, fp_outputs, targets) -> list[torch.Tensor]:
+        """Per output tensor (every head of every task, in output order): the (frame, row, col) mask of its task's
+        pseudo-label centres, where decoding reads scores and boxes (quant/output_correction.py)."""
+        masks = []
+        for out, cells in zip(fp_outputs, targets):
+            hm = out["hm"]
+            mask = torch.zeros((hm.shape[0], *hm.shape[2:]), dtype=torch.bool, device=hm.device)
+            if cells.numel():
+                mask[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+            masks += [mask] * len(out)
+        return masks
+
     def positive_loss(self, outputs, fp_outputs, targets) -> torch.Tensor:
         total = outputs[0]["hm"].new_zeros(())
         for out, ref, cells in zip(outputs, fp_outputs, targets):
