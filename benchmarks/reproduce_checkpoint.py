@@ -78,6 +78,9 @@ def main() -> int:
     parser.add_argument("--sim-config", default=None, dest="sim_config")
     parser.add_argument("--fp32", default=None, help="FP32 checkpoint (for checkpoints that lack it)")
     parser.add_argument("--keep", default=None, help="folder for the rerun's checkpoint and log (default: temporary)")
+    parser.add_argument("--rerun", default=None,
+                        help="compare with a rerun already made by the printed command (its .safetensors) instead of "
+                             "making one")
     parser.add_argument("--out", default=None, help="default docs/benchmarks/reproduce_<checkpoint stem>")
     args = parser.parse_args()
 
@@ -106,27 +109,35 @@ def main() -> int:
                "--out", str(rerun), "--work-dir", str(work / "rerun.work"), "--quiet", "--no-input-check"]
     print(" ".join(command), flush=True)
     started = time.perf_counter()
-    with open(work / "rerun.log", "w") as log:
-        result = subprocess.run([sys.executable, "-m", "lidar_ptq_core.cli", *command[1:]], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=REPO)
+    if args.rerun:
+        rerun = Path(args.rerun)
+    else:
+        with open(work / "rerun.log", "w") as log:
+            result = subprocess.run([sys.executable, "-m", "lidar_ptq_core.cli", *command[1:]], stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=REPO)
+        if result.returncode != 0:
+            print((work / "rerun.log").read_text()[-3000:])
+            raise SystemExit(f"the rerun failed (rc {result.returncode}); log: {work / 'rerun.log'}")
     seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        print((work / "rerun.log").read_text()[-3000:])
-        raise SystemExit(f"the rerun failed (rc {result.returncode}); log: {work / 'rerun.log'}")
     comparison = compare_states(load_file(str(path)), load_file(str(rerun)))
     rerun_settings = json.loads(read_checkpoint_metadata(rerun)["quantization"])
     rerun_settings.pop("method")
-    same_settings = rerun_settings == settings
+    differing, added = settings_differences(settings, rerun_settings)
+    same_settings = not differing
     verdict = "REPRODUCED bit for bit" if comparison["identical"] and same_settings else "NOT reproduced"
     lines = [
         f"reproduce {path} with today's lidar-ptq quantize ({time.strftime('%Y-%m-%d')})",
         f"command: {' '.join(command)}",
         f"recorded provenance: {json.dumps(provenance) if provenance else 'none (made before 2026-12-04)'}",
-        f"rerun: {seconds:.0f} s",
+        f"rerun: {seconds:.0f} s" if not args.rerun else f"rerun: {args.rerun}, made earlier by the command above",
         f"tensors: {comparison['tensors']}, different: {len(comparison['different'])}, only in one: "
         f"{len(comparison['only_in_one'])}, largest difference {comparison['largest_difference']:.3g}",
-        f"quantization settings recorded in the rerun: {'the same' if same_settings else 'DIFFERENT'}",
+        f"quantization settings recorded in the rerun: {'the same' if same_settings else 'DIFFERENT'}"
+        + (f" ({', '.join(differing)})" if differing else ""),
     ]
+    if added:
+        lines.append("settings added to lidar-ptq since the checkpoint was made, in the rerun at their defaults "
+                     f"(the checkpoint's recipe did not have them): {', '.join(added)}")
     if comparison["different"]:
         lines.append("different tensors: " + ", ".join(comparison["different"][:20]))
     lines.append(verdict)
@@ -135,8 +146,26 @@ def main() -> int:
     out = Path(args.out) if args.out else REPO / "docs" / "benchmarks" / f"reproduce_{path.stem}"
     write_text_and_json(out, text + "\n", {"checkpoint": str(path), "command": command, "provenance": provenance,
                                            "seconds": round(seconds, 1), "same_settings": same_settings,
+                                           "differing_settings": differing, "settings_added_since": added,
                                            **comparison, "verdict": verdict})
     return 0 if verdict.startswith("REPRODUCED") else 1
+
+
+def settings_differences(recorded: dict, rerun: dict) -> tuple[list[str], list[str]]:
+    """(settings that differ, settings the recorded checkpoint lacks that the rerun has at QuantConfig's default)."""
+    from lidar_ptq_core.quant import QuantConfig
+
+    defaults = QuantConfig().to_dict()
+    missing = object()
+    keys = sorted(set(recorded) | set(rerun))
+    added = [k for k in keys if k not in recorded and k in defaults and _plain(rerun[k]) == _plain(defaults[k])]
+    differing = [k for k in keys
+                 if k not in added and _plain(recorded.get(k, missing)) != _plain(rerun.get(k, missing))]
+    return differing, added
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 if __name__ == "__main__":
