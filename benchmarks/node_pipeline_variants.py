@@ -28,12 +28,12 @@ next variant's frames.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+from lidar_ptq_core.benchmark_child import run_in_child
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "sim_pillar_int8.lptq"
@@ -111,14 +111,8 @@ def run_variant(name: str, frames: int, passes: int, threads: int) -> dict:
     environment, entries, variant_threads, torch_first, fp32 = VARIANTS[name]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env.update(environment)
-    code = (f"import json, runpy; m = runpy.run_path({str(Path(__file__).resolve())!r}, run_name='variant'); "
-            f"print('RESULT ' + json.dumps(m['measure']({frames}, {passes}, {variant_threads or threads}, "
-            f"{entries!r}, {torch_first}, {fp32})))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"variant {name!r} failed:\n{done.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    call = f"m['measure']({frames}, {passes}, {variant_threads or threads}, {entries!r}, {torch_first}, {fp32})"
+    return run_in_child(__file__, call, REPO, env=env, run_name="variant", what=f"variant {name!r}")
 
 
 def main(argv=None) -> int:

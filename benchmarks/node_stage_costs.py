@@ -26,12 +26,12 @@ interleaved with this tree's in --rounds rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lidar_ptq_core.benchmark_child import run_in_child
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("read sim frame", "pointcloud_to_msg", "serialize cloud", "stamp serialized cloud", "deserialize cloud",
@@ -101,13 +101,8 @@ def measure(frames: int, repeats: int) -> dict:
 
 def measure_in(tree: Path, frames: int, repeats: int) -> dict:
     """measure() with the packages of `tree` (a child python started in it imports them before the installed ones)."""
-    code = (f"import json, runpy; m = runpy.run_path({str(Path(__file__).resolve())!r}, run_name='node_stage_costs'); "
-            f"print('RESULT ' + json.dumps(m['measure']({frames}, {repeats})))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=False)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"measuring in {tree} failed:\n{done.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    return run_in_child(__file__, f"m['measure']({frames}, {repeats})", tree, run_name="node_stage_costs",
+                        what=f"measuring in {tree}")
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@ module (no sys.path edits, no script importing another) and each one parses its 
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import sys
@@ -229,3 +230,15 @@ def test_split_table_shows_intervals_and_each_class_difference_against_its_own_f
     assert "90.50 (+0.50)" in class_line and "37.00 (-3.00)" in class_line
     assert split_row_key(int8) != split_row_key(dict(int8, sha256="c"))
 
+
+
+def test_run_in_child_returns_the_calls_json_from_a_fresh_process_and_reports_its_failure(tmp_path):
+    from lidar_ptq_core.benchmark_child import run_in_child
+
+    script = tmp_path / "bench.py"
+    script.write_text("import os\n\ndef measure(n):\n    return {'n': n, 'pid': os.getpid(), 'cwd': os.getcwd()}\n\n"
+                      "if __name__ == '__main__':\n    raise SystemExit('the main block must not run')\n")
+    result = run_in_child(script, "m['measure'](3)", tmp_path, run_name="bench")
+    assert result["n"] == 3 and result["pid"] != os.getpid() and Path(result["cwd"]) == tmp_path
+    with pytest.raises(RuntimeError, match="(?s)the child failed:.*ZeroDivisionError"):
+        run_in_child(script, "m['measure'](1 / 0)", tmp_path)
