@@ -153,19 +153,13 @@ def main() -> int:
 
 def settings_differences(recorded: dict, rerun: dict) -> tuple[list[str], list[str]]:
     """(settings that differ, settings the recorded checkpoint lacks that the rerun has at QuantConfig's default)."""
+    from lidar_ptq_core.benchmarking import changed_settings
     from lidar_ptq_core.quant import QuantConfig
 
     defaults = QuantConfig().to_dict()
-    missing = object()
     keys = sorted(set(recorded) | set(rerun))
-    added = [k for k in keys if k not in recorded and k in defaults and _plain(rerun[k]) == _plain(defaults[k])]
-    differing = [k for k in keys
-                 if k not in added and _plain(recorded.get(k, missing)) != _plain(rerun.get(k, missing))]
-    return differing, added
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
+    added = [k for k in keys if k not in recorded and k in defaults and not changed_settings(rerun, defaults, [k])]
+    return changed_settings(recorded, rerun, [k for k in keys if k not in added]), added
 
 
 if __name__ == "__main__":

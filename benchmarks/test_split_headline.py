@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lidar_ptq_core.benchmarking import append_jsonl, format_split_rows, read_jsonl, split_row_key
+from lidar_ptq_core.benchmarking import (
+    append_jsonl,
+    changed_settings,
+    format_split_rows,
+    read_jsonl,
+    split_row_key,
+)
 from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections, write_ground_truth
 from lidar_ptq_core.evaluate import evaluate_and_match
 from lidar_ptq_core.io_utils import file_sha256, write_bytes_atomic
@@ -103,12 +109,8 @@ def preset_changes(method: str, settings: dict) -> str:
     if method not in METHODS or not settings:
         return ""
     preset = method_config(method).to_dict()
-    return ", ".join(f"{key}={settings[key]}" for key in sorted(settings)
-                     if key != "method" and key in preset and _plain(settings[key]) != _plain(preset[key]))
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
+    keys = sorted(key for key in settings if key != "method" and key in preset)
+    return ", ".join(f"{key}={settings[key]}" for key in changed_settings(settings, preset, keys))
 
 
 def main() -> int:

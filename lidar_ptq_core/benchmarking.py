@@ -230,3 +230,14 @@ def _class_lines(rows: list[dict]) -> list[str]:
 
 def _interval(d: dict) -> str:
     return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+
+
+def changed_settings(settings: dict, reference: dict, keys) -> list[str]:
+    """The `keys` whose quantization settings differ between two settings dicts (as JSON or QuantConfig.to_dict gives
+    them: lists and tuples compare alike; a key missing on one side differs)."""
+    missing = object()
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    return [k for k in keys if plain(settings.get(k, missing)) != plain(reference.get(k, missing))]

@@ -242,3 +242,13 @@ def test_run_in_child_returns_the_calls_json_from_a_fresh_process_and_reports_it
     assert result["n"] == 3 and result["pid"] != os.getpid() and Path(result["cwd"]) == tmp_path
     with pytest.raises(RuntimeError, match="(?s)the child failed:.*ZeroDivisionError"):
         run_in_child(script, "m['measure'](1 / 0)", tmp_path)
+
+
+def test_changed_settings_compares_lists_with_tuples_and_counts_a_missing_key_as_changed():
+    from lidar_ptq_core.benchmarking import changed_settings
+
+    recorded = {"grid_ratios": [0.5, 1.0], "tgpl_steps": 200, "keep_float": []}
+    today = {"grid_ratios": (0.5, 1.0), "tgpl_steps": 100, "keep_float": (), "output_correction": False}
+    assert changed_settings(recorded, today, sorted(set(recorded) | set(today))) == ["output_correction",
+                                                                                       "tgpl_steps"]
+    assert changed_settings(recorded, today, ["grid_ratios"]) == []
