@@ -202,3 +202,38 @@ def test_integer_graph_of_a_model_with_float_output_layers_matches_its_fake_quan
     got = session.run(None, {"bev": bev.numpy()})
     for name, ort_int8, fq in zip(output_names(qmodel), got, _outputs(qmodel, bev)):
         assert np.median(np.abs(ort_int8 - fq)) <= 1e-4 * max(np.abs(fq).max(), 1.0), name
+
+
+def test_float_output_layers_reading_int8_keep_the_convs_before_them_integer_and_match_fake_quant():
+    # Kept wholly in FP32, an output layer needs an FP32 input, so the conv before it computes in FP32 (several times
+    # slower); with output_layers_int8_input only its weights are FP32 and every other conv stays a QLinearConv.
+    import onnxruntime as ort
+
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 2)
+    config = method_config("sparse-max", keep_float_outputs=True, output_layers_int8_input=True, **FAST)
+    qmodel, report = quantize_centerpoint(model, batches[:1], "sparse-max", config, progress=False)
+    assert report.layout["kept_float"] == [] and report.layout["float_weights"]
+    layers = int8_layer_report(qmodel)
+    float_weight = sorted(n for n, how in layers.items() if how.startswith("int8 input, fp32 weights"))
+    assert float_weight == sorted(report.layout["float_weights"])
+    assert all(how.startswith("integer") for n, how in layers.items() if n not in float_weight)
+    for name in float_weight:  # the FP32 weights themselves, not their INT8 grid
+        wrapper = qmodel.get_submodule(name)
+        assert torch.equal(wrapper.quantized_weight(), wrapper.layer.weight)
+        assert not torch.equal(wrapper.weight_quantizer(wrapper.layer.weight), wrapper.layer.weight)
+    bev = qmodel.bev_features(batches[1]).detach()
+    graph = export_dense_ort_int8(qmodel)
+    profile = profile_session(graph, {"bev": bev.numpy()}, runs=1, threads=1)
+    assert not {node for node, v in profile.by_node.items() if v["op"] in FP32_CONV_KERNELS}
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    for name, ort_int8, fq in zip(output_names(qmodel), session.run(None, {"bev": bev.numpy()}),
+                                  _outputs(qmodel, bev)):
+        assert np.median(np.abs(ort_int8 - fq)) <= 1e-4 * max(np.abs(fq).max(), 1.0), name
+
+
+def test_output_layers_int8_input_needs_keep_float_outputs():
+    model = tiny_model(TINY_PILLAR)
+    config = method_config("sparse-max", output_layers_int8_input=True, **FAST)
+    with pytest.raises(ValueError, match="keep_float_outputs"):
+        quantize_centerpoint(model, calibration_batches(model, 1), "sparse-max", config, progress=False)

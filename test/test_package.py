@@ -74,8 +74,8 @@ COMMITTED_RECIPES = {"sim_pillar_int8": "lidar-ptq-fast", "sim_voxel_int8": "lid
 @pytest.mark.parametrize("name", sorted(COMMITTED_RECIPES))
 def test_bundled_int8_checkpoints_are_their_recipes_with_every_other_layer_int8(name):
     """The committed checkpoints: same model config as their FP32 source, made by their recipe (its YAML settings
-    where it has one), every layer INT8 but the output layers that recipe keeps in FP32, weights exactly on their
-    INT8 grid, and they run."""
+    where it has one), every layer INT8 but the output layers that recipe keeps in FP32 (wholly, or their weights
+    only), weights exactly on their INT8 grid, and they run."""
     import json
 
     import numpy as np
@@ -95,8 +95,10 @@ def test_bundled_int8_checkpoints_are_their_recipes_with_every_other_layer_int8(
     settings = yaml.safe_load(recipe.read_text()) if recipe.is_file() else {}
     for key, value in settings.items():
         assert model.quantization[key] == value, f"{name}: {key} is not its recipe's"
-    expected_float = sorted(output_layers(model)) if settings.get("keep_float_outputs") else []
-    assert sorted(layout["kept_float"]) == expected_float and layout["quantized"]
+    float_outputs = sorted(output_layers(model)) if settings.get("keep_float_outputs") else []
+    int8_input = settings.get("output_layers_int8_input", False)  # FP32 weights only: the layers stay wrapped
+    assert sorted(layout["kept_float"]) == ([] if int8_input else float_outputs) and layout["quantized"]
+    assert sorted(layout.get("float_weights", [])) == (float_outputs if int8_input else [])
     assert model.config == load_model_config(resolve_config(name.removesuffix("_int8"), "models"))
     for layer, wrapper in quant_wrappers(model).items():  # reconstruction stores its rounded weights; without it
         if hasattr(wrapper, "weight_quantizer") and model.quantization["adaround"]:  # they round as they run

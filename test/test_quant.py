@@ -394,6 +394,31 @@ def test_quantized_checkpoint_reloads_bit_exactly(tmp_path):
     assert loaded.quantization["method"] == "lidar-ptq"
 
 
+def test_output_layers_with_fp32_weights_and_int8_input_survive_reconstruction_and_reload(tmp_path):
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model)
+    config = method_config("lidar-ptq", keep_float_outputs=True, output_layers_int8_input=True, **FAST)
+    qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq", config, progress=False)
+    float_weights = report.layout["float_weights"]
+    assert float_weights and set(float_weights) <= set(report.layout["quantized"])
+    assert not report.layout["kept_float"]
+    path = save_quantized_checkpoint(qmodel, report, tmp_path / "q.safetensors")
+    loaded = load_quantized_checkpoint(path)
+    with torch.no_grad():
+        a, b = qmodel(batches[1]), loaded(batches[1])
+    for x, y in zip(a, b):
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+    for name, wrapper in quant_wrappers(loaded).items():
+        if not hasattr(wrapper, "weight_quantizer"):
+            continue
+        on_grid = torch.equal(wrapper.weight_quantizer(wrapper.layer.weight), wrapper.layer.weight.detach())
+        assert wrapper.float_weight == (name in float_weights), name
+        assert wrapper.input_quantizer.calibrated, name
+        # Reconstruction rounds every other layer's weights onto their grid and leaves the FP32 ones alone.
+        assert on_grid != wrapper.float_weight, name
+
+
 def test_keep_float_layers_are_named_and_left_alone():
     model = tiny_model(TINY_PILLAR)
     config = method_config("max", keep_float=("backbone_2d.deblocks",))

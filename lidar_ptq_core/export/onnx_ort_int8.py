@@ -29,6 +29,9 @@ onnxruntime fuses into QLinearConv:
   8 bits; ConvInteger and MatMulInteger, which would not, measured slower here). With their 1-4 output channels
   they run as a MatMul (one SGEMM) into C*k*k rows per pixel followed by Col2Im, not as onnxruntime's k x k FP32
   Conv, which costs as much for 4 output channels as for 16 and reorders its input and output.
+  An output layer kept with FP32 weights but an INT8 input (QuantConfig.output_layers_int8_input) runs the same way
+  with its FP32 weights, so the conv before it still ends in QuantizeLinear and stays a QLinearConv. (An output layer
+  kept wholly in FP32 needs an FP32 input: the conv before it then computes in FP32 too, several times slower.)
   `int8_layer_report` says for each layer which way it runs.
 
 Numbers agree with the torch fake-quant model up to accumulation order and the requantization's own rounding
@@ -104,7 +107,7 @@ def _input_form(layer: nn.Module):
     """The grid a layer reads its input on: the input quantizer's scale, or FP32 for a float layer."""
     if not isinstance(layer, QuantLayer):
         return FP32
-    if not (layer.input_quantizer.enabled and layer.weight_quantizer.enabled):
+    if not (layer.input_quantizer.enabled and (layer.weight_quantizer.enabled or layer.float_weight)):
         raise ValueError("a quantized layer with a disabled quantizer is not supported by the onnxruntime INT8 graph")
     if layer.input_channel_scale is not None:
         raise ValueError("per-input-channel scaling (first layers) is not supported in the dense part")
@@ -169,14 +172,15 @@ class _Builder:
 
 
 def _layer_weights(layer: nn.Module):
-    """(weight, bias, int8 codes, per-channel weight scales) with the weight as a conv (out, in, kh, kw); a
-    transposed conv with kernel == stride k is turned into its 1x1 conv to out * k * k channels."""
+    """(weight, bias, int8 codes, per-channel weight scales) with the weight as a conv (out, in, kh, kw); codes and
+    scales are None for a layer with FP32 weights. A transposed conv with kernel == stride k is turned into its 1x1
+    conv to out * k * k channels."""
     conv = layer.layer if isinstance(layer, QuantLayer) else layer
     weight = conv.weight.detach().cpu().float()
     bias = conv.bias.detach().cpu().float() if conv.bias is not None else torch.zeros(
         weight.shape[1] if isinstance(conv, nn.ConvTranspose2d) else weight.shape[0])
     codes = scales = None
-    if isinstance(layer, QuantLayer):
+    if isinstance(layer, QuantLayer) and not layer.float_weight:
         wq = layer.weight_quantizer
         codes = quantize_to_int(weight, wq.amax.detach().cpu(), wq.qrange, wq.axis).numpy()
         scales = wq.scale.detach().cpu().float().numpy()
@@ -289,7 +293,7 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
     else:
         attributes = _conv_attributes(conv, op.pad)
     grids = sorted(f for f in forms if f is not FP32)
-    if in_form is not FP32 and FP32 not in forms:
+    if in_form is not FP32 and FP32 not in forms and codes is not None:
         # Integer output: Q right after the conv, which onnxruntime fuses into QLinearConv; ReLU on the codes. With
         # several consumer grids s_j the conv's output channels are repeated once per grid, the copy for grid s_j
         # with its weight scales and bias multiplied by S / s_j, where S = s_0 is the one output scale: that copy's
@@ -320,13 +324,16 @@ def _emit_conv(b: _Builder, op: _Op, forms: set, tensors: dict) -> None:
     # FP32 output (the network outputs, or a float layer): DequantizeLinear -> Conv, what the model computes.
     if in_form is not FP32 and forms == {FP32} and not op.relu and not pixel_shuffle and _output_conv_as_gemm(conv,
                                                                                                           op.pad):
-        y = _output_conv_gemm_col2im(b, op, b.dequantize(x, in_form, op.name), codes, scales, bias)
+        gemm_weight = weight if codes is None else codes.astype(np.float32) * scales.astype(np.float32).reshape(
+            -1, 1, 1, 1)
+        y = _output_conv_gemm_col2im(b, op, b.dequantize(x, in_form, op.name), gemm_weight, bias)
         tensors[op.name, FP32] = y
         return
-    if in_form is FP32:
-        x_float, w_float = x, b.constant(weight.astype(np.float32), f"{op.name}.weight")
+    x_float = x if in_form is FP32 else b.dequantize(x, in_form, op.name)
+    if codes is None:
+        w_float = b.constant(weight.astype(np.float32), f"{op.name}.weight")
     else:
-        x_float, w_float = b.dequantize(x, in_form, op.name), _weight_dq(b, op.name, codes, scales)
+        w_float = _weight_dq(b, op.name, codes, scales)
     y = b.node("Conv", [x_float, w_float, b.constant(bias.astype(np.float32), f"{op.name}.bias")], op.name,
                **attributes)
     if pixel_shuffle > 1:
@@ -350,14 +357,13 @@ def _output_conv_as_gemm(conv: nn.Module, pad: int) -> bool:
             and k[0] % 2 == 1 and pad == 0 and tuple(conv.padding) == ((k[0] - 1) // 2,) * 2)
 
 
-def _output_conv_gemm_col2im(b: _Builder, op: _Op, x: str, codes: np.ndarray, scales: np.ndarray,
-                             bias: np.ndarray) -> str:
+def _output_conv_gemm_col2im(b: _Builder, op: _Op, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
     """The same k x k conv as one GEMM into C*k*k rows per pixel (every input pixel's contribution
     to each of the k*k output pixels it reaches), then Col2Im, which adds those contributions where they land, plus
     the bias. Exact up to the order of the FP32 sums. Col2Im's block (i, j) of input pixel p lands on output pixel
-    p - (i, j) + pad, so the block holds the conv's tap (k-1-i, k-1-j): the kernel flipped. Weights are the INT8
-    codes times their per-channel scales, as DequantizeLinear would give."""
-    weight = codes.astype(np.float32) * scales.astype(np.float32).reshape(-1, 1, 1, 1)
+    p - (i, j) + pad, so the block holds the conv's tap (k-1-i, k-1-j): the kernel flipped. `weight`: the INT8 codes
+    times their per-channel scales, as DequantizeLinear would give, or the layer's FP32 weights."""
+    weight = np.asarray(weight, np.float32)
     out_channels, in_channels, k, _ = weight.shape
     # (C, Cin, k, k) flipped -> (C * k * k, Cin), row c * k * k + i * k + j (Col2Im's channel order)
     flipped = weight[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(out_channels * k * k, in_channels)
@@ -386,7 +392,8 @@ def _weight_dq(b: _Builder, name: str, codes: np.ndarray, scales: np.ndarray) ->
 
 def int8_layer_report(model) -> dict[str, str]:
     """Per conv of the dense part: 'integer' (fused into QLinearConv) or why it keeps an FP32 conv."""
-    ops, _, wants = _plan(model)
+    ops, outputs, wants = _plan(model)
+    network_outputs = {op_name for _, op_name in outputs}
     report = {}
     for op in ops:
         if op.kind != "conv":
@@ -394,8 +401,11 @@ def int8_layer_report(model) -> dict[str, str]:
         forms = wants[op.name]
         if _input_form(op.layer) is FP32:
             report[op.name] = "fp32 layer (not quantized)"
+        elif getattr(op.layer, "float_weight", False):
+            report[op.name] = "int8 input, fp32 weights" + (" (network output)" if op.name in network_outputs else "")
         elif FP32 in forms:
-            report[op.name] = "fp32 output (network output)"
+            report[op.name] = ("fp32 output (network output)" if op.name in network_outputs
+                               else "fp32 output (feeds an fp32 layer: computed in fp32)")
         elif len(forms) > 1:
             report[op.name] = f"integer, output repeated for {len(forms)} consumer grids"
         else:

@@ -145,11 +145,16 @@ def _quantize(model, calibration_batches, config: QuantConfig, target: QuantTarg
     if not batches:
         raise ValueError("quantize needs at least one calibration batch")
     qmodel = copy.deepcopy(model).eval()
-    keep_float = tuple(config.keep_float) + (tuple(target.output_layers) if config.keep_float_outputs else ())
     if config.keep_float_outputs and not target.output_layers:
         raise ValueError("keep_float_outputs needs the target's output_layers (the task recipe names them)")
+    if config.output_layers_int8_input and not config.keep_float_outputs:
+        raise ValueError("output_layers_int8_input applies to keep_float_outputs: set both")
+    float_outputs = tuple(target.output_layers) if config.keep_float_outputs else ()
+    int8_input = config.output_layers_int8_input
+    keep_float = tuple(config.keep_float) + (() if int8_input else float_outputs)
     layout = plan_layout(qmodel, target.fold_pairs, tuple(target.add_types), tuple(dict.fromkeys(keep_float)),
-                         target.first_layers if config.input_channel_scaling else ())
+                         target.first_layers if config.input_channel_scaling else (),
+                         float_weights=float_outputs if int8_input else ())
     with torch.no_grad():
         reference = target.forward(model.eval(), batches[0])
     wrappers = prepare(qmodel, layout, tuple(target.add_types))

@@ -27,8 +27,9 @@ def round_biases_to_int32_grid(wrappers: dict) -> dict[str, dict]:
         if not isinstance(wrapper, QuantLayer):
             continue
         bias = getattr(wrapper.layer, "bias", None)
-        if bias is None or not (wrapper.input_quantizer.enabled and wrapper.weight_quantizer.enabled):
-            continue
+        if bias is None or wrapper.float_weight or not (wrapper.input_quantizer.enabled
+                                                         and wrapper.weight_quantizer.enabled):
+            continue  # an FP32-weight layer computes in FP32: its bias has no integer grid
         step = (wrapper.input_quantizer.scale * wrapper.weight_quantizer.scale).to(bias.dtype).reshape(bias.shape)
         rounded = torch.round(bias / step) * step
         records[name] = {"bias_change_max_steps": float(((rounded - bias) / step).abs().max()),

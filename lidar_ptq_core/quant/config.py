@@ -20,6 +20,11 @@ class QuantConfig:
     # FP32: a fraction of a percent of the compute, while their INT8 rounding lands directly on box sizes, offsets and
     # class scores (sim pillar, val: BEV IoU mAP -0.72 -> -0.28 with lidar-ptq-fast; docs/QUANTIZATION.md).
     keep_float_outputs: bool = False
+    # With keep_float_outputs: the output layers keep FP32 weights but still read INT8 (their input quantizer stays
+    # on), so the layer before each one makes INT8 codes and stays an integer conv in the CPU engine. With an FP32
+    # input there, those layers (the heads' hidden 3x3 convs) compute in FP32 and the sim pillar's dense part ran
+    # 1.7x slower (docs/benchmarks/engine_speed.txt).
+    output_layers_int8_input: bool = False
     # -- activation calibration
     calibrator: str = "max"  # max | percentile | entropy | mse
     percentile: float = 99.99

@@ -41,6 +41,8 @@ class QuantLayer(nn.Module):
         # The quantized weight computed once, while neither weights nor their scales change (the grid search
         # re-runs a layer at many input clips); None: quantize on every call.
         self.frozen_weight: torch.Tensor | None = None
+        # FP32 weights with an INT8 input (QuantConfig.output_layers_int8_input); set from the layout by prepare().
+        self.float_weight = False
         in_channels = layer.weight.shape[input_channel_axis(layer)]
         # Per-channel input scale folded into the weights (first layers: metres beside centimetres), see
         # quant/calibrate.py apply_input_channel_scaling. Exact in FP32: x / s times w * s.
@@ -59,6 +61,8 @@ class QuantLayer(nn.Module):
         return x / self.input_channel_scale.reshape(shape)
 
     def quantized_weight(self) -> torch.Tensor:
+        if self.float_weight:
+            return self.layer.weight
         if self.frozen_weight is not None:
             return self.frozen_weight
         return self.weight_quantizer(self.layer.weight)

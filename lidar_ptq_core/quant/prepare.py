@@ -21,6 +21,7 @@ class QuantLayout:
     input_scaled: list[str] = field(default_factory=list)  # layers with per-channel input scaling
     kept_float: list[str] = field(default_factory=list)  # quantizable layers left in FP32
     shared_inputs: list[list[str]] = field(default_factory=list)  # groups of layers reading one tensor: one scale
+    float_weights: list[str] = field(default_factory=list)  # quantized layers whose weights stay FP32 (input INT8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,6 +34,7 @@ class QuantLayout:
             input_scaled=list(data["input_scaled"]),
             kept_float=list(data["kept_float"]),
             shared_inputs=[list(g) for g in data.get("shared_inputs", [])],  # absent in older checkpoints
+            float_weights=list(data.get("float_weights", [])),  # absent in older checkpoints
         )
 
 
@@ -61,8 +63,9 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def plan_layout(model: nn.Module, extra_fold_pairs=(), add_types: tuple[type, ...] = (), keep_float=(),
-                input_scaled=()) -> QuantLayout:
-    """Which BNs fold into which layers, which layers get quantized (all but `keep_float` names / prefixes)."""
+                input_scaled=(), float_weights=()) -> QuantLayout:
+    """Which BNs fold into which layers, which layers get quantized (all but `keep_float` names / prefixes), and
+    which quantized layers keep FP32 weights (`float_weights`: exact layer names; their input stays INT8)."""
     pairs = find_sequential_pairs(model) + [tuple(p) for p in extra_fold_pairs]
     quantized, kept = [], []
     for name, module in model.named_modules():
@@ -73,7 +76,11 @@ def plan_layout(model: nn.Module, extra_fold_pairs=(), add_types: tuple[type, ..
     if unknown:
         raise ValueError(f"keep_float names no quantizable layer: {unknown}")
     scaled = [n for n in input_scaled if n in quantized]
-    return QuantLayout(fold_pairs=pairs, quantized=quantized, input_scaled=scaled, kept_float=kept)
+    not_quantized = [n for n in float_weights if n not in quantized]
+    if not_quantized:
+        raise ValueError(f"float_weights names no quantized layer: {not_quantized}")
+    return QuantLayout(fold_pairs=pairs, quantized=quantized, input_scaled=scaled, kept_float=kept,
+                       float_weights=list(float_weights))
 
 
 def prepare(model: nn.Module, layout: QuantLayout, add_types: tuple[type, ...] = (), structure_only: bool = False):
@@ -91,6 +98,7 @@ def prepare(model: nn.Module, layout: QuantLayout, add_types: tuple[type, ...] =
             wrapper = QuantAdd(module)
         else:
             wrapper = wrapper_cls(module, input_channel_scaling=name in layout.input_scaled)
+            wrapper.float_weight = name in layout.float_weights
         if device is not None:  # the wrapper's own ranges and scales are made on the CPU: move them to the model
             wrapper.to(device)
         _set_submodule(model, name, wrapper)

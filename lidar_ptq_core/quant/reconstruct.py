@@ -167,7 +167,8 @@ def reconstruct_block(model, block_module: nn.Module, members: dict, batches: Se
 
     with torch.no_grad():  # round-to-nearest weights, calibrated activations
         before = sum(float(block_error(i)) for i in range(len(batches))) / len(batches)
-    layers = [w for w in members.values() if isinstance(w, QuantLayer)]
+    # Layers that keep FP32 weights have no rounding to learn.
+    layers = [w for w in members.values() if isinstance(w, QuantLayer) and not w.float_weight]
     roundings = [adaround.attach(w.weight_quantizer, w.layer.weight) for w in layers]
     groups = [{"params": [r.alpha for r in roundings], "lr": config.adaround_lr}] if roundings else []
     act_quantizers = [w.input_quantizer for w in members.values()]

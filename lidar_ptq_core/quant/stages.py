@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 # every earlier stage's (the work folder chains them: quant/workdir.py), so a rerun that changes only later settings
 # resumes after the stages they do not touch. Every QuantConfig field but `method` (a name) is named here.
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "calibration": ("seed", "keep_float", "keep_float_outputs", "calibrator", "percentile", "active_sites_only",
-                    "samples_per_batch", "input_channel_scaling", "input_channel_alpha", "share_input_quantizers",
-                    "equalize_channels", "equalization_alpha", "equalization_frames"),
+    "calibration": ("seed", "keep_float", "keep_float_outputs", "output_layers_int8_input", "calibrator",
+                    "percentile", "active_sites_only", "samples_per_batch", "input_channel_scaling",
+                    "input_channel_alpha", "share_input_quantizers", "equalize_channels", "equalization_alpha",
+                    "equalization_frames"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight"),
     # tgpl_lr: the learning rate of the block's input step sizes with learn_activation_scales
