@@ -43,3 +43,12 @@ done
 
 # bias correction after TGPL
 ./dev run lidar-ptq quantize --checkpoint sim_pillar --calib sim --frames 256 --method lidar-ptq --set stage_check_frames=8 tgpl_schedule=cosine bias_correction=true bias_correction_frames=8 adaround=false sensitivity_frames=0 --threads 2 --quiet --no-input-check --out runs/windows/tgpl_cosine_bc.safetensors --work-dir runs/windows/tgpl_cosine_bc.work
+
+# Issue 20 (2026-12-05): TGPL's recorded first / last step loss of the committed checkpoint (until 2026-12-04: the
+# file of commit c499744^), the 2-thread rerun of that recipe (work folder of benchmarks/reproduce_checkpoint.py's
+# run, unfinished) and the checked run above, from their own reports (nothing recomputed).
+git show c499744^:checkpoints/sim_pillar_int8.safetensors > /tmp/old_pillar.safetensors
+./dev run python benchmarks/tgpl_end_state.py /tmp/old_pillar.safetensors runs/repro/sim_pillar_int8.work \
+  runs/windows/sim_pillar_int8_checked_calib0.safetensors \
+  --labels "committed until 2026-12-04" "rerun, 2 threads" "checked, window 0, 2 threads" \
+  --out docs/benchmarks/tgpl_draw/tgpl_end_state.txt
