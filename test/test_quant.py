@@ -776,6 +776,25 @@ def test_channel_equalization_is_exact_and_narrows_channel_ranges(config_dict):
         quantize(model, batches, config=config, target=replace(target, equalization_pairs=broken), progress=False)
 
 
+def test_pairs_feeding_fp32_weight_output_layers_are_balanced_fully_and_stay_exact():
+    # The output layers keep FP32 weights and read INT8: the pairs feeding them move every range into those weights
+    # (alpha 1: each producer channel ends at the widest one's range), the others keep equalization_alpha.
+    model = tiny_model(TINY_PILLAR)
+    batches = calibration_batches(model, 2)
+    config = method_config("sparse-max", equalize_channels=True, equalization_alpha=0.3, keep_float_outputs=True,
+                           output_layers_int8_input=True, **FAST)
+    qmodel, report = quantize_centerpoint(model, batches, "sparse-max", config, progress=False)
+    float_weights = set(report.layout["float_weights"])
+    records = {n: r["equalization"] for n, r in report.layers.items() if "equalization" in r}
+    feeding = {n: r for n, r in records.items() if set(r["consumers"]) <= float_weights}
+    assert feeding and len(feeding) < len(records)
+    for name, record in records.items():
+        assert record["alpha"] == (1.0 if name in feeding else 0.3), name
+    for record in feeding.values():
+        assert record["range_spread_after"] == pytest.approx(1.0, abs=1e-4)
+    assert report.equalization_max_abs_error < 1e-4
+
+
 def test_biases_end_on_the_int32_grid_of_integer_kernels():
     # Integer kernels add the bias in int32, in steps of s_x * s_w: the fake-quant model must compute the same.
     model = tiny_model(TINY_PILLAR)

@@ -41,6 +41,10 @@ class QuantConfig:
     # 70.5 mAP, 0.3: 70.8 with the full preset; docs/BENCHMARKS.md)
     equalization_alpha: float = 0.3
     equalization_frames: int = 32
+    # Pairs whose consumers all keep FP32 weights (output_layers_int8_input): their weights have no grid to spoil, so
+    # the producer's channels can be balanced fully (1: every channel spans the widest one's range) for the INT8
+    # input they read.
+    equalization_alpha_fp32_consumers: float = 1.0
     # One input scale for all layers that read the same tensor (quant/share.py): the integer engine then makes that
     # tensor once instead of once per consumer's grid. Grid search and TGPL choose the shared scale jointly.
     share_input_quantizers: bool = False

@@ -84,10 +84,12 @@ def _range_spread(values: torch.Tensor, live: torch.Tensor) -> float:
 
 
 def equalize(wrappers: dict, pairs: Sequence[EqualizationPair], channel_ranges: dict[str, torch.Tensor],
-             alpha: float) -> dict[str, dict]:
+             alpha: float, fp32_consumers_alpha: float | None = None) -> dict[str, dict]:
     """Scale every pair; `channel_ranges[consumer]` is the consumer's per-input-channel |max| (FP32, active sites),
     measured before any pair was scaled (each tensor belongs to one pair, so one pass of statistics serves all).
-    Returns per-producer records: the ratio of largest to smallest channel range before and after."""
+    A pair whose consumers all keep FP32 weights uses `fp32_consumers_alpha` (default: `alpha`): only the
+    activations are on a grid there. Returns per-producer records: the ratio of largest to smallest channel range
+    before and after, and the alpha used."""
     records = {}
     for pair in pairs:
         producer = wrappers[pair.producer]
@@ -98,12 +100,14 @@ def equalize(wrappers: dict, pairs: Sequence[EqualizationPair], channel_ranges: 
         for name, off in pair.consumers[1:]:  # every consumer sees the same channels; take the widest view
             ranges = torch.maximum(ranges, channel_ranges[name][off: off + channels])
         column = torch.stack([column_weights(w.layer, off, channels) for w, off in consumers]).amax(dim=0)
-        scales = equalization_scales(ranges, column, alpha)
+        fp32_consumers = all(getattr(w, "float_weight", False) for w, _ in consumers)
+        pair_alpha = fp32_consumers_alpha if fp32_consumers and fp32_consumers_alpha is not None else alpha
+        scales = equalization_scales(ranges, column, pair_alpha)
         apply_equalization(producer, consumers, scales)
         after = ranges / scales
         live = ranges > 0
         records[pair.producer] = {"consumers": [n for n, _ in pair.consumers],
                                   "range_spread_before": _range_spread(ranges, live),
                                   "range_spread_after": _range_spread(after, live), "scale_min": float(scales.min()),
-                                  "scale_max": float(scales.max())}
+                                  "scale_max": float(scales.max()), "alpha": pair_alpha}
     return records

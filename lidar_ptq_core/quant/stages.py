@@ -43,7 +43,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "calibration": ("seed", "keep_float", "keep_float_outputs", "output_layers_int8_input", "calibrator",
                     "percentile", "active_sites_only", "samples_per_batch", "input_channel_scaling",
                     "input_channel_alpha", "share_input_quantizers", "equalize_channels", "equalization_alpha",
-                    "equalization_frames"),
+                    "equalization_frames", "equalization_alpha_fp32_consumers"),
     "grid_search": ("grid_search", "grid_ratios", "grid_search_frames"),
     "tgpl": ("tgpl", "tgpl_steps", "tgpl_frames", "tgpl_lr", "tgpl_schedule", "tgpl_weight", "output_mse_weight"),
     # tgpl_lr: the learning rate of the block's input step sizes with learn_activation_scales
@@ -356,7 +356,8 @@ def equalize_channels(run: QuantRun, batches: list) -> None:
     missing = [name for name, r in ranges.items() if r is None]
     if missing:
         raise ValueError(f"channel equalization: no input seen at {missing}")
-    for producer, record in equalize(wrappers, pairs, ranges, run.config.equalization_alpha).items():
+    for producer, record in equalize(wrappers, pairs, ranges, run.config.equalization_alpha,
+                                     run.config.equalization_alpha_fp32_consumers).items():
         run.report.layers[producer]["equalization"] = record
     with torch.no_grad(), quantizers_disabled(run.model):
         after = tensors_of(forward(run.model, batches[0]))
