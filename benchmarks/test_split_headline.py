@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Headline accuracy on the sim `test` split: FP32 and INT8 checkpoints on the same test frames, each INT8 - FP32
-with a paired bootstrap 95 % interval over frames (lidar_ptq_core/paired.py).
+with a paired bootstrap 95 % interval over frames (lidar_ptq_core/paired.py), and how many of FP32's boxes each
+INT8 checkpoint reproduces (lidar_ptq_core/agreement.py).
 
 The test split is for headline figures only: nothing is ever chosen by its score (docs/QUANTIZATION.md, "Choosing
 and reporting"). Run this once per committed checkpoint, inside the project environment, in the background:
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lidar_ptq_core.agreement import detection_agreement
 from lidar_ptq_core.benchmarking import (
     append_jsonl,
     changed_settings,
@@ -160,12 +162,13 @@ def main() -> int:
               f"{split_seed(args.split, 0):,} + index; {role}), detector region; "
               "AP in %: centre-distance mAP, BEV IoU mAP, far-range centre-distance mAP; "
               f"INT8 - FP32 with paired bootstrap 95 % intervals over frames ({args.resamples} resamples, "
-              f"seed {args.seed}); ms = median detection time per frame on {args.threads} thread(s) "
+              f"seed {args.seed}); agree = % of FP32's boxes (score >= 0.3) the INT8 model reproduces (same "
+              f"class, centre within 1 m); ms = median detection time per frame on {args.threads} thread(s) "
               f"({platform.processor() or platform.machine()})" + (f"\n{args.note}" if args.note else ""))
 
     fp32_detector = Detector.from_checkpoint(fp32_path)  # every row is scored on its classes, in its region
     class_names, region = list(fp32_detector.class_names), fp32_detector.evaluation_region
-    reference = None
+    reference = reference_boxes = None
     for path in checkpoints:
         is_fp32 = path == fp32_path
         box_dir = cache / f"{path.stem}-{digests[path]}"
@@ -173,7 +176,7 @@ def main() -> int:
         predictions, ground_truths = read_boxes(test, box_dir / "pred", gt_dir)
         result, matched = evaluate_and_match(predictions, ground_truths, class_names, region=region)
         if is_fp32:
-            reference = matched
+            reference, reference_boxes = matched, predictions
         far = result.ranges[-1]
         row = {
             "checkpoint": path.stem, "sha256": digests[path],
@@ -185,14 +188,16 @@ def main() -> int:
             "boxes": str(box_dir.relative_to(REPO)),
             "median_ms": round(1000 * float(np.median(seconds)), 1) if seconds else None,
             "threads": args.threads, "calibration": calibration_of(path),
-            "paired": None, "resamples": args.resamples, "seed": args.seed,
+            "paired": None, "agreement": None, "resamples": args.resamples, "seed": args.seed,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         done = {split_row_key(r): r for r in rows}
-        if split_row_key(row) in done and done[split_row_key(row)].get("class_ap"):
+        kept = done.get(split_row_key(row))
+        if kept and kept.get("class_ap") and (is_fp32 or kept.get("agreement")):
             print(f"[{path.stem}] row already in {rows_path.name}", flush=True)
             continue
-        # A row kept before AP per class was: made again (the same figures, plus those), in its place.
+        # A row kept before AP per class or agreement were: made again from its cached boxes (the same figures,
+        # plus those), in its place.
         stale = [i for i, r in enumerate(rows) if split_row_key(r) == split_row_key(row)]
         if row["median_ms"] is None:  # boxes were cached by an earlier run: keep its timing if there is one
             earlier = [r for r in rows if r["checkpoint"] == path.stem and r["sha256"] == digests[path]]
@@ -200,6 +205,9 @@ def main() -> int:
         if not is_fp32:
             differences = paired_bootstrap(reference, matched, num_resamples=args.resamples, seed=args.seed)
             row["paired"] = [d.to_dict() for d in differences]
+            agreement = detection_agreement(reference_boxes, predictions, class_names)
+            row["agreement"] = {"fp32_reproduced": agreement["reference_recall"],
+                                "int8_in_fp32": agreement["other_precision"], "min_score": agreement["min_score"]}
             for d in differences:
                 print(d.format(path.stem, fp32_path.stem), flush=True)
         if stale:

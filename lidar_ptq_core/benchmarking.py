@@ -182,12 +182,14 @@ def split_row_key(row: dict) -> tuple:
 
 def format_split_rows(rows: list[dict], header: str) -> str:
     """The table of benchmarks/test_split_headline.py: one row per checkpoint, FP32 rows without differences, each
-    INT8 row with its paired intervals; then AP per class and how each checkpoint was calibrated."""
+    INT8 row with its paired intervals and its agreement with FP32 (the share of FP32's confident boxes it
+    reproduces, agreement.py; '-' for rows kept before it was measured); then AP per class and how each checkpoint
+    was calibrated."""
     width = max([24] + [len(r["checkpoint"]) + 7 for r in rows])
     far = rows[0]["far_range"] if rows else "far"
     columns = ("mAP", "BEV IoU", far)
     lines = [header, "", f"{'checkpoint':<{width}} {'frames':>6} " + " ".join(f"{c:>7}" for c in columns)
-             + "".join(f"  {'d ' + c + ' [95 % CI]':>24}" for c in columns) + f" {'ms':>6}"]
+             + "".join(f"  {'d ' + c + ' [95 % CI]':>24}" for c in columns) + f" {'agree':>6} {'ms':>6}"]
     for row in rows:
         name = row["checkpoint"] + (" (fp32)" if row["paired"] is None else "")
         values = (row["mAP"], row["bev_iou_mAP"], row["far_mAP"])
@@ -197,7 +199,9 @@ def format_split_rows(rows: list[dict], header: str) -> str:
         else:
             deltas = "".join(f"  {_interval(d):>24}" for d in row["paired"])
         ms = "-" if row["median_ms"] is None else f"{row['median_ms']:.0f}"
-        lines.append(f"{name:<{width}} {row['frames']:>6} {cells}{deltas} {ms:>6}")
+        agreement = row.get("agreement")
+        agree = f"{100 * agreement['fp32_reproduced']:.1f}" if agreement else ("" if row["paired"] is None else "-")
+        lines.append(f"{name:<{width}} {row['frames']:>6} {cells}{deltas} {agree:>6} {ms:>6}")
     lines += _class_lines(rows)
     made = [f"  {row['checkpoint']}: {row['calibration']}" for row in rows if row.get("calibration")]
     if made:

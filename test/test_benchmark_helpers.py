@@ -229,6 +229,11 @@ def test_split_table_shows_intervals_and_each_class_difference_against_its_own_f
     class_line = [line for line in table.splitlines() if line.startswith("int8 ")][-1]
     assert "90.50 (+0.50)" in class_line and "37.00 (-3.00)" in class_line
     assert split_row_key(int8) != split_row_key(dict(int8, sha256="c"))
+    assert int8_line.split()[-2] == "-"  # a row kept before agreement was measured
+    measured = dict(int8, agreement={"fp32_reproduced": 0.9736, "int8_in_fp32": 0.95, "min_score": 0.3})
+    measured_line = next(line for line in format_split_rows([fp32, measured], "h").splitlines()
+                         if line.startswith("int8 ") and "[" in line)
+    assert measured_line.split()[-2] == "97.4"
 
 
 
