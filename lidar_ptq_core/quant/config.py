@@ -16,7 +16,7 @@ class QuantConfig:
     seed: int = 0
     # -- which layers
     keep_float: tuple[str, ...] = ()  # module names left in FP32 (each is named in the report)
-    # The layers that make the network's outputs (the target names them: CenterPoint's heads' last 1x1 convs) stay in
+    # The layers that make the network's outputs (the target names them: CenterPoint's heads' last convs) stay in
     # FP32: a fraction of a percent of the compute, while their INT8 rounding lands directly on box sizes, offsets and
     # class scores (sim pillar, val: BEV IoU mAP -0.72 -> -0.28 with lidar-ptq-fast; docs/QUANTIZATION.md).
     keep_float_outputs: bool = False
