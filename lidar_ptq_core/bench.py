@@ -13,6 +13,8 @@ Rows (keys for `rows=`):
   int8-torch            the INT8 model in torch (fake-quant: FP32 kernels on INT8-exact values; the reference)
   int8-ort-qdq          the INT8 model's TensorRT QDQ graph (the bundle's dense.onnx) in onnxruntime as is
   int8-ort              onnxruntime's integer graph of the INT8 model (export/onnx_ort_int8.py: QLinearConv)
+  int8-openvino         the INT8 model's QDQ graph on OpenVINO's CPU plugin (runtime/openvino_backend.py; the
+                        `openvino` backend), where openvino is installed
   ort-quantize-static   onnxruntime's own quantize_static of the FP32 dense part (QDQ, uint8 activations, int8
                         per-channel weights, MinMax) calibrated on calibration frames: a peer, not our model
 
@@ -43,9 +45,11 @@ ROWS = {
     "int8-torch": "int8 torch fake-quant",
     "int8-ort-qdq": "int8 ort QDQ (TensorRT graph)",
     "int8-ort": "int8 ort integer (ours)",
+    "int8-openvino": "int8 openvino QDQ graph",
     "ort-quantize-static": "ort quantize_static (peer)",
 }
-INT8_ROWS = ("int8-torch", "int8-ort-qdq", "int8-ort")
+INT8_ROWS = ("int8-torch", "int8-ort-qdq", "int8-ort", "int8-openvino")
+ENGINE_ROWS = ("int8-ort", "int8-openvino")  # the INT8 engines the speed-ups are given for
 STAGES = ("voxelize", "encode", "dense", "decode")
 COLUMNS = (*STAGES, "network", "total")
 # Networks with no trained weights, built with random initialisation from a model config: timing only.
@@ -60,9 +64,12 @@ def load_average() -> str:
 
 
 def parse_rows(text: str | None) -> list[str]:
-    """'fp32-torch,int8-ort' -> row keys (all rows for None or 'all'), in the table's order."""
+    """'fp32-torch,int8-ort' -> row keys (all rows for None or 'all', the OpenVINO row only where openvino is
+    installed), in the table's order."""
     if text is None or text == "all":
-        return list(ROWS)
+        import importlib.util
+
+        return [k for k in ROWS if k != "int8-openvino" or importlib.util.find_spec("openvino") is not None]
     keys = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ROWS]
     if unknown or not keys:
@@ -178,6 +185,10 @@ def build_rows(fp32, int8, keys: list[str], threads: int | None = None,
             rows.append(BenchRow(key, int8, OnnxRuntimeBackend(int8, threads=threads, graph="given")))
         elif key == "int8-ort":
             rows.append(BenchRow(key, int8, OnnxRuntimeBackend(int8, threads=threads)))
+        elif key == "int8-openvino":
+            from .runtime.openvino_backend import OpenVinoBackend
+
+            rows.append(BenchRow(key, int8, OpenVinoBackend(int8, threads=threads)))
         elif key == "ort-quantize-static":
             if not calib_clouds:
                 raise ValueError("the quantize_static row needs calibration frames")
@@ -227,12 +238,12 @@ class BenchResult:
     load_average_end: str = "n/a"
     header: list[str] = field(default_factory=list)
 
-    def speedups(self) -> dict[str, float]:
-        """The integer graph against the FP32 rows (medians), where those rows ran."""
+    def speedups(self, engine: str = "int8-ort") -> dict[str, float]:
+        """An INT8 engine row (default: the integer graph) against the FP32 rows (medians), where those rows ran."""
         ms, result = self.ms, {}
-        if "int8-ort" not in ms:
+        if engine not in ms:
             return result
-        ours = ms["int8-ort"]
+        ours = ms[engine]
         fp32 = [k for k in ("fp32-torch", "fp32-ort") if k in ms]
         if fp32:
             result["dense_speedup_vs_fastest_fp32"] = min(ms[k]["dense"]["median"] for k in fp32) / ours["dense"][
@@ -251,6 +262,7 @@ class BenchResult:
             "load_average_end": self.load_average_end, "stages": list(COLUMNS), "ms": self.ms,
             "accuracy": self.accuracy, "agreement_reference": self.agreement_reference, "agreement": self.agreement,
             "output_difference": self.output_difference, "targets": self.speedups(),
+            "engine_speedups": {key: self.speedups(key) for key in ENGINE_ROWS if key in self.ms},
             "kernels": {key: profile.by_op for key, profile in self.kernels.items()},
         }
 
@@ -266,8 +278,10 @@ class BenchResult:
             if self.accuracy is not None:
                 line += f"{self.accuracy[key]['mAP']:>7.1f}{self.accuracy[key]['bev_iou_mAP']:>9.1f}"
             lines.append(line)
-        speedups = self.speedups()
-        if speedups:
+        for engine in ENGINE_ROWS:
+            speedups = self.speedups(engine)
+            if not speedups:
+                continue
             parts = []
             if "dense_speedup_vs_fastest_fp32" in speedups:
                 parts.append(f"dense part {speedups['dense_speedup_vs_fastest_fp32']:.2f}x and network (encode + "
@@ -275,7 +289,7 @@ class BenchResult:
             for name, label in (("fp32_torch", "FP32 torch"), ("fp32_onnxruntime", "FP32 onnxruntime")):
                 if f"end_to_end_speedup_vs_{name}" in speedups:
                     parts.append(f"end to end {speedups[f'end_to_end_speedup_vs_{name}']:.2f}x vs {label}")
-            lines += ["", "int8 ort integer (median): " + "; ".join(parts)]
+            lines += ["", f"{ROWS[engine]} (median): " + "; ".join(parts)]
         if self.agreement:
             lines += ["", f"INT8 vs FP32 ({ROWS[self.agreement_reference]}) on the same frames: FP32 boxes with score "
                       f">= {AGREEMENT_MIN_SCORE} reproduced (same class, centre within {AGREEMENT_DISTANCE_M:g} m), "
@@ -409,8 +423,15 @@ def machine_line(threads: int | None) -> str:
     import onnxruntime
     import torch
 
-    return (f"{threads or 'default'} threads (torch and onnxruntime); {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    try:
+        from importlib.metadata import version
+
+        openvino = f", openvino {version('openvino')}"
+    except Exception:  # not installed: no OpenVINO row either
+        openvino = ""
+    return (f"{threads or 'default'} threads (torch, onnxruntime and openvino); "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}{openvino}")
 
 
 def write_result(result: BenchResult, stem: str | Path) -> tuple[Path, Path]:

@@ -43,7 +43,7 @@ def _check_times(ms: dict, rows):
 
 
 def test_bench_command_runs_every_row_on_a_folder(tmp_path, frames_dir, fp32_checkpoint, capsys):
-    """A folder source (no ground truth): all six rows, INT8 quantized here (no bundled <name>_int8 for a path),
+    """A folder source (no ground truth): all seven rows, INT8 quantized here (no bundled <name>_int8 for a path),
     the peer calibrated on the folder; .txt and .json written with the rows, the stage keys, medians and p90."""
     stem = tmp_path / "out" / "speed"
     args = ["bench", "--fp32", str(fp32_checkpoint), "--source", str(frames_dir), "--frames", "2", "--repeats", "1",
@@ -62,11 +62,16 @@ def test_bench_command_runs_every_row_on_a_folder(tmp_path, frames_dir, fp32_che
     assert result["frames"] == 2 and result["repeats"] == 1 and result["accuracy"] is None
     _check_times(result["ms"], bench.ROWS)
     assert result["agreement_reference"] == "fp32-torch"
-    assert set(result["agreement"]) == {"int8-torch", "int8-ort-qdq", "int8-ort", "ort-quantize-static"}
+    assert set(result["agreement"]) == {"int8-torch", "int8-ort-qdq", "int8-ort", "int8-openvino",
+                                        "ort-quantize-static"}
     assert result["agreement"]["int8-ort"]["frames"] == 2
     assert 0 <= result["output_difference"]["hm_prob_max_abs"] < 0.5
     assert set(result["kernels"]) == {"fp32-ort", "int8-ort-qdq", "int8-ort", "ort-quantize-static"}
     assert set(result["targets"]) >= {"dense_speedup_vs_fastest_fp32", "end_to_end_speedup_vs_fp32_torch"}
+    # Each INT8 engine gets its speed-ups against the same FP32 rows of the same run.
+    assert set(result["engine_speedups"]) == {"int8-ort", "int8-openvino"}
+    assert result["engine_speedups"]["int8-ort"] == result["targets"]
+    assert "int8 openvino QDQ graph (median): dense part" in text
 
 
 def test_bench_command_with_an_int8_checkpoint_and_chosen_rows(tmp_path, frames_dir, fp32_checkpoint, capsys):
