@@ -23,6 +23,7 @@ Rows (--rows, comma-separated; default the INT8 bundle only, about a minute):
   int8-onnxruntime    the INT8 bundle (--int8; the shipped sim_pillar_int8.lptq, the node's default) on onnxruntime
   fp32-torch          the FP32 checkpoint (--checkpoint)
   int8-torch          the same bundle's INT8 checkpoint part as torch fake-quant
+  int8-openvino       the same bundle on OpenVINO (its QDQ graph; the node's backend:=openvino)
 
     ./dev run python benchmarks/node_latency.py                     # INT8 bundle, 50 frames at 10 Hz, 2 threads
     ./dev run python benchmarks/node_latency.py --rows int8-onnxruntime,fp32-torch,int8-torch
@@ -53,7 +54,7 @@ from lidar_ptq_ros.pipeline_bench import (  # the node's pipeline timed with the
 )
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("int8-onnxruntime", "fp32-torch", "int8-torch")
+ROWS = ("int8-onnxruntime", "fp32-torch", "int8-torch", "int8-openvino")
 
 class ChildCpu:
     """CPU seconds (user + system) of this process's child processes, by module (`python -m lidar_ptq_ros.<module>`),
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
 
         bundle = str(export_bundle(bundled_checkpoint(args.int8), logs / f"{Path(args.int8).stem}.lptq"))
     available = {"fp32-torch": ("FP32", args.checkpoint, "torch"), "int8-onnxruntime": ("INT8", bundle, "onnxruntime"),
-                 "int8-torch": ("INT8", bundle, "torch")}
+                 "int8-torch": ("INT8", bundle, "torch"), "int8-openvino": ("INT8", bundle, "openvino")}
     class_names = read_checkpoint_config(bundled_checkpoint(args.checkpoint)).head_geometry().class_names
     dataset = SimDataset("val", args.frames, load_sim_config("default"))
     dataset.prepare(progress=False)
