@@ -34,8 +34,9 @@ def generate_launch_description():
                                           "checkpoint: a bundled name (sim_pillar = FP32, sim_voxel) or a "
                                           ".safetensors path, FP32 or INT8 (lidar-ptq quantize)"),
         DeclareLaunchArgument("backend", default_value="auto",
-                              description="auto (a bundle: tensorrt where it exists, else onnxruntime; a checkpoint: "
-                                          "torch), torch, onnxruntime or tensorrt"),
+                              description="auto (a bundle: tensorrt where it exists, else the CPU engine its "
+                                          "export chose; a checkpoint: torch), torch, onnxruntime, openvino or "
+                                          "tensorrt"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "detector.yaml"]),
                               description="detector parameters (ros__parameters YAML); `model` and `backend` "
                                           "override its own"),

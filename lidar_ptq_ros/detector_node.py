@@ -74,10 +74,12 @@ PARAMETERS = (
                   constraints="non-empty"),
     ParameterSpec("backend", "auto",
                   "Inference backend: 'auto' (a bundle on the fastest backend here: tensorrt where it imports and a "
-                  "CUDA GPU exists, else onnxruntime; a checkpoint in torch), 'torch' (FP32, or INT8 as fake-quant, "
-                  "on CPU; a bundle runs its checkpoint part), 'onnxruntime' (a .lptq bundle only: the dense part in "
-                  "onnxruntime, an INT8 one as its integer graph) or 'tensorrt' (a .lptq bundle on a GPU with "
-                  "TensorRT 10: written, unverified; not installable on these CPU machines).", read_only=True,
+                  "CUDA GPU exists, else the CPU engine the bundle's export chose: onnxruntime, or openvino for a "
+                  "bundle whose INT8 convs feed FP32 layers; a checkpoint in torch), 'torch' (FP32, or INT8 as "
+                  "fake-quant, on CPU; a bundle runs its checkpoint part), 'onnxruntime' (a .lptq bundle only: the "
+                  "dense part in onnxruntime, an INT8 one as its integer graph), 'openvino' (a .lptq bundle's QDQ "
+                  "graph on OpenVINO's CPU plugin) or 'tensorrt' (a .lptq bundle on a GPU with TensorRT 10: written, "
+                  "unverified; not installable on these CPU machines).", read_only=True,
                   constraints="one of: " + ", ".join(BACKENDS)),
     ParameterSpec("score_threshold", 0.3,
                   "Boxes scoring below this are not published (the checkpoint's own decode threshold applies first).",

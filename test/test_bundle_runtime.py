@@ -59,7 +59,11 @@ def test_the_shipped_bundle_holds_every_graph_its_backends_run():
                      "dense_ort_int8.onnx": "dense-ort-int8", "pillar_encoder.onnx": "pillar-encoder"}
     parity = bundle.manifest.parity
     assert parity["checked"] and parity["passed"] and parity["frames"] == 4 and not parity["failures"]
-    assert set(parity["graphs"]) == {"pillar_encoder.onnx", "dense_ort_int8.onnx", "dense.onnx"}
+    # Its output layers are FP32, so auto runs it on OpenVINO on the CPU, and export checked that engine too.
+    assert runtime["cpu"]["auto"] == "openvino"
+    assert set(parity["graphs"]) == {"pillar_encoder.onnx", "dense_ort_int8.onnx", "dense.onnx",
+                                     "dense.onnx on openvino"}
+    assert parity["boxes"]["openvino"]["reference_recall"] >= 0.95
     assert all(out["error"] <= parity["thresholds"]["max_error"] for graph in parity["graphs"].values()
                for out in graph.values())
     assert parity["boxes"]["onnxruntime"]["reference_recall"] >= 0.95
@@ -288,3 +292,49 @@ def test_a_bundle_from_before_shipped_graphs_asks_to_be_exported_again(tmp_path)
     with pytest.raises(ValueError, match=r"old\.lptq: this bundle ships no runtime graphs \(written by an older "
                                          r"lidar-ptq\); export it again with `lidar-ptq export`"):
         Detector.from_bundle(path, "onnxruntime")
+
+
+# -- the CPU engine auto picks ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_float_outputs_checkpoint(tmp_path_factory):
+    """Output layers kept in FP32: onnxruntime's integer graph must compute the convs before them in FP32."""
+    from lidar_ptq_core.quant import method_config
+    from lidar_ptq_core.recipes.centerpoint import quantize_centerpoint, save_quantized_checkpoint
+
+    from test_models import TINY_PILLAR
+    from test_quant import FAST, calibration_batches, tiny_model
+
+    model = tiny_model(TINY_PILLAR)
+    config = method_config("sparse-max", keep_float_outputs=True, **FAST)
+    qmodel, report = quantize_centerpoint(model, calibration_batches(model, 2), "sparse-max", config, progress=False)
+    return save_quantized_checkpoint(qmodel, report, tmp_path_factory.mktemp("tinyf") / "tiny_float_out.safetensors")
+
+
+def test_auto_runs_a_bundle_with_fp32_output_layers_on_openvino_checked_at_export(
+        tiny_float_outputs_checkpoint, tiny_int8_checkpoint, frame_folder, tmp_path):
+    pytest.importorskip("openvino")
+    out = tmp_path / "float_out.lptq"
+    assert cli.main(export_args(tiny_float_outputs_checkpoint, out, frame_folder)) == 0
+    manifest = read_bundle(out).manifest
+    assert manifest.runtime["cpu"]["auto"] == "openvino" and "feed FP32 layers" in manifest.runtime["cpu"]["why"]
+    # export checked the engine auto will run: its boxes and its outputs, beside onnxruntime's
+    assert manifest.parity["passed"] and set(manifest.parity["boxes"]) == {"onnxruntime", "openvino"}
+    assert "dense.onnx on openvino" in manifest.parity["graphs"]
+    assert Detector.from_bundle(out, "auto", threads=1).backend.name == "openvino"
+    assert Detector.from_bundle(out, "onnxruntime", threads=1).backend.name == "onnxruntime"  # asked for: as asked
+    every_int8 = tmp_path / "int8.lptq"  # every conv integer in onnxruntime: auto stays there
+    assert cli.main(export_args(tiny_int8_checkpoint, every_int8, frame_folder)) == 0
+    assert read_bundle(every_int8).manifest.runtime["cpu"]["auto"] == "onnxruntime"
+    assert Detector.from_bundle(every_int8, "auto", threads=1).backend.name == "onnxruntime"
+
+
+def test_a_manifest_naming_an_unknown_cpu_engine_is_refused(tiny_int8_checkpoint, tmp_path):
+    from lidar_ptq_core.export.bundle import write_bundle
+
+    bundle = read_bundle(bundled_bundle(SHIPPED))
+    manifest = bundle.manifest
+    manifest.runtime = {**manifest.runtime, "cpu": {"auto": "cuda-magic"}}
+    path = write_bundle(tmp_path / "odd.lptq", manifest, bundle.read_parts())
+    with pytest.raises(ValueError, match="runtime.cpu.auto must be one of"):
+        Detector.from_bundle(path, "auto")

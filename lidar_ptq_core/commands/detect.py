@@ -18,8 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bundle", default=None, help="a .lptq bundle instead of --checkpoint (lidar-ptq export)")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt", "openvino"],
                         help="network backend for a bundle (default auto: tensorrt where it imports and CUDA is "
-                             "available, else onnxruntime; tensorrt is unverified here; openvino: "
-                             "requirements-openvino.txt); checkpoints run in torch")
+                             "available, else the CPU engine the bundle's export chose, onnxruntime or openvino; "
+                             "tensorrt is unverified here; openvino: requirements-openvino.txt); checkpoints run in "
+                             "torch")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP + "; a bundle's onnxruntime graphs "
                         "run on the CPU")
     parser.add_argument("--topic", default=None, help="PointCloud2 topic of a bag that holds several")

@@ -61,6 +61,9 @@ def describe(bundle) -> list[str]:
                                                       "scatter (numpy)" if runtime[engine]["encoder"] else None,
                                                       runtime[engine]["dense"]]))
             for engine in ("onnxruntime", "tensorrt")) + f"; BEV map {runtime['bev']['dtype']}"
+        cpu = runtime.get("cpu")
+        if isinstance(cpu, dict):  # bundles from before the choice was recorded run auto on onnxruntime
+            rows["auto on CPU"] = f"{cpu.get('auto')} ({cpu.get('why', 'no reason recorded')})"
     lines = [f"{label:<{LABEL_WIDTH}}{text}" for label, text in rows.items()]
     if manifest.format_version >= 2:  # version 1 bundles predate the parity check
         lines += parity_lines(manifest.parity)

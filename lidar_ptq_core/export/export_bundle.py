@@ -58,8 +58,31 @@ def export_graphs(model) -> tuple[dict[str, bytes], dict]:
                 "background": 0 if code_scale is None else ZERO_POINT, "scale": code_scale},
         "onnxruntime": {"encoder": encoder, "dense": ort_dense},  # encoder None: torch + spconv (voxel models)
         "tensorrt": {"encoder": None, "dense": DENSE_PART},  # the encoder in torch on the GPU, FP32 BEV map
+        "cpu": cpu_engine_choice(model),
     }
     return parts, plan
+
+
+def cpu_engine_choice(model) -> dict:
+    """Which engine `auto` runs this bundle on without TensorRT: {"auto": "onnxruntime" | "openvino", "why": str}.
+    onnxruntime's integer graph runs every INT8 conv whose output is read as INT8 as a QLinearConv, but a conv whose
+    output feeds an FP32 layer (the heads' hidden convs before output layers kept in FP32) only as an FP32 conv;
+    OpenVINO runs the bundle's QDQ graph with such convs in INT8 and FP32 output. So a bundle with such convs picks
+    OpenVINO where it is installed at export (the parity check then runs it too), else onnxruntime."""
+    import importlib.util
+
+    from .onnx_ort_int8 import dense_part_quantized, int8_layer_report
+
+    if not dense_part_quantized(model):
+        return {"auto": "onnxruntime", "why": "FP32 model"}
+    fp32_convs = [name for name, how in int8_layer_report(model).items() if how.startswith("fp32 output (feeds")]
+    if not fp32_convs:
+        return {"auto": "onnxruntime", "why": "every INT8 conv runs as an integer conv in onnxruntime"}
+    why = (f"{len(fp32_convs)} INT8 convs feed FP32 layers, which onnxruntime's integer graph computes in FP32 "
+           f"({', '.join(fp32_convs[:3])}{', ...' if len(fp32_convs) > 3 else ''})")
+    if importlib.util.find_spec("openvino") is None:
+        return {"auto": "onnxruntime", "why": why + "; openvino was not installed at export"}
+    return {"auto": "openvino", "why": why + "; OpenVINO runs them as INT8 convs"}
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, parity=None) -> Path:

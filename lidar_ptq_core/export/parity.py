@@ -7,10 +7,12 @@ the reference's mean magnitude (scale-free, so one threshold fits heatmap logits
   the onnxruntime dense graph, run as the runtime runs it (after the shipped encoder and the numpy scatter for a
                        pillar bundle): head outputs against the model's
   dense.onnx           (INT8) the QDQ graph on onnxruntime, fed the model's own BEV map: what TensorRT is given
-and the agreement of the decoded boxes of the onnxruntime runtime with the model's (agreement.py: the share of the
-model's confident boxes it reproduces, and of its own boxes that the model has). The bundle passes when every error
-is at most `max_error` and both agreements are at least `min_agreement` (frames without confident boxes leave the
-agreement undefined, which does not fail).
+  dense.onnx on openvino  when export chose OpenVINO as the bundle's CPU engine (runtime.cpu.auto): the same graph
+                       on OpenVINO, which `auto` then runs
+and the agreement of the decoded boxes of the onnxruntime runtime (and OpenVINO, when chosen) with the model's
+(agreement.py: the share of the model's confident boxes it reproduces, and of its own boxes that the model has). The
+bundle passes when every error is at most `max_error` and both agreements are at least `min_agreement` (frames
+without confident boxes leave the agreement undefined, which does not fail).
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ def check_parity(model, bundle, settings: ParitySettings, clouds: list[np.ndarra
 
         runtime = TorchEncoderOnnxBackend(model, bundle.read_part(ort_plan["dense"]), threads=1, graph="shipped",
                                      code_scale=code_scale)
+    openvino = None
+    if (plan.get("cpu") or {}).get("auto") == "openvino":  # the engine auto picks on the CPU is checked too
+        from ..runtime.openvino_backend import OpenVinoBackend
+
+        openvino = OpenVinoBackend(model, bundle.read_part(plan["tensorrt"]["dense"]), threads=1)
     qdq = None
     if ort_plan["dense"] != plan["tensorrt"]["dense"]:  # an INT8 bundle: its QDQ graph is a graph of its own
         qdq = ort.InferenceSession(bundle.read_part(plan["tensorrt"]["dense"]), providers=["CPUExecutionProvider"])
@@ -120,7 +127,7 @@ def check_parity(model, bundle, settings: ParitySettings, clouds: list[np.ndarra
     def record(part: str, output: str, got, reference) -> None:
         graphs.setdefault(part, {}).setdefault(output, _Differences()).add(got, reference)
 
-    reference_boxes, runtime_boxes = [], []
+    reference_boxes, runtime_boxes, openvino_boxes = [], [], []
     with torch.inference_mode():
         for points in clouds:
             batch, _ = voxelize_clouds([points], config.voxelization, config.num_point_features)
@@ -143,23 +150,32 @@ def check_parity(model, bundle, settings: ParitySettings, clouds: list[np.ndarra
             geometry = config.head_geometry()
             reference_boxes += decode_batch(reference, geometry, config.post_processing)
             runtime_boxes += decode_batch(outputs, geometry, config.post_processing)
+            if openvino is not None:
+                openvino_outputs = openvino.dense(bev)
+                for name, value in _flat(openvino_outputs, names).items():
+                    record(f"{plan['tensorrt']['dense']} on openvino", name, value, flat_reference[name])
+                openvino_boxes += decode_batch(openvino_outputs, geometry, config.post_processing)
 
     report = {"checked": True, "frames": len(clouds), "source": source,
               "thresholds": {"max_error": settings.max_error, "min_agreement": settings.min_agreement},
               "graphs": {part: {name: d.summary() for name, d in outputs.items()} for part, outputs in graphs.items()}}
-    agreement = detection_agreement(reference_boxes, runtime_boxes, config.head_geometry().class_names)
-    report["boxes"] = {"onnxruntime": {key: agreement[key] for key in
-                                       ("reference_boxes", "other_boxes", "matched", "reference_recall",
-                                        "other_precision", "map_vs_reference")}}
+    class_names = config.head_geometry().class_names
+    engines = {"onnxruntime": detection_agreement(reference_boxes, runtime_boxes, class_names)}
+    if openvino is not None:
+        engines["openvino"] = detection_agreement(reference_boxes, openvino_boxes, class_names)
+    report["boxes"] = {engine: {key: agreement[key] for key in
+                                ("reference_boxes", "other_boxes", "matched", "reference_recall", "other_precision",
+                                 "map_vs_reference")} for engine, agreement in engines.items()}
     failures = []
     for part, outputs in report["graphs"].items():
         for name, summary in outputs.items():
             if not summary["error"] <= settings.max_error:
                 failures.append(f"{part} output {name}: error {summary['error']:.4g} > {settings.max_error:g}")
-    for key in ("reference_recall", "other_precision"):
-        value = agreement[key]
-        if not math.isnan(value) and value < settings.min_agreement:
-            failures.append(f"onnxruntime boxes {key} {value:.3f} < {settings.min_agreement:g}")
+    for engine, agreement in engines.items():
+        for key in ("reference_recall", "other_precision"):
+            value = agreement[key]
+            if not math.isnan(value) and value < settings.min_agreement:
+                failures.append(f"{engine} boxes {key} {value:.3f} < {settings.min_agreement:g}")
     report["passed"] = not failures
     report["failures"] = failures
     return _json_safe(report)

@@ -16,7 +16,8 @@ post-processing (voxelize, decode) are the Detector's and shared by all of them.
   run): the encoder in torch on the GPU, the bundle's QDQ dense.onnx as a cached TensorRT engine (INT8 + FP16). Where
   tensorrt is not importable, asking for it raises one clear error (TensorRTUnavailable, a ValueError).
 - openvino (runtime/openvino_backend.py, an optional install: requirements-openvino.txt): the encoder in torch, the
-  bundle's QDQ dense.onnx on OpenVINO's CPU plugin (INT8 kernels). Never chosen by auto.
+  bundle's QDQ dense.onnx on OpenVINO's CPU plugin (INT8 kernels). `auto` picks it for a bundle whose export chose it
+  (export_bundle.cpu_engine_choice: INT8 convs that feed FP32 layers, which onnxruntime can only run in FP32).
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def tensorrt_unavailable() -> ValueError | None:
 
 
 def resolve_backend(backend: str) -> str:
-    """'auto' -> 'tensorrt' where tensorrt imports and a CUDA GPU is present, else 'onnxruntime'; others as given."""
+    """'auto' -> 'tensorrt' where tensorrt imports and a CUDA GPU is present, else 'onnxruntime'; others as given.
+    (Detector.from_bundle first turns 'auto' into the bundle's own CPU engine where TensorRT is missing.)"""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

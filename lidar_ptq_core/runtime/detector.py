@@ -76,9 +76,13 @@ class Detector:
         """A `.lptq` bundle on a backend: onnxruntime, torch, tensorrt (UNVERIFIED here: needs TensorRT and a CUDA
         GPU; the engine is built on first use and cached in `engine_cache`, default ~/.cache/lidar_ptq/engines),
         openvino (the QDQ dense graph on OpenVINO's CPU plugin, requirements-openvino.txt), or auto: tensorrt where
-        tensorrt imports and CUDA is available, else onnxruntime."""
+        tensorrt imports and CUDA is available, else the CPU engine export chose for this bundle (onnxruntime, or
+        OpenVINO for a bundle whose INT8 convs feed FP32 layers: runtime.cpu in its manifest) where it is installed,
+        else onnxruntime."""
         from .backends import resolve_backend, tensorrt_unavailable
 
+        if backend == "auto" and tensorrt_unavailable() is not None:
+            backend = cls.auto_cpu_engine(path)
         backend = resolve_backend(backend)
         if backend == "onnxruntime":
             return cls._on_onnxruntime(bundled_bundle(str(path)), threads)
@@ -101,6 +105,26 @@ class Detector:
         from ..devices import resolve_device
 
         return cls(load_bundle_model(path, device=resolve_device(device))[0])  # torch: the checkpoint, fake-quant
+
+    @staticmethod
+    def auto_cpu_engine(path: str | Path) -> str:
+        """The CPU engine `auto` runs the bundle at `path` on: its recorded choice where that engine imports here
+        (OpenVINO also needs torch, for the encoder), else onnxruntime."""
+        import importlib.util
+
+        from ..export.bundle import read_bundle
+        from .onnx_backend import cpu_engine_of
+
+        def importable(module: str) -> bool:
+            try:
+                return importlib.util.find_spec(module) is not None
+            except ImportError:  # a finder that refuses the name (a runtime-only install)
+                return False
+
+        choice = cpu_engine_of(read_bundle(bundled_bundle(str(path)), verify=False))
+        if choice == "openvino" and not (importable("openvino") and importable("torch")):
+            return "onnxruntime"
+        return choice
 
     @classmethod
     def _on_onnxruntime(cls, path: Path, threads: int | None) -> "Detector":

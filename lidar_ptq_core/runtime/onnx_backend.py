@@ -26,6 +26,20 @@ def runtime_section(bundle: Bundle) -> dict:
     return section
 
 
+CPU_ENGINES = ("onnxruntime", "openvino")
+
+
+def cpu_engine_of(bundle: Bundle) -> str:
+    """The engine `auto` runs `bundle` on without TensorRT, as export chose it (export_bundle.cpu_engine_choice);
+    onnxruntime for bundles written before the choice was recorded. The manifest is untrusted: another value is an
+    error naming it."""
+    cpu = (bundle.manifest.runtime or {}).get("cpu") or {}
+    choice = cpu.get("auto", "onnxruntime") if isinstance(cpu, dict) else cpu
+    if choice not in CPU_ENGINES:
+        raise ValueError(f"{bundle.path}: manifest runtime.cpu.auto must be one of {CPU_ENGINES}, got {choice!r}")
+    return choice
+
+
 def scatter_to_canvas(features: np.ndarray, coords: np.ndarray, batch_size: int, shape: tuple[int, int, int],
                       background) -> np.ndarray:
     """Pillar features (M, C) at their (batch, z, y, x) cells of a (B, C, H, W) canvas filled with `background`
