@@ -338,3 +338,23 @@ def test_a_manifest_naming_an_unknown_cpu_engine_is_refused(tiny_int8_checkpoint
     path = write_bundle(tmp_path / "odd.lptq", manifest, bundle.read_parts())
     with pytest.raises(ValueError, match="runtime.cpu.auto must be one of"):
         Detector.from_bundle(path, "auto")
+
+
+def test_openvino_failing_parity_leaves_auto_on_onnxruntime_and_the_bundle_written(
+        tiny_float_outputs_checkpoint, frame_folder, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from lidar_ptq_core.runtime.openvino_backend import OpenVinoBackend
+
+    real_dense = OpenVinoBackend.dense
+
+    def wrong(self, bev):  # an engine that computes wrongly: every output doubled
+        return [{head: 2 * value for head, value in task.items()} for task in real_dense(self, bev)]
+
+    monkeypatch.setattr(OpenVinoBackend, "dense", wrong)
+    out = tmp_path / "refused_openvino.lptq"
+    assert cli.main(export_args(tiny_float_outputs_checkpoint, out, frame_folder)) == 0
+    manifest = read_bundle(out).manifest
+    assert manifest.runtime["cpu"]["auto"] == "onnxruntime"
+    assert manifest.runtime["cpu"]["why"].startswith("OpenVINO failed the parity check at export")
+    assert manifest.parity["passed"] and manifest.parity["openvino_refused"]
+    assert Detector.from_bundle(out, "auto", threads=1).backend.name == "onnxruntime"
