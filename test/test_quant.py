@@ -375,18 +375,23 @@ def test_every_layer_int8_and_folding_exact(config_dict):
     assert all(torch.isfinite(t).all() for out in outputs for t in out.values())
 
 
+def reload_and_check_outputs(qmodel, report, batch, tmp_path):
+    """Save and reload a quantized model; the reloaded one gives the same outputs bit for bit. Returns it."""
+    loaded = load_quantized_checkpoint(save_quantized_checkpoint(qmodel, report, tmp_path / "q.safetensors"))
+    with torch.no_grad():
+        a, b = qmodel(batch), loaded(batch)
+    for x, y in zip(a, b):
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+    return loaded
+
+
 def test_quantized_checkpoint_reloads_bit_exactly(tmp_path):
     model = tiny_model(TINY_PILLAR)
     batches = calibration_batches(model)
     qmodel, report = quantize_centerpoint(model, batches, "lidar-ptq", method_config("lidar-ptq", **FAST),
                                           progress=False)
-    path = save_quantized_checkpoint(qmodel, report, tmp_path / "q.safetensors")
-    loaded = load_quantized_checkpoint(path)
-    with torch.no_grad():
-        a, b = qmodel(batches[1]), loaded(batches[1])
-    for x, y in zip(a, b):
-        for key in x:
-            assert torch.equal(x[key], y[key]), key
+    loaded = reload_and_check_outputs(qmodel, report, batches[1], tmp_path)
     # Reconstructed weights sit exactly on their INT8 grid.
     for name, wrapper in quant_wrappers(loaded).items():
         if hasattr(wrapper, "weight_quantizer"):
@@ -402,13 +407,7 @@ def test_output_layers_with_fp32_weights_and_int8_input_survive_reconstruction_a
     float_weights = report.layout["float_weights"]
     assert float_weights and set(float_weights) <= set(report.layout["quantized"])
     assert not report.layout["kept_float"]
-    path = save_quantized_checkpoint(qmodel, report, tmp_path / "q.safetensors")
-    loaded = load_quantized_checkpoint(path)
-    with torch.no_grad():
-        a, b = qmodel(batches[1]), loaded(batches[1])
-    for x, y in zip(a, b):
-        for key in x:
-            assert torch.equal(x[key], y[key]), key
+    loaded = reload_and_check_outputs(qmodel, report, batches[1], tmp_path)
     for name, wrapper in quant_wrappers(loaded).items():
         if not hasattr(wrapper, "weight_quantizer"):
             continue
