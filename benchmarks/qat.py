@@ -11,6 +11,8 @@ time reaches `--time-cap-min`. The first check reaching each is reported. The fi
 `--val-frames` frames and its row
 (method "qat", quantization time = init + training, evaluations excluded) lands in docs/benchmarks/qat_<model>.json
 and .txt beside the FP32, init and LiDAR-PTQ rows. Training resumes from runs/qat/<model>/ when interrupted.
+With --save, the final QAT model is also written as an INT8 checkpoint (the init's quantizer layout, the trained
+weights; provenance method "qat"), so benchmarks/test_split_headline.py can score it on the test split.
 
     ./dev run python benchmarks/qat.py --model sim_pillar > runs/qat_pillar.log 2>&1 &
 """
@@ -41,7 +43,11 @@ from lidar_ptq_core.benchmarking import (
 from lidar_ptq_core.io_utils import write_bytes_atomic, write_json_atomic
 from lidar_ptq_core.models.checkpoint import load_checkpoint
 from lidar_ptq_core.quant import method_config
-from lidar_ptq_core.recipes.centerpoint import load_quantized_checkpoint, quantize_centerpoint
+from lidar_ptq_core.recipes.centerpoint import (
+    load_quantized_checkpoint,
+    quantize_centerpoint,
+    save_quantized_checkpoint,
+)
 from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
 from lidar_ptq_core.training.train import train
@@ -84,11 +90,31 @@ class ActiveClock:
         return time.monotonic() - self.paused_seconds()
 
 
+def save_qat_checkpoint(model, init_report, path: Path, args, train_frames: int, last: dict,
+                        init_seconds: float, reached_target: bool) -> None:
+    """The trained QAT model as an INT8 checkpoint: the init's layout and quantizer ranges (QAT keeps them fixed),
+    the fine-tuned weights, and provenance that says how it was made."""
+    init_report.method = "qat"
+    init_report.seconds = init_seconds + last["train_seconds"]
+    init_report.provenance = {
+        "method": "qat",
+        "calibration": (f"sim calib 0..{args.calib_frames - 1} ({args.init} init), then {last['step']} steps of "
+                        f"training on sim train 0..{train_frames - 1}"),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "qat": {"init": args.init, "steps": last["step"], "lr": args.lr, "train_seconds": last["train_seconds"],
+                "stop": "target reached on val" if reached_target else "time cap or schedule end"},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_quantized_checkpoint(model, init_report, path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sim_pillar")
     parser.add_argument("--init", default="sparse-max")
-    parser.add_argument("--target", default=None, help="INT8 checkpoint to match (default: the benchmark's lidar-ptq)")
+    parser.add_argument("--target", default=None,
+                        help="INT8 checkpoint to match, bundled name or path (default: the benchmark's lidar-ptq)")
     parser.add_argument("--calib-frames", type=int, default=256)
     parser.add_argument("--train-frames", type=int, default=600)
     parser.add_argument("--check-frames", type=int, default=100)
@@ -104,6 +130,7 @@ def main() -> int:
                              "centre-distance mAP (default on)")
     parser.add_argument("--work-dir", default=None, help="training state (default runs/qat/<model>)")
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks"), help="where the results land")
+    parser.add_argument("--save", default=None, help="also write the final QAT model here, as an INT8 checkpoint")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out_dir = Path(args.work_dir or REPO / "runs" / "qat" / args.model)
@@ -118,10 +145,10 @@ def main() -> int:
     fp32 = load_checkpoint(bundled_checkpoint(args.model))
     started = clock.now()
     batches = calibration_batches(fp32.config, calib)
-    qat_model, _ = quantize_centerpoint(fp32, batches, args.init, method_config(args.init, sensitivity_frames=0),
-                                        progress=False)
+    qat_model, init_report = quantize_centerpoint(fp32, batches, args.init,
+                                                  method_config(args.init, sensitivity_frames=0), progress=False)
     init_seconds = clock.now() - started
-    target_path = Path(args.target or ROW_DIR / args.model / "lidar-ptq.safetensors")
+    target_path = bundled_checkpoint(args.target) if args.target else ROW_DIR / args.model / "lidar-ptq.safetensors"
     target_map, target_iou = scores_on(load_quantized_checkpoint(target_path), check)
     print(f"target: {target_path} mAP {100 * target_map:.1f}, BEV IoU mAP {100 * target_iou:.1f} on {len(check)} val "
           f"frames; init {args.init} took {init_seconds:.0f} s", flush=True)
@@ -167,6 +194,10 @@ def main() -> int:
                qat_target_bev_iou_mAP_check=target_iou, qat_match_iou=args.match_iou,
                qat_first_reaching_mAP=first_map, qat_first_reaching_bev_iou_mAP=first_iou,
                qat_check_frames=len(check), qat_time_cap_min=args.time_cap_min, qat_init=args.init)
+    if args.save:
+        save_qat_checkpoint(qat_model, init_report, Path(args.save), args, len(train_split), history[-1],
+                            init_seconds, done)
+        print(f"QAT model saved to {args.save}", flush=True)
     docs = Path(args.docs)
     write_json_atomic(docs / f"qat_{args.model}.json", {"history": history, "row": row})
     # Beside the PTQ rows (read only: the PTQ benchmark may still be appending to its file).

@@ -14,6 +14,11 @@ same checkpoint contents detects nothing. Rows land in docs/benchmarks/test_spli
 row for the same checkpoint contents, reference and frames is not made again) and the table
 docs/benchmarks/test_split_<model>.txt is rewritten after each row. The CLI gives the same figures from the cached
 files: lidar-ptq eval --pred <int8 dir>/pred --reference <fp32 dir>/pred --gt <gt dir> --checkpoint <model>.
+
+Models that are not lidar-ptq checkpoints (NVIDIA's quantizers, run in their own venv by benchmarks/peers/peer_ptq.py
+--split test) come in as box folders: --box-dirs <dir> ..., each made under the same cache with a pred/ folder and a
+meta.json (name, digest of the weights, how it was calibrated, the sim fingerprint); they are scored exactly like a
+checkpoint's boxes, against the same FP32 boxes.
 """
 
 from __future__ import annotations
@@ -115,11 +120,31 @@ def preset_changes(method: str, settings: dict) -> str:
     return ", ".join(f"{key}={settings[key]}" for key in changed_settings(settings, preset, keys))
 
 
+def read_box_dir(box_dir: Path, dataset: SimDataset) -> dict:
+    """The meta.json of a box folder made by another tool, checked: same sim frames, every frame detected."""
+    meta_path = box_dir / "meta.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"{box_dir}: no meta.json (not a finished box folder)")
+    meta = json.loads(meta_path.read_text())
+    missing = [k for k in ("name", "digest", "sim_fingerprint", "frames") if k not in meta]
+    if missing:
+        raise SystemExit(f"{meta_path}: missing {', '.join(missing)}")
+    if meta["sim_fingerprint"] != dataset.fingerprint:
+        raise SystemExit(f"{box_dir}: made on other sim frames ({meta['sim_fingerprint'][:12]}, these are "
+                         f"{dataset.fingerprint[:12]})")
+    absent = [i for i in range(len(dataset)) if not (box_dir / "pred" / f"{dataset.frame_id(i)}.json").is_file()]
+    if absent:
+        raise SystemExit(f"{box_dir}: {len(absent)} of {len(dataset)} frames have no boxes (first: frame {absent[0]})")
+    return meta
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sim_pillar", help="FP32 checkpoint: bundled name or .safetensors")
     parser.add_argument("--checkpoints", nargs="+", default=None,
                         help="INT8 checkpoints, bundled names or paths (default: <model>_int8)")
+    parser.add_argument("--box-dirs", nargs="+", default=[],
+                        help="box folders detected by another tool (pred/ + meta.json), scored as extra rows")
     parser.add_argument("--frames", type=int, default=1000, help="test frames 0..N-1 (default: %(default)s)")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="test (headline figures, never used to choose) or val (where recipes and rows are "
@@ -155,8 +180,17 @@ def main() -> int:
     gt_dir = cache / "gt"
 
     fp32_path = bundled_checkpoint(args.model)
-    checkpoints = [fp32_path] + [bundled_checkpoint(c) for c in (args.checkpoints or [f"{model_name}_int8"])]
+    default_int8 = [] if args.box_dirs else [f"{model_name}_int8"]
+    checkpoints = [fp32_path] + [bundled_checkpoint(c) for c in (args.checkpoints or default_int8)]
     digests = {path: checkpoint_digest(path) for path in checkpoints}
+    # Each row: (name, digest, box folder, checkpoint to detect the missing frames with or None, calibration)
+    entries = [(path.stem, digests[path], cache / f"{path.stem}-{digests[path]}", path, calibration_of(path))
+               for path in checkpoints]
+    box_median_ms = {}  # the other tool's own detection time, from its meta.json
+    for box_dir in map(Path, args.box_dirs):
+        meta = read_box_dir(box_dir.resolve(), test)
+        entries.append((meta["name"], meta["digest"], box_dir.resolve(), None, meta.get("calibration")))
+        box_median_ms[meta["name"]] = meta.get("median_ms")
     role = "never used for any choice" if args.split == "test" else "the split recipes and rows are chosen on"
     header = (f"{model_name} on the first N sim {args.split} frames ({args.sim_config} sensor; seed "
               f"{split_seed(args.split, 0):,} + index; {role}), detector region; "
@@ -169,38 +203,39 @@ def main() -> int:
     fp32_detector = Detector.from_checkpoint(fp32_path)  # every row is scored on its classes, in its region
     class_names, region = list(fp32_detector.class_names), fp32_detector.evaluation_region
     reference = reference_boxes = None
-    for path in checkpoints:
+    for name, digest, box_dir, path, calibration in entries:
         is_fp32 = path == fp32_path
-        box_dir = cache / f"{path.stem}-{digests[path]}"
-        seconds = detect_missing(path, test, box_dir / "pred", gt_dir, args.threads)
+        seconds = detect_missing(path, test, box_dir / "pred", gt_dir, args.threads) if path else []
         predictions, ground_truths = read_boxes(test, box_dir / "pred", gt_dir)
         result, matched = evaluate_and_match(predictions, ground_truths, class_names, region=region)
         if is_fp32:
             reference, reference_boxes = matched, predictions
         far = result.ranges[-1]
         row = {
-            "checkpoint": path.stem, "sha256": digests[path],
+            "checkpoint": name, "sha256": digest,
             "reference_sha256": None if is_fp32 else digests[fp32_path],
             "frames": args.frames, "split": args.split, "sim_fingerprint": test.fingerprint,
             "mAP": result.distance_map["all"], "bev_iou_mAP": result.iou_map["all"],
             "far_range": far, "far_mAP": result.distance_map[far],
             "class_ap": {name: c.distance_ap["all"] for name, c in result.classes.items()},
-            "boxes": str(box_dir.relative_to(REPO)),
+            "boxes": str(box_dir.relative_to(REPO) if box_dir.is_relative_to(REPO) else box_dir),
             "median_ms": round(1000 * float(np.median(seconds)), 1) if seconds else None,
-            "threads": args.threads, "calibration": calibration_of(path),
+            "threads": args.threads, "calibration": calibration,
             "paired": None, "agreement": None, "resamples": args.resamples, "seed": args.seed,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         done = {split_row_key(r): r for r in rows}
         kept = done.get(split_row_key(row))
         if kept and kept.get("class_ap") and (is_fp32 or kept.get("agreement")):
-            print(f"[{path.stem}] row already in {rows_path.name}", flush=True)
+            print(f"[{name}] row already in {rows_path.name}", flush=True)
             continue
         # A row kept before AP per class or agreement were: made again from its cached boxes (the same figures,
         # plus those), in its place.
         stale = [i for i, r in enumerate(rows) if split_row_key(r) == split_row_key(row)]
+        if path is None:
+            row["median_ms"] = box_median_ms.get(name)
         if row["median_ms"] is None:  # boxes were cached by an earlier run: keep its timing if there is one
-            earlier = [r for r in rows if r["checkpoint"] == path.stem and r["sha256"] == digests[path]]
+            earlier = [r for r in rows if r["checkpoint"] == name and r["sha256"] == digest]
             row["median_ms"] = earlier[-1]["median_ms"] if earlier else None
         if not is_fp32:
             differences = paired_bootstrap(reference, matched, num_resamples=args.resamples, seed=args.seed)
@@ -209,7 +244,7 @@ def main() -> int:
             row["agreement"] = {"fp32_reproduced": agreement["reference_recall"],
                                 "int8_in_fp32": agreement["other_precision"], "min_score": agreement["min_score"]}
             for d in differences:
-                print(d.format(path.stem, fp32_path.stem), flush=True)
+                print(d.format(name, fp32_path.stem), flush=True)
         if stale:
             row["date"] = rows[stale[0]]["date"]
             rows[stale[0]] = row

@@ -17,18 +17,27 @@ venv (benchmarks/peers/setup_venv.sh), never in .venv:
 
     benchmarks/peers/setup_venv.sh
     .venv-peers/bin/python benchmarks/peers/peer_ptq.py --model sim_pillar > runs/peers_pillar.log 2>&1 &
+
+With --split test the rows are not scored here: each quantized model detects the first --frames sim test frames into
+a box folder under runs/test_split/<model>/<sim fingerprint>/ (pred/ written frame by frame, meta.json when complete;
+a rerun whose quantized weights are the same continues where it stopped), and benchmarks/test_split_headline.py
+--box-dirs scores them against FP32 with paired intervals, like every other test row.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import platform
+import shutil
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lidar_ptq_core.benchmarking import (
@@ -45,6 +54,7 @@ from lidar_ptq_core.runtime import bundled_checkpoint
 from lidar_ptq_core.sim import SimDataset, load_sim_config
 
 REPO = Path(__file__).resolve().parents[2]
+TEST_CACHE = REPO / "runs" / "test_split"  # where benchmarks/test_split_headline.py keeps every model's boxes
 
 TOOLS = ("fp32", "modelopt", "pytorch-quantization")
 PQ_METHODS = ("entropy", "percentile", "mse", "max")
@@ -238,6 +248,66 @@ def quantize_pytorch_quantization(model, batches, calib_method: str) -> tuple[to
     return model, f"pytorch-quantization {calib_method}", note
 
 
+# ------------------------------------------------------------------------------------------------ test split
+def weights_digest(net: torch.nn.Module) -> str:
+    """First 12 hex digits of a SHA-256 over every tensor of the quantized model (names, shapes and bytes): a box
+    folder belongs to these exact weights and quantizer ranges."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def method_slug(method: str) -> str:
+    """'modelopt INT8_DEFAULT_CFG' -> 'modelopt-int8_default_cfg': a folder name."""
+    return "-".join(method.lower().split())
+
+
+def detect_test_boxes(net, method: str, note: str, dataset, box_dir: Path, gt_dir: Path, calibration: str,
+                      quant_seconds: float) -> Path:
+    """Detect every frame of `dataset` with `net` into box_dir/pred (resumable: frames already there are kept when
+    the weights are the same), then write box_dir/meta.json, the sign that the folder is complete."""
+    from lidar_ptq_core.boxfile import write_detections, write_ground_truth
+    from lidar_ptq_core.io_utils import write_json_atomic
+    from lidar_ptq_core.runtime import Detector
+
+    digest = weights_digest(net)
+    digest_path = box_dir / "weights_digest"
+    if digest_path.is_file() and digest_path.read_text().strip() != digest:
+        print(f"[{method}] weights differ from the boxes in {box_dir}: detecting every frame again", flush=True)
+        shutil.rmtree(box_dir)
+    (box_dir / "pred").mkdir(parents=True, exist_ok=True)
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(digest_path, digest.encode())
+    detector = Detector(net)
+    todo = [i for i in range(len(dataset)) if not (box_dir / "pred" / f"{dataset.frame_id(i)}.json").is_file()]
+    seconds = []
+    for count, i in enumerate(todo, 1):
+        frame = dataset[i]
+        started = time.perf_counter()
+        with torch.no_grad():
+            detections = detector.detect(frame.points)
+        seconds.append(time.perf_counter() - started)
+        if not (gt_dir / f"{frame.frame_id}.json").is_file():
+            write_ground_truth(gt_dir / f"{frame.frame_id}.json", frame.frame_id, frame.gt)
+        write_detections(box_dir / "pred" / f"{frame.frame_id}.json", frame.frame_id, detections)
+        if count % 100 == 0 or count == len(todo):
+            print(f"  [{method}] {count}/{len(todo)} frames", flush=True)
+    meta_path = box_dir / "meta.json"
+    earlier = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    write_json_atomic(meta_path, {
+        "name": method_slug(method), "method": method, "digest": digest, "frames": len(dataset),
+        "sim_fingerprint": dataset.fingerprint, "calibration": calibration, "note": note,
+        "quant_seconds": round(quant_seconds, 1),
+        "median_ms": round(1000 * float(np.median(seconds)), 1) if seconds else earlier.get("median_ms"),
+    })
+    return box_dir
+
+
 # ---------------------------------------------------------------------------------------------------- table
 def format_table(rows: list[dict], header: str) -> str:
     """benchmarking.format_rows, with its 18-character method column widened to fit the peers' longer names."""
@@ -252,6 +322,52 @@ def format_table(rows: list[dict], header: str) -> str:
     return "\n".join(table + ([""] + notes if notes else [])) + "\n"
 
 
+def quantize_job(model_name: str, tool: str, calib_method: str | None, batches):
+    """(network, method, note, seconds) of one peer tool on the calibration batches."""
+    t0 = time.time()
+    if tool == "modelopt":
+        model = load_checkpoint(bundled_checkpoint(model_name))
+        t0 = time.time()
+        net, method, note = quantize_modelopt(model, batches)
+    else:
+        model = build_pq_model(model_name, calib_method)
+        net, method, note = quantize_pytorch_quantization(model, batches, calib_method)
+    return net, method, note, time.time() - t0
+
+
+def run_test_split(args, versions: dict) -> int:
+    """Each peer row as a box folder of the test frames, for benchmarks/test_split_headline.py --box-dirs."""
+    sim = load_sim_config("default")
+    calib = SimDataset("calib", args.calib_frames, sim)
+    test = SimDataset("test", args.test_frames, sim)
+    calib.prepare(num_workers=1)
+    test.prepare(num_workers=1)
+    cache = TEST_CACHE / args.model / test.fingerprint[:12]
+    batches = calibration_batches(load_checkpoint(bundled_checkpoint(args.model)).config, calib)
+    jobs = [(tool, method) for tool in args.tool if tool != "fp32"  # the headline script detects FP32 itself
+            for method in (args.calib_method if tool == "pytorch-quantization" else [None])]
+    made = []
+    for tool, calib_method in jobs:
+        net, method, note, seconds = quantize_job(args.model, tool, calib_method, batches)
+        tool_version = versions["nvidia-modelopt" if tool == "modelopt" else tool]
+        print(f"[{method}] quantized in {seconds:.0f} s; {note}", flush=True)
+        box_dir = cache / f"peer-{method_slug(method)}-{tool_version}"
+        if (box_dir / "meta.json").is_file() and json.loads((box_dir / "meta.json").read_text()).get(
+                "digest") == weights_digest(net) and all(
+                (box_dir / "pred" / f"{test.frame_id(i)}.json").is_file() for i in range(len(test))):
+            print(f"[{method}] boxes already in {box_dir}", flush=True)
+        else:
+            calibration = (f"{method} ({tool} {tool_version}, torch {versions['torch']}) on sim calib "
+                           f"0..{args.calib_frames - 1}, {args.threads} threads")
+            detect_test_boxes(net, method, note, test, box_dir, cache / "gt", calibration, seconds)
+        made.append(box_dir)
+    print("score them beside FP32 (in .venv):\n  ./dev run python benchmarks/test_split_headline.py --model "
+          f"{args.model} --frames {args.test_frames} --box-dirs "
+          + " ".join(str(d.relative_to(REPO)) for d in made) + f" --out docs/benchmarks/test_split_{args.model}_peers",
+          flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sim_pillar", choices=["sim_pillar", "sim_voxel"])
@@ -261,6 +377,10 @@ def main() -> int:
                         help="pytorch-quantization amax methods, one row each")
     parser.add_argument("--calib-frames", type=int, default=256)
     parser.add_argument("--val-frames", type=int, default=500)
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="val: score here (rows in peers_<model>); test: detect box folders for "
+                             "benchmarks/test_split_headline.py --box-dirs")
+    parser.add_argument("--test-frames", type=int, default=1000, help="with --split test: frames 0..N-1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", default=str(REPO / "docs" / "benchmarks"),
                         help="where peers_<model>.jsonl/.txt go (smoke runs: somewhere under /tmp)")
@@ -277,6 +397,9 @@ def main() -> int:
             for method in (args.calib_method if tool == "pytorch-quantization" else [None])]
     planned = {"fp32": "fp32", "modelopt": "modelopt INT8_DEFAULT_CFG"}
     jobs = [(t, m) for t, m in jobs if planned.get(t, f"pytorch-quantization {m}") not in done]
+
+    if args.split == "test":
+        return run_test_split(args, versions)
 
     fp32 = load_checkpoint(bundled_checkpoint(args.model))
     sim = load_sim_config("default")
@@ -297,16 +420,9 @@ def main() -> int:
         started = time.time()
         if tool == "fp32":
             net, method, note, seconds, frames = fp32, "fp32", "", 0.0, 0
-        elif tool == "modelopt":
-            model = load_checkpoint(bundled_checkpoint(args.model))
-            t0 = time.time()
-            net, method, note = quantize_modelopt(model, batches)
-            seconds, frames = time.time() - t0, len(batches)
         else:
-            t0 = time.time()
-            model = build_pq_model(args.model, calib_method)
-            net, method, note = quantize_pytorch_quantization(model, batches, calib_method)
-            seconds, frames = time.time() - t0, len(batches)
+            net, method, note, seconds = quantize_job(args.model, tool, calib_method, batches)
+            frames = len(batches)
         print(f"[{method}] quantized in {seconds:.0f} s; {note}", flush=True)
         result, run = evaluate_network(net, val)
         row = row_of(method, result, frames, seconds, run.median_ms)
