@@ -518,7 +518,9 @@ def test_player_refuses_a_missing_source(ros, tmp_path):
 
 # -- across processes: console scripts, signals, the whole chain ------------------------------------------------------
 def node_process(module: str, log: Path, *ros_args: str) -> subprocess.Popen:
-    env = {**os.environ, "RCUTILS_LOGGING_BUFFERED_STREAM": "1"}  # conftest's loopback settings are inherited
+    # conftest's loopback settings are inherited. faulthandler: a rare segfault of the recorder on SIGINT was seen
+    # once in CI and never reproduced; if it comes back, every thread's Python stack lands in the log the test shows.
+    env = {**os.environ, "RCUTILS_LOGGING_BUFFERED_STREAM": "1", "PYTHONFAULTHANDLER": "1"}
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", f"lidar_ptq_ros.{module}", "--ros-args", *ros_args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
