@@ -99,6 +99,30 @@ def random_model(name: str, seed: int = 0):
     return build_centerpoint(resolve_config(RANDOM_MODELS[name], "models")).eval()
 
 
+def settle_batchnorm(model, batches: list[dict]):
+    """Re-estimate every BatchNorm's running mean and variance on `batches` (a cumulative average; weights untouched),
+    then back to eval mode. A randomly initialised network has running statistics 0 / 1, so its activations shrink
+    layer by layer until the heads see almost nothing and no box passes a score threshold; with its own statistics
+    each normalised layer sees unit-scale inputs, as in a trained network, so quantization ranges, export parity and
+    box agreement are exercised on real numbers. Still random weights: the boxes mean nothing."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+    model.eval()
+    for norm in norms:
+        norm.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model.eval()
+
+
 def quantize_for_bench(model, clouds: list[np.ndarray], method: str = "max"):
     """An INT8 fake-quant copy of `model` calibrated on `clouds` with a cheap method (no sensitivity analysis)."""
     from .quant import method_config

@@ -162,3 +162,29 @@ def test_bench_command_reads_a_bag(tmp_path, fp32_checkpoint):
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["frames"] == 2 and "2 of 3 messages of bag" in result["header"][0]
     _check_times(result["ms"], ["fp32-torch", "fp32-ort"])
+
+
+def test_settle_batchnorm_gives_a_random_network_its_own_statistics():
+    """Running statistics re-estimated on the batches (weights untouched, eval mode after, momentum restored): each
+    BatchNorm then normalises what it sees to zero mean and unit variance, as in a trained network."""
+    import torch
+
+    from lidar_ptq_core.models.centerpoint import CenterPoint, CenterPointConfig
+    from lidar_ptq_core.voxelize import voxelize_clouds
+
+    torch.manual_seed(0)
+    model = CenterPoint(CenterPointConfig.from_dict(TINY_PILLAR)).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [voxelize_clouds([random_frame(seed, 600)], model.config.voxelization, 4)[0] for seed in range(3)]
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    momentum = norm.momentum
+    seen = []
+    hook = norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    bench.settle_batchnorm(model, batches)
+    hook.remove()
+    assert not model.training and norm.momentum == momentum
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    inputs = torch.cat([x.transpose(0, 1).reshape(x.shape[1], -1) for x in seen], dim=1)
+    torch.testing.assert_close(norm.running_mean, inputs.mean(dim=1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, inputs.var(dim=1), rtol=1e-3, atol=1e-6)
+    assert int(norm.num_batches_tracked) == len(batches)
