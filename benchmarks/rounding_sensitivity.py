@@ -6,7 +6,9 @@ flips into large output differences that say nothing about the export.
 
 For each checkpoint, on the first --frames sim calib frames: the dense part's outputs for the BEV input x and for
 x * (1 + eps * noise), noise uniform in [-1, 1], reported as the export parity metric (mean |diff| / mean |reference|
-per output, the worst output). Run for FP32 and INT8 checkpoints side by side:
+per output, the worst output). The last column needs no perturbation at all: the same model and input computed in
+float64 against float32, which changes only the rounding of the sums, as another engine's summation order does.
+Run for FP32 and INT8 checkpoints side by side:
 
     ./dev run python benchmarks/rounding_sensitivity.py --checkpoints sim_pillar sim_pillar_int8 \\
         runs/full_size_recipe/waymo_pillar_random.safetensors runs/full_size_recipe/waymo_pillar_random_int8.safetensors
@@ -48,11 +50,14 @@ def main() -> int:
     frames.prepare(num_workers=1)
     print(f"relative change of the head outputs (mean |diff| / mean |reference|, worst output, mean over "
           f"{args.frames} sim calib frames) when the BEV input is scaled by 1 + eps * U(-1, 1)")
-    print(f"{'checkpoint':<60} " + " ".join(f"{f'eps {eps:g}':>22}" for eps in args.eps))
+    print(f"{'checkpoint':<60} " + " ".join(f"{f'eps {eps:g}':>22}" for eps in args.eps)
+          + f" {'float64 vs float32':>22}")
     for name in args.checkpoints:
         model = load_any_checkpoint(bundled_checkpoint(name)).eval()
         config = model.config
         worst = {eps: [] for eps in args.eps}
+        worst["float64"] = []
+        model64 = load_any_checkpoint(bundled_checkpoint(name)).eval().double()
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for i in range(len(frames)):
@@ -65,8 +70,11 @@ def main() -> int:
                     moved = model.dense(bev * (1 + eps * noise))
                     changes = relative_change(reference, moved)
                     worst[eps].append(max(changes.items(), key=lambda kv: kv[1]))
+                in_float64 = [{k: v.float() for k, v in out.items()} for out in model64.dense(bev.double())]
+                changes = relative_change(reference, in_float64)
+                worst["float64"].append(max(changes.items(), key=lambda kv: kv[1]))
         cells = []
-        for eps in args.eps:
+        for eps in [*args.eps, "float64"]:
             mean = sum(v for _, v in worst[eps]) / len(worst[eps])
             cells.append(f"{mean:>10.3g} ({max(worst[eps], key=lambda kv: kv[1])[0]:>9})")
         print(f"{name:<60} " + " ".join(f"{c:>22}" for c in cells), flush=True)
