@@ -37,11 +37,12 @@ from lidar_ptq_core.agreement import detection_agreement
 from lidar_ptq_core.benchmarking import (
     append_jsonl,
     changed_settings,
+    detect_into_box_files,
     format_split_rows,
     read_jsonl,
     split_row_key,
 )
-from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections, write_ground_truth
+from lidar_ptq_core.boxfile import read_detections, read_ground_truth
 from lidar_ptq_core.evaluate import evaluate_and_match
 from lidar_ptq_core.io_utils import file_sha256, write_bytes_atomic
 from lidar_ptq_core.paired import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap
@@ -59,25 +60,11 @@ def checkpoint_digest(path: Path) -> str:
 
 def detect_missing(checkpoint: Path, dataset: SimDataset, pred_dir: Path, gt_dir: Path, threads: int) -> list[float]:
     """Detect the frames whose box file is missing; returns the seconds per detected frame."""
-    todo = [i for i in range(len(dataset)) if not (pred_dir / f"{dataset.frame_id(i)}.json").is_file()]
-    if not todo:
-        return []
-    torch.set_num_threads(threads)
-    detector = Detector.from_checkpoint(checkpoint)
-    seconds = []
-    for count, i in enumerate(todo, 1):
-        frame = dataset[i]
-        started = time.perf_counter()
-        det = detector.detect(frame.points)
-        seconds.append(time.perf_counter() - started)
-        gt_path = gt_dir / f"{frame.frame_id}.json"
-        if not gt_path.is_file():
-            write_ground_truth(gt_path, frame.frame_id, frame.gt)
-        write_detections(pred_dir / f"{frame.frame_id}.json", frame.frame_id, det)
-        if count % 100 == 0 or count == len(todo):
-            print(f"  {checkpoint.stem}: {count}/{len(todo)} frames, {1000 * np.median(seconds):.0f} ms median",
-                  flush=True)
-    return seconds
+    def make_detector():
+        torch.set_num_threads(threads)
+        return Detector.from_checkpoint(checkpoint)
+
+    return detect_into_box_files(make_detector, dataset, pred_dir, gt_dir, checkpoint.stem)
 
 
 def read_boxes(dataset: SimDataset, pred_dir: Path, gt_dir: Path):
@@ -183,14 +170,14 @@ def main() -> int:
     default_int8 = [] if args.box_dirs else [f"{model_name}_int8"]
     checkpoints = [fp32_path] + [bundled_checkpoint(c) for c in (args.checkpoints or default_int8)]
     digests = {path: checkpoint_digest(path) for path in checkpoints}
-    # Each row: (name, digest, box folder, checkpoint to detect the missing frames with or None, calibration)
-    entries = [(path.stem, digests[path], cache / f"{path.stem}-{digests[path]}", path, calibration_of(path))
+    # Each row: (name, digest, box folder, checkpoint to detect the missing frames with or None, calibration,
+    # the other tool's own median detection time or None)
+    entries = [(path.stem, digests[path], cache / f"{path.stem}-{digests[path]}", path, calibration_of(path), None)
                for path in checkpoints]
-    box_median_ms = {}  # the other tool's own detection time, from its meta.json
     for box_dir in map(Path, args.box_dirs):
         meta = read_box_dir(box_dir.resolve(), test)
-        entries.append((meta["name"], meta["digest"], box_dir.resolve(), None, meta.get("calibration")))
-        box_median_ms[meta["name"]] = meta.get("median_ms")
+        entries.append((meta["name"], meta["digest"], box_dir.resolve(), None, meta.get("calibration"),
+                        meta.get("median_ms")))
     role = "never used for any choice" if args.split == "test" else "the split recipes and rows are chosen on"
     header = (f"{model_name} on the first N sim {args.split} frames ({args.sim_config} sensor; seed "
               f"{split_seed(args.split, 0):,} + index; {role}), detector region; "
@@ -203,7 +190,7 @@ def main() -> int:
     fp32_detector = Detector.from_checkpoint(fp32_path)  # every row is scored on its classes, in its region
     class_names, region = list(fp32_detector.class_names), fp32_detector.evaluation_region
     reference = reference_boxes = None
-    for name, digest, box_dir, path, calibration in entries:
+    for name, digest, box_dir, path, calibration, tool_median_ms in entries:
         is_fp32 = path == fp32_path
         seconds = detect_missing(path, test, box_dir / "pred", gt_dir, args.threads) if path else []
         predictions, ground_truths = read_boxes(test, box_dir / "pred", gt_dir)
@@ -233,7 +220,7 @@ def main() -> int:
         # plus those), in its place.
         stale = [i for i, r in enumerate(rows) if split_row_key(r) == split_row_key(row)]
         if path is None:
-            row["median_ms"] = box_median_ms.get(name)
+            row["median_ms"] = tool_median_ms
         if row["median_ms"] is None:  # boxes were cached by an earlier run: keep its timing if there is one
             earlier = [r for r in rows if r["checkpoint"] == name and r["sha256"] == digest]
             row["median_ms"] = earlier[-1]["median_ms"] if earlier else None

@@ -139,6 +139,38 @@ def evaluate_network(net, dataset):
                     region=detector.evaluation_region), run
 
 
+def detect_into_box_files(make_detector, dataset, pred_dir: Path, gt_dir: Path, label: str) -> list[float]:
+    """Detect the frames of `dataset` that have no box file in `pred_dir` yet (an interrupted run resumes), writing
+    each frame's ground truth to `gt_dir` where it is missing too. `make_detector()` is called only when a frame is
+    missing, so a complete folder loads no model. Returns the seconds per detected frame."""
+    import time
+
+    import numpy as np
+
+    from .boxfile import write_detections, write_ground_truth
+
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    todo = [i for i in range(len(dataset)) if not (pred_dir / f"{dataset.frame_id(i)}.json").is_file()]
+    if not todo:
+        return []
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    detector = make_detector()
+    seconds = []
+    for count, i in enumerate(todo, 1):
+        frame = dataset[i]
+        started = time.perf_counter()
+        det = detector.detect(frame.points)
+        seconds.append(time.perf_counter() - started)
+        gt_path = gt_dir / f"{frame.frame_id}.json"
+        if not gt_path.is_file():
+            write_ground_truth(gt_path, frame.frame_id, frame.gt)
+        write_detections(pred_dir / f"{frame.frame_id}.json", frame.frame_id, det)
+        if count % 100 == 0 or count == len(todo):
+            print(f"  {label}: {count}/{len(todo)} frames, {1000 * np.median(seconds):.0f} ms median", flush=True)
+    return seconds
+
+
 def scores_on(model, dataset) -> tuple[float, float]:
     """(centre-distance mAP, BEV IoU mAP), fractions."""
     result = evaluate_network(model, dataset)[0]

@@ -23,6 +23,7 @@ from lidar_ptq_core.benchmarking import (
     append_jsonl,
     calibration_batches,
     data_tag,
+    detect_into_box_files,
     file_stem,
     first_reaching,
     format_rows,
@@ -257,3 +258,36 @@ def test_changed_settings_compares_lists_with_tuples_and_counts_a_missing_key_as
     assert changed_settings(recorded, today, sorted(set(recorded) | set(today))) == ["output_correction",
                                                                                        "tgpl_steps"]
     assert changed_settings(recorded, today, ["grid_ratios"]) == []
+
+
+def test_detect_into_box_files_detects_only_the_missing_frames_and_loads_no_model_when_complete(tmp_path):
+    from lidar_ptq_core.boxfile import read_detections, read_ground_truth, write_detections
+    from lidar_ptq_core.detections import Detections, GroundTruth
+
+    names = ("Car",)
+    frames = [SimpleNamespace(frame_id=f"f{i}", points=np.full((2, 4), i, np.float32),
+                              gt=GroundTruth(np.zeros((1, 7), np.float32), np.zeros(1, np.int64), names))
+              for i in range(3)]
+    dataset = type("Frames", (), {"__len__": lambda self: 3, "__getitem__": lambda self, i: frames[i],
+                                  "frame_id": lambda self, i: frames[i].frame_id})()
+    seen, made = [], []
+
+    class Fake:
+        def detect(self, points):
+            seen.append(int(points[0, 0]))
+            return Detections(np.full((1, 7), points[0, 0], np.float32), np.ones(1), np.zeros(1), names)
+
+    def make():
+        made.append(1)
+        return Fake()
+
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    write_detections(pred / "f1.json", "f1", Detections(np.zeros((0, 7)), np.zeros(0), np.zeros(0), names))
+    seconds = detect_into_box_files(make, dataset, pred, gt, "fake")
+    assert seen == [0, 2] and len(seconds) == 2 and made == [1]
+    assert read_detections(pred / "f2.json")[1].boxes[0, 0] == 2
+    assert len(read_detections(pred / "f1.json")[1].boxes) == 0, "a box file already there is kept"
+    assert {f.name for f in gt.iterdir()} == {"f0.json", "f2.json"}
+    assert read_ground_truth(gt / "f0.json")[0] == "f0"
+    assert detect_into_box_files(make, dataset, pred, gt, "fake") == [] and made == [1]

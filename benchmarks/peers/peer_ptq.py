@@ -271,7 +271,7 @@ def detect_test_boxes(net, method: str, note: str, dataset, box_dir: Path, gt_di
                       quant_seconds: float) -> Path:
     """Detect every frame of `dataset` with `net` into box_dir/pred (resumable: frames already there are kept when
     the weights are the same), then write box_dir/meta.json, the sign that the folder is complete."""
-    from lidar_ptq_core.boxfile import write_detections, write_ground_truth
+    from lidar_ptq_core.benchmarking import detect_into_box_files
     from lidar_ptq_core.io_utils import write_json_atomic
     from lidar_ptq_core.runtime import Detector
 
@@ -280,23 +280,12 @@ def detect_test_boxes(net, method: str, note: str, dataset, box_dir: Path, gt_di
     if digest_path.is_file() and digest_path.read_text().strip() != digest:
         print(f"[{method}] weights differ from the boxes in {box_dir}: detecting every frame again", flush=True)
         shutil.rmtree(box_dir)
-    (box_dir / "pred").mkdir(parents=True, exist_ok=True)
-    gt_dir.mkdir(parents=True, exist_ok=True)
+    box_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(digest_path, digest.encode())
-    detector = Detector(net)
-    todo = [i for i in range(len(dataset)) if not (box_dir / "pred" / f"{dataset.frame_id(i)}.json").is_file()]
-    seconds = []
-    for count, i in enumerate(todo, 1):
-        frame = dataset[i]
-        started = time.perf_counter()
-        with torch.no_grad():
-            detections = detector.detect(frame.points)
-        seconds.append(time.perf_counter() - started)
-        if not (gt_dir / f"{frame.frame_id}.json").is_file():
-            write_ground_truth(gt_dir / f"{frame.frame_id}.json", frame.frame_id, frame.gt)
-        write_detections(box_dir / "pred" / f"{frame.frame_id}.json", frame.frame_id, detections)
-        if count % 100 == 0 or count == len(todo):
-            print(f"  [{method}] {count}/{len(todo)} frames", flush=True)
+    with torch.no_grad():
+        seconds = detect_into_box_files(lambda: Detector(net), dataset, box_dir / "pred", gt_dir, f"[{method}]")
+    if not seconds:
+        print(f"[{method}] boxes already in {box_dir}", flush=True)
     meta_path = box_dir / "meta.json"
     earlier = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     write_json_atomic(meta_path, {
@@ -352,15 +341,9 @@ def run_test_split(args, versions: dict) -> int:
         tool_version = versions["nvidia-modelopt" if tool == "modelopt" else tool]
         print(f"[{method}] quantized in {seconds:.0f} s; {note}", flush=True)
         box_dir = cache / f"peer-{method_slug(method)}-{tool_version}"
-        if (box_dir / "meta.json").is_file() and json.loads((box_dir / "meta.json").read_text()).get(
-                "digest") == weights_digest(net) and all(
-                (box_dir / "pred" / f"{test.frame_id(i)}.json").is_file() for i in range(len(test))):
-            print(f"[{method}] boxes already in {box_dir}", flush=True)
-        else:
-            calibration = (f"{method} ({tool} {tool_version}, torch {versions['torch']}) on sim calib "
-                           f"0..{args.calib_frames - 1}, {args.threads} threads")
-            detect_test_boxes(net, method, note, test, box_dir, cache / "gt", calibration, seconds)
-        made.append(box_dir)
+        calibration = (f"{method} ({tool} {tool_version}, torch {versions['torch']}) on sim calib "
+                       f"0..{args.calib_frames - 1}, {args.threads} threads")
+        made.append(detect_test_boxes(net, method, note, test, box_dir, cache / "gt", calibration, seconds))
     print("score them beside FP32 (in .venv):\n  ./dev run python benchmarks/test_split_headline.py --model "
           f"{args.model} --frames {args.test_frames} --box-dirs "
           + " ".join(str(d.relative_to(REPO)) for d in made) + f" --out docs/benchmarks/test_split_{args.model}_peers",
