@@ -3,12 +3,11 @@
 SIGINT and SIGTERM are handled here, in the main thread, not by rclpy's handlers: those shut the context down
 asynchronously, while the executor and the node may still be using it. The recorder once segfaulted on SIGINT in CI
 (never reproduced in 90 reruns); whether or not that race was the cause, the order of a stop is now fixed and
-single-threaded. Here a signal only records a stop request; the spin
-loop wakes at least every SPIN_TICK_S to look at it, then the executor, the node (the recorder closes its bag) and
-the context are shut down in that order, by the main thread: a clean stop, exit status 0. A second signal while that
-runs ends the process at once, with the signal's default action. A node that finishes on its own (the recorder once
-its bag is full, the player at the end of its frames) has a `finished` Future whose result is the exit status; other
-nodes spin until stopped.
+single-threaded. A signal only records a stop request; the spin loop wakes at least every SPIN_TICK_S to look at it,
+then the executor, the node (the recorder closes its bag) and the context are shut down in that order, by the main
+thread: a clean stop, exit status 0. A second signal while that runs ends the process at once, with the signal's
+default action. A node that finishes on its own (the recorder once its bag is full, the player at the end of its
+frames) has a `finished` Future whose result is the exit status; other nodes spin until stopped.
 """
 
 from __future__ import annotations
