@@ -17,6 +17,7 @@ Run for FP32 and INT8 checkpoints side by side:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 import torch
@@ -57,7 +58,7 @@ def main() -> int:
         config = model.config
         worst = {eps: [] for eps in args.eps}
         worst["float64"] = []
-        model64 = load_any_checkpoint(bundled_checkpoint(name)).eval().double()
+        model64 = copy.deepcopy(model).double()
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for i in range(len(frames)):
